@@ -1,0 +1,1 @@
+"""cnnkit's PyTorch backend (being written)."""

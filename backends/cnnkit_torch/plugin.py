@@ -1,0 +1,1 @@
+"""Registers the PyTorch backend (being written); importing this must not import torch."""

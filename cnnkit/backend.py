@@ -1,0 +1,85 @@
+"""What a backend is, to the core: array conversion, dtypes and devices.
+
+The ops themselves are :class:`cnnkit.registry.Kernel` objects registered per
+backend; this class only lets the core and the learning loop move data in and
+out of a backend's own array type without knowing it.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Backend", "BackendInfo"]
+
+
+class Backend(abc.ABC):
+    """One configured instance of a backend (options such as ``device`` bound).
+
+    Subclasses implement the abstract methods; the registry builds instances
+    through :attr:`BackendInfo.factory` and caches one per set of options.
+    """
+
+    #: The registered name, e.g. ``"numpy"``.
+    name: str = ""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = dict(options)
+
+    @abc.abstractmethod
+    def is_native(self, x: Any) -> bool:
+        """True when ``x`` already is this backend's array type."""
+
+    @abc.abstractmethod
+    def asarray(self, x: Any, dtype: str | None = None) -> Any:
+        """Convert ``x`` (NumPy array, nested list, scalar, or native) to a native array.
+
+        ``dtype`` is a NumPy-style name (``"float32"``); ``None`` keeps the
+        dtype ``x`` has. Native arrays pass through when no cast is needed.
+        """
+
+    @abc.abstractmethod
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """A NumPy copy (or view) of the native array ``x``, on the host."""
+
+    @abc.abstractmethod
+    def dtype_name(self, x: Any) -> str:
+        """The NumPy-style dtype name of a native array: ``"float32"``, ``"int64"``, ..."""
+
+    def devices(self) -> list[str]:
+        """Devices this backend can run on here (``["cpu"]`` unless overridden)."""
+        return ["cpu"]
+
+    @property
+    def default_dtype(self) -> str:
+        """The dtype new parameters are created in (the ``dtype`` option, else float32)."""
+        return str(self.options.get("dtype") or "float32")
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"<cnnkit backend {self.name!r}{' ' + opts if opts else ''}>"
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What a plugin registers to add a backend.
+
+    Attributes:
+        name: the name users select it by (``backend="name"``).
+        factory: ``factory(**options) -> Backend``; may raise ``ImportError``.
+        version: the implementation's version, shown by ``cnnkit backends``.
+        description: one line for ``cnnkit backends``.
+        install_hint: what to install when ``factory`` raises ``ImportError``.
+        options: the option names the factory accepts (for error messages).
+    """
+
+    name: str
+    factory: Callable[..., Backend]
+    version: str = "0"
+    description: str = ""
+    install_hint: str = ""
+    options: Sequence[str] = field(default_factory=tuple)

@@ -1,0 +1,96 @@
+"""The plugin contract: every way a package can extend cnnkit.
+
+A plugin is any object (usually a module) with functions decorated by
+:data:`hookimpl`, registered through an entry point in the ``cnnkit`` group::
+
+    # pyproject.toml of your distribution
+    [project.entry-points.cnnkit]
+    my_layers = "my_layers.plugin"
+
+Each hook receives a ``register`` callback and calls it once per thing it
+adds. The built-in NumPy and PyTorch backends register through these very
+hooks, from their own entry points; nothing in the core names them.
+
+Hooks are called lazily and once per registry (``cnnkit_register_kernels`` once
+per backend, the first time that backend is used), so a plugin may import heavy
+dependencies (torch) inside a hook body, never at module import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from cnnkit.backend import BackendInfo
+    from cnnkit.conformance.cases import Case
+    from cnnkit.ops import OpSpec
+    from cnnkit.registry import Kernel
+
+__all__ = ["hookimpl", "hookspec"]
+
+PROJECT = "cnnkit"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+#: Decorate your plugin's hook functions with this marker.
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def cnnkit_register_ops(register: Callable[[OpSpec], None]) -> None:
+    """Add op kinds: ``register(spec)`` once per :class:`cnnkit.ops.OpSpec`.
+
+    A spec declares the op's inputs, attributes, validation and output shape.
+    Its name must be new: registering a name another plugin already declared is
+    a :class:`cnnkit.errors.PluginConflictError` naming both plugins.
+    Called once, the first time the registry is asked about ops.
+    """
+
+
+@hookspec
+def cnnkit_register_backends(register: Callable[[BackendInfo], None]) -> None:
+    """Add whole backends: ``register(BackendInfo(name=..., factory=..., ...))``.
+
+    ``factory(**options)`` builds the :class:`cnnkit.backend.Backend` object
+    and may raise :class:`ImportError` when a dependency is missing; the
+    registry turns that into an error naming ``BackendInfo.install_hint``.
+    """
+
+
+@hookspec
+def cnnkit_register_kernels(backend: str, register: Callable[[str, Kernel], None]) -> None:
+    """Add implementations of ops for ``backend``: ``register(op_name, kernel)``.
+
+    Called once per backend name, the first time that backend is used; a
+    plugin returns at once for backends it does not serve. A
+    :class:`cnnkit.registry.Kernel` holds ``forward(*inputs, **attrs) ->
+    (output, ctx)`` and ``backward(ctx, grad_output) -> grad_inputs`` (one
+    entry per input, ``None`` where there is none), and optionally ``call``,
+    the path :mod:`cnnkit.functional` takes outside :func:`cnnkit.vjp`
+    (the PyTorch backend's ``Function.apply``).
+
+    Inputs arrive as the backend's own arrays, already validated, with
+    attributes in the canonical form the op's spec produced. Two plugins
+    registering the same op for the same backend is a
+    :class:`cnnkit.errors.PluginConflictError` naming both.
+    """
+
+
+@hookspec
+def cnnkit_register_layers(register: Callable[[type], None]) -> None:
+    """Add layer classes (subclasses of :class:`cnnkit.layers.Layer`).
+
+    Registered layers are found by class name when a saved model is loaded,
+    and listed by ``cnnkit plugins``.
+    """
+
+
+@hookspec
+def cnnkit_conformance_cases(register: Callable[[Case], None]) -> None:
+    """Add conformance cases (:class:`cnnkit.conformance.cases.Case`).
+
+    The suite runs every case against every backend that implements its op,
+    so cases a plugin adds for its own op are checked on every backend.
+    """
