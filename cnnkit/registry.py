@@ -59,7 +59,7 @@ __all__ = [
 DEFAULT_BACKEND = "numpy"
 ENTRY_POINT_GROUP = "cnnkit"
 #: Modules of the core that register through the hooks like any plugin.
-CORE_PLUGINS = ("cnnkit.ops",)
+CORE_PLUGINS = ("cnnkit.ops", "cnnkit.layers", "cnnkit.conformance.cases")
 _CORE_DIST = "cnnkit"
 
 

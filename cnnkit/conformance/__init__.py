@@ -1,0 +1,1 @@
+"""The conformance suite: the same cases, run against every registered backend."""
