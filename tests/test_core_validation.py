@@ -194,7 +194,7 @@ def test_unknown_backend_lists_installed_ones():
 
 
 def test_unknown_op_lists_registered_ops():
-    with pytest.raises(KeyError, match="unknown op 'conv4d'; registered ops: .*conv"):
+    with pytest.raises(KeyError, match=r"unknown op 'conv4d'; registered ops: .*conv"):
         cnnkit.call("conv4d", x4)
 
 
