@@ -6,12 +6,12 @@ import math
 
 import numpy as np
 import pytest
-
-import cnnkit
 from cnnkit_distance_pool import DistancePool2d, distance_pool2d, distance_weights
 from cnnkit_distance_pool import numpy_kernel as npk
 from cnnkit_distance_pool.cases import CASES
 from cnnkit_distance_pool.spec import DistancePoolSpec
+
+import cnnkit
 
 W_CENTRE = 1.0 / (1.0 + 4.0 * math.exp(-0.5) + 4.0 * math.exp(-1.0))
 
