@@ -1,21 +1,70 @@
 """The ``cnnkit`` command. Each subcommand is a module of this package with
-``NAME``, ``HELP``, ``configure(parser)`` and ``run(args) -> int``."""
+``NAME``, ``HELP``, ``configure(parser)`` and ``run(args) -> int``.
+
+A subcommand whose module cannot be imported is still listed, and running it
+prints why; the other subcommands keep working. A cnnkit error (a plugin
+failing under ``CNNKIT_STRICT_PLUGINS=1``, an unknown backend) ends the
+command with its message on stderr and exit status 1, not a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+from collections.abc import Sequence
+from typing import Any
+
+from cnnkit.errors import BackendNotFoundError, BackendUnavailableError, PluginError
+
+__all__ = ["SUBCOMMANDS", "build_parser", "format_table", "main"]
 
 #: Subcommand modules, in the order ``cnnkit --help`` lists them.
-SUBCOMMANDS: tuple[str, ...] = ()
+SUBCOMMANDS: tuple[str, ...] = ("backends", "plugins")
+
+#: Errors shown as one line (``cnnkit: error: ...``) with exit status 1.
+CLI_ERRORS = (PluginError, BackendNotFoundError, BackendUnavailableError)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Rows as an aligned plain-text table under a header line and a rule.
+
+    Example:
+        >>> print(format_table(["name", "n"], [["numpy", 12], ["torch", 3]]))
+        name   n
+        -----  --
+        numpy  12
+        torch  3
+    """
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _broken_subcommand(modname: str, exc: BaseException) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        print(f"cnnkit: error: the {modname!r} command cannot load: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one sub-parser per module in :data:`SUBCOMMANDS`."""
+    from cnnkit import __version__
+
     parser = argparse.ArgumentParser(prog="cnnkit", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"cnnkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for modname in SUBCOMMANDS:
-        mod = importlib.import_module(f"cnnkit.cli.{modname}")
+        try:
+            mod = importlib.import_module(f"cnnkit.cli.{modname}")
+        except Exception as exc:  # one broken subcommand must not take the others down
+            p = sub.add_parser(modname, help=f"(cannot load: {exc})", add_help=True)
+            p.set_defaults(_run=_broken_subcommand(modname, exc))
+            continue
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
         mod.configure(p)
         p.set_defaults(_run=mod.run)
@@ -23,12 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``cnnkit`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except CLI_ERRORS as exc:
+        print(f"cnnkit: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
