@@ -1,5 +1,7 @@
-"""The ``cnnkit`` command. Each subcommand is a module of this package with
-``NAME``, ``HELP``, ``configure(parser)`` and ``run(args) -> int``.
+"""The ``cnnkit`` command: CNN layers as the lecture's math, on NumPy or PyTorch.
+
+Each subcommand is a module of this package with ``NAME``, ``HELP``,
+``configure(parser)`` and ``run(args) -> int``, listed in :data:`SUBCOMMANDS`.
 
 A subcommand whose module cannot be imported is still listed, and running it
 prints why; the other subcommands keep working. A cnnkit error (a plugin
@@ -45,7 +47,10 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def _broken_subcommand(modname: str, exc: BaseException) -> Any:
     def run(args: argparse.Namespace) -> int:
-        print(f"cnnkit: error: the {modname!r} command cannot load: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(
+            f"cnnkit: error: the {modname!r} command cannot load: {type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
         return 1
 
     return run
@@ -55,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one sub-parser per module in :data:`SUBCOMMANDS`."""
     from cnnkit import __version__
 
-    parser = argparse.ArgumentParser(prog="cnnkit", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="cnnkit",
+        description=__doc__.splitlines()[0].replace("``", ""),
+        epilog="Run 'cnnkit COMMAND --help' for a command's options.",
+    )
     parser.add_argument("--version", action="version", version=f"cnnkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for modname in SUBCOMMANDS:
