@@ -1,18 +1,509 @@
-"""NumPy kernels: one forward and one backward per op (being written)."""
+"""NumPy kernels: the lecture's formulas, vectorised, one forward and one backward per op.
+
+Every op is a pair ``<op>_forward(*inputs, **attrs) -> (output, ctx)`` and
+``<op>_backward(ctx, grad_output) -> grads`` (one gradient per input, ``None``
+for an absent bias or integer targets), collected in :data:`KERNELS`. Inputs
+arrive validated and attributes canonical (see :mod:`cnnkit.ops`): tuples per
+spatial axis, padding as ``((before, after), ...)``. One implementation serves
+1, 2 and 3 spatial dimensions; the output has the input's dtype.
+
+Symbols are the lecture's: ``x`` (the input ``y^{l-1}``), ``W``, ``b``, ``δ``
+(``dE/da``, the incoming gradient), ``S`` stride, ``D`` dilation, ``F`` kernel
+size, ``m`` a kernel offset, ``i`` an output position, ``x_pad`` the padded
+input. Windows are views made with :func:`numpy.lib.stride_tricks.as_strided`
+(nothing is copied until the im2col buffer is filled); conv is one BLAS
+contraction per batch chunk; every scatter is a loop over kernel offsets that
+adds a strided slice (never ``np.add.at``). The literal-loop definitions these
+equal live in :mod:`cnnkit_numpy.reference`.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+from typing import Any
+
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from cnnkit.geometry import pool_output_size, pool_padding
+
+__all__ = ["CHUNK_BYTES", "KEEP_COLUMNS_BYTES", "KERNELS"]
+
+#: Size of the im2col buffer of one batch chunk: conv works through the batch
+#: in chunks of this many bytes of columns, so its extra memory does not grow with N.
+CHUNK_BYTES = 8 * 2**20
+#: Forward keeps its columns for backward when all of them fit in this many bytes;
+#: above it, backward rebuilds them chunk by chunk.
+KEEP_COLUMNS_BYTES = 32 * 2**20
+
+#: NaN and inf propagate silently (no RuntimeWarning) through every kernel.
+_quiet = np.errstate(all="ignore")
+
+Pads = tuple[tuple[int, int], ...]
 
 
+# -- windows ---------------------------------------------------------------------------
+
+
+def _pad(x: np.ndarray, padding: Pads, value: float = 0.0) -> np.ndarray:
+    """``x`` (N, C, *spatial) with ``value`` added ``(before, after)`` on each spatial axis."""
+    if not any(b or a for b, a in padding):
+        return x
+    shape = x.shape[:2] + tuple(n + b + a for n, (b, a) in zip(x.shape[2:], padding))
+    x_pad = np.full(shape, value, dtype=x.dtype)
+    x_pad[_inner(x.shape[2:], padding)] = x
+    return x_pad
+
+
+def _inner(spatial: tuple[int, ...], padding: Pads) -> tuple:
+    """The index of the unpadded input inside the padded one."""
+    return (Ellipsis, *(slice(b, b + n) for n, (b, _) in zip(spatial, padding)))
+
+
+def _out_size(n: int, f: int, s: int, pad: tuple[int, int], d: int) -> int:
+    return (n + pad[0] + pad[1] - d * (f - 1) - 1) // s + 1
+
+
+def _windows(x_pad: np.ndarray, kernel, stride, dilation, out) -> np.ndarray:
+    """Read-only view ``(N, C, *O, *F)`` with ``[n, c, i, m] = x_pad[n, c, S·i + D·m]``."""
+    s_n, s_c, *s_sp = x_pad.strides
+    shape = (*x_pad.shape[:2], *out, *kernel)
+    strides = (s_n, s_c, *(s * S for s, S in zip(s_sp, stride)), *(s * D for s, D in zip(s_sp, dilation)))
+    return as_strided(x_pad, shape, strides, writeable=False)
+
+
+def _taps(kernel, stride, dilation, out) -> Iterator[tuple[int, tuple[int, ...], tuple]]:
+    """Each kernel offset ``m`` in row-major order: ``(t, m, slice)``, ``t`` its number, ``slice``
+    the units ``x_pad[..., S·i + D·m]`` it reads for every output ``i``."""
+    for t, m in enumerate(np.ndindex(*kernel)):
+        sl = tuple(
+            slice(D * mi, D * mi + S * (o - 1) + 1, S) for mi, S, D, o in zip(m, stride, dilation, out)
+        )
+        yield t, m, (Ellipsis, *sl)
+
+
+def _rot180(w: np.ndarray) -> np.ndarray:
+    """The kernel rotated 180° on every spatial axis (a view)."""
+    return w[(slice(None), slice(None), *(slice(None, None, -1),) * (w.ndim - 2))]
+
+
+def _as(g: np.ndarray, dtype) -> np.ndarray:
+    """The incoming gradient in the forward's dtype (a float64 ``δ`` must not upcast a float32 op)."""
+    return np.asarray(g).astype(dtype, copy=False)
+
+
+def _chunks(n: int, bytes_per_sample: int) -> Iterator[tuple[int, int]]:
+    """Batch ranges whose columns take about :data:`CHUNK_BYTES`."""
+    step = max(1, CHUNK_BYTES // max(1, bytes_per_sample))
+    for n0 in range(0, n, step):
+        yield n0, min(n, n0 + step)
+
+
+# -- convolution -----------------------------------------------------------------------
+
+
+def _im2col(x: np.ndarray, geo: dict) -> np.ndarray:
+    """Columns ``(G, C/G·ΠF, nb·ΠO)``: ``[g, (c, m), (n, i)] = x_pad[n, g·C/G + c, S·i + D·m]``."""
+    d = x.ndim - 2
+    x_pad = _pad(x, geo["padding"])
+    win = _windows(x_pad, geo["kernel"], geo["stride"], geo["dilation"], geo["out"])  # (nb, C, *O, *F)
+    nb, c = x.shape[:2]
+    col = np.empty((c, *geo["kernel"], nb, *geo["out"]), dtype=x.dtype)  # (C, *F, nb, *O)
+    np.copyto(col, win.transpose(1, *range(2 + d, 2 + 2 * d), 0, *range(2, 2 + d)))
+    return col.reshape(geo["groups"], -1, nb * math.prod(geo["out"]))
+
+
+def _col2im(dcol: np.ndarray, x_shape: tuple[int, ...], geo: dict) -> np.ndarray:
+    """The adjoint of :func:`_im2col`: ``δ_prev[n, c, S·i + D·m] += dcol[(c, m), (n, i)]``, cropped."""
+    nb, c, *spatial = x_shape
+    kernel, out = geo["kernel"], geo["out"]
+    padding = geo["padding"]
+    padded = tuple(n + b + a for n, (b, a) in zip(spatial, padding))
+    dx_pad = np.zeros((nb, c, *padded), dtype=dcol.dtype)
+    dcol = dcol.reshape(c, *kernel, nb, *out)  # (C, *F, nb, *O)
+    for _, m, sl in _taps(kernel, geo["stride"], geo["dilation"], out):
+        dx_pad[sl] += dcol[(slice(None), *m)].swapaxes(0, 1)  # (nb, C, *O)
+    return dx_pad[_inner(tuple(spatial), padding)]
+
+
+@_quiet
+def conv_forward(x, weight, bias=None, *, stride, padding, dilation, groups, flip):
+    """``a[n, k, i] = b[k] + Σ_c Σ_m W[k, c, m] · x_pad[n, g·C/G + c, S·i + D·m]`` (``flip``: rot180(W)).
+
+    Shapes: x ``(N, C, *spatial)``, W ``(K, C/G, *F)``, b ``(K,)`` -> a ``(N, K, *O)``.
+    The windows become columns ``(G, C/G·ΠF, nb·ΠO)`` one batch chunk at a
+    time, and the sum over ``c, m`` is one matmul ``W (G, K/G, C/G·ΠF) @ columns``.
+    """
+    W = _rot180(weight) if flip else weight
+    n, c = x.shape[:2]
+    k, kernel = W.shape[0], W.shape[2:]
+    out = tuple(_out_size(*a) for a in zip(x.shape[2:], kernel, stride, padding, dilation))
+    geo = {
+        "kernel": kernel,
+        "stride": stride,
+        "padding": padding,
+        "dilation": dilation,
+        "groups": groups,
+        "out": out,
+    }
+    W_mat = W.reshape(groups, k // groups, -1)  # (G, K/G, C/G·ΠF)
+    a = np.empty((n, k, *out), dtype=x.dtype)
+    col_bytes = c * math.prod(kernel) * math.prod(out) * x.itemsize  # per sample
+    keep = n * col_bytes <= KEEP_COLUMNS_BYTES
+    cols = []
+    for n0, n1 in _chunks(n, col_bytes):
+        col = _im2col(x[n0:n1], geo)  # (G, C/G·ΠF, nb·ΠO)
+        a_c = W_mat @ col  # (G, K/G, nb·ΠO)
+        a[n0:n1] = a_c.reshape(k, n1 - n0, *out).swapaxes(0, 1)
+        if keep:
+            cols.append(col)
+    if bias is not None:
+        a += bias.reshape(k, *(1,) * len(out))
+    ctx = (x, W, W_mat, flip, bias is not None, geo, cols if keep else None)
+    return a, ctx
+
+
+@_quiet
+def conv_backward(ctx, grad_output):
+    # dE/dW = y ⋆ δ;  δ_prev = (δ dilated by S, padded) ⋆_full rot180(W);  dE/db = Σ_ij δ
+    # (index form: dW[k,c,m] = Σ_n Σ_i δ[n,k,i]·y_pad[n,c,S·i+D·m]; δ_prev scattered per offset m)
+    x, W, W_mat, flip, has_bias, geo, cols = ctx
+    delta = _as(grad_output, x.dtype)
+    n, c = x.shape[:2]
+    k = W.shape[0]
+    groups, out = geo["groups"], geo["out"]
+    p = math.prod(out)
+    dW = np.zeros(W_mat.shape, dtype=x.dtype)  # (G, K/G, C/G·ΠF)
+    dx = np.empty_like(x)
+    W_t = W_mat.transpose(0, 2, 1)  # (G, C/G·ΠF, K/G)
+    col_bytes = c * math.prod(W.shape[2:]) * p * x.itemsize
+    for j, (n0, n1) in enumerate(_chunks(n, col_bytes)):
+        nb = n1 - n0
+        # δ of this chunk as (G, K/G, nb·ΠO), the layout of the columns
+        d_c = np.ascontiguousarray(delta[n0:n1].reshape(nb, k, p).swapaxes(0, 1)).reshape(groups, -1, nb * p)
+        col = cols[j] if cols is not None else _im2col(x[n0:n1], geo)
+        dW += d_c @ col.transpose(0, 2, 1)  # Σ over (n, i): the cross-correlation of y with δ
+        dcol = W_t @ d_c  # (G, C/G·ΠF, nb·ΠO): each δ times each rotated-kernel tap
+        dx[n0:n1] = _col2im(dcol, x[n0:n1].shape, geo)  # the scatter = full correlation with rot180(W)
+    dW = dW.reshape(W.shape)
+    if flip:
+        dW = np.ascontiguousarray(_rot180(dW))
+    db = delta.sum(axis=(0, *range(2, delta.ndim))) if has_bias else None
+    return dx, dW, db
+
+
+# -- pooling ---------------------------------------------------------------------------
+
+
+def _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode) -> dict:
+    spatial = x.shape[2:]
+    reads = tuple(
+        pool_padding(n, f, s, p, d, ceil_mode)
+        for n, f, s, p, d in zip(spatial, kernel_size, stride, padding, dilation)
+    )
+    out = tuple(
+        pool_output_size(n, f, s, p, d, ceil_mode)
+        for n, f, s, p, d in zip(spatial, kernel_size, stride, padding, dilation)
+    )
+    overlap = any(S < D * (F - 1) + 1 for F, S, D in zip(kernel_size, stride, dilation))
+    return {
+        "kernel": kernel_size,
+        "stride": stride,
+        "dilation": dilation,
+        "padding": padding,
+        "reads": reads,
+        "out": out,
+        "overlap": overlap,
+        "x_shape": x.shape,
+        "dtype": x.dtype,
+    }
+
+
+def _pool_scatter(r: np.ndarray, geo: dict, pick=None) -> np.ndarray:
+    """``δ_prev[n, c, S·i + D·m] += r[n, c, i]`` over every offset ``m`` (``pick(t)``: a mask per offset)."""
+    x_shape = geo["x_shape"]
+    padded = tuple(n + b + a for n, (b, a) in zip(x_shape[2:], geo["reads"]))
+    dx_pad = np.zeros((*x_shape[:2], *padded), dtype=r.dtype)
+    for t, _, sl in _taps(geo["kernel"], geo["stride"], geo["dilation"], geo["out"]):
+        if pick is None:
+            if geo["overlap"]:
+                dx_pad[sl] += r
+            else:
+                dx_pad[sl] = r
+        elif geo["overlap"]:
+            dx_pad[sl] += np.where(pick(t), r, 0)
+        else:
+            np.copyto(dx_pad[sl], r, where=pick(t))
+    if padded == tuple(x_shape[2:]):
+        return dx_pad
+    return np.ascontiguousarray(dx_pad[_inner(x_shape[2:], geo["reads"])])
+
+
+@_quiet
+def max_pool_forward(x, *, kernel_size, stride, padding, dilation, ceil_mode):
+    """``out[n, c, i] = max_m x_pad[n, c, S·i + D·m]``, padding = -inf; saves the winning offset.
+
+    Ties go to the first maximum in row-major window order; a NaN in a window
+    makes its output NaN (and its winner the first NaN).
+    """
+    geo = _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode)
+    x_pad = _pad(x, geo["reads"], -np.inf)
+    ntaps = math.prod(kernel_size)
+    winner = np.zeros((*x.shape[:2], *geo["out"]), dtype=np.uint8 if ntaps <= 255 else np.int32)
+    best = None
+    better = np.empty(winner.shape, dtype=bool)
+    for t, _, sl in _taps(kernel_size, stride, dilation, geo["out"]):
+        v = x_pad[sl]
+        if best is None:
+            best = v.copy()
+            continue
+        np.greater(v, best, out=better)  # strict: an equal later value does not win
+        np.copyto(winner, t, where=better)
+        np.maximum(best, v, out=best)  # NaN propagates
+    if best is None:  # pragma: no cover - kernels have at least one tap
+        raise AssertionError
+    nan = np.isnan(best)
+    if nan.any():  # a window with a NaN: the first NaN wins
+        for t, _, sl in reversed(list(_taps(kernel_size, stride, dilation, geo["out"]))):
+            np.copyto(winner, t, where=nan & np.isnan(x_pad[sl]))
+    return best, (geo, winner)
+
+
+@_quiet
+def max_pool_backward(ctx, grad_output):
+    # δ_prev[n,c,S·i+D·m*] = δ[n,c,i] for the saved winner m* of window i; every other unit gets 0
+    geo, winner = ctx
+    return (_pool_scatter(_as(grad_output, geo["dtype"]), geo, pick=lambda t: winner == t),)
+
+
+def _avg_divisor(geo: dict, count_include_pad: bool, dtype) -> np.ndarray:
+    """``|window|`` per output, shape ``(1, 1, *O)``: taps inside the declared padded input, or real units."""
+    counts = []
+    for n, f, s, (b, a), d, o in zip(
+        geo["x_shape"][2:], geo["kernel"], geo["stride"], geo["padding"], geo["dilation"], geo["out"]
+    ):
+        pos = s * np.arange(o)[:, None] + d * np.arange(f)[None, :]  # padded coordinate of each tap
+        lo, hi = (0, n + b + a) if count_include_pad else (b, b + n)
+        counts.append(((pos >= lo) & (pos < hi)).sum(axis=1))
+    div = counts[0]
+    for cnt in counts[1:]:
+        div = np.multiply.outer(div, cnt)
+    return div.astype(dtype).reshape(1, 1, *geo["out"])
+
+
+@_quiet
+def avg_pool_forward(x, *, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad):
+    """``out[n, c, i] = Σ_m x_pad[n, c, S·i + D·m] / |window_i|`` (zero padding)."""
+    geo = _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode)
+    x_pad = _pad(x, geo["reads"])
+    total = None
+    for _, _, sl in _taps(kernel_size, stride, dilation, geo["out"]):
+        if total is None:
+            total = x_pad[sl].copy()
+        else:
+            total += x_pad[sl]
+    div = _avg_divisor(geo, count_include_pad, x.dtype)
+    total /= div
+    return total, (geo, div)
+
+
+@_quiet
+def avg_pool_backward(ctx, grad_output):
+    # δ_prev[n,c,S·i+D·m] += δ[n,c,i] / |window_i| for every offset m of the window
+    geo, div = ctx
+    return (_pool_scatter(_as(grad_output, div.dtype) / div, geo),)
+
+
+def _abs_pow(x: np.ndarray, p: float) -> np.ndarray:
+    if p == 1.0:
+        return np.abs(x)
+    if p == 2.0:
+        return np.square(x)
+    return np.abs(x) ** p
+
+
+@_quiet
+def lp_pool_forward(x, *, kernel_size, stride, padding, dilation, ceil_mode, norm_type):
+    """``out[n, c, i] = (Σ_m |x_pad[n, c, S·i + D·m]|^p)^(1/p)``, the true p-norm (zero padding)."""
+    p = norm_type
+    geo = _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode)
+    a_pad = _pad(_abs_pow(x, p), geo["reads"])  # |x|^p, padded
+    total = None
+    for _, _, sl in _taps(kernel_size, stride, dilation, geo["out"]):
+        if total is None:
+            total = a_pad[sl].copy()
+        else:
+            total += a_pad[sl]
+    out = np.sqrt(total) if p == 2.0 else total if p == 1.0 else total ** (1.0 / p)
+    return out, (x, out, p, geo)
+
+
+@_quiet
+def lp_pool_backward(ctx, grad_output):
+    # δ_prev[x] = Σ_{windows i ∋ x} δ[i] · sign(x)|x|^(p-1) / out[i]^(p-1), and 0 where out[i] == 0
+    x, out, p, geo = ctx
+    grad_output = _as(grad_output, x.dtype)
+    if p == 1.0:
+        r = np.where(out == 0, 0, grad_output)
+    else:
+        r = np.where(out == 0, 0, grad_output / out ** (p - 1.0))
+    spread = _pool_scatter(r, geo)
+    if p == 2.0:
+        local = x
+    elif p == 1.0:
+        local = np.sign(x)
+    else:
+        local = np.sign(x) * np.abs(x) ** (p - 1.0)
+        if p < 1.0:
+            local = np.where(x == 0, 0, local)
+    spread *= local
+    return (spread,)
+
+
+# -- activations -----------------------------------------------------------------------
+
+
+@_quiet
 def relu_forward(x):
-    y = np.maximum(x, 0)
-    return y, x
+    """``y = max(x, 0)``."""
+    return np.maximum(x, 0), x
 
 
-def relu_backward(x, dy):
-    # δ_prev = f'(a) ⊙ δ, f'(a) = 1 where a > 0
-    return (dy * (x > 0),)
+@_quiet
+def relu_backward(ctx, grad_output):
+    # δ_prev = f'(a) ⊙ δ with f'(a) = 1 where a > 0, else 0
+    x = ctx
+    return (np.where(x > 0, _as(grad_output, x.dtype), 0),)
 
 
-KERNELS = {"relu": (relu_forward, relu_backward)}
+@_quiet
+def leaky_relu_forward(x, *, negative_slope):
+    """``y = x`` where ``x > 0``, else ``negative_slope · x``."""
+    return np.where(x > 0, x, x * negative_slope), (x, negative_slope)
+
+
+@_quiet
+def leaky_relu_backward(ctx, grad_output):
+    # δ_prev = f'(a) ⊙ δ with f'(a) = 1 where a > 0, else negative_slope
+    x, slope = ctx
+    grad_output = _as(grad_output, x.dtype)
+    return (np.where(x > 0, grad_output, grad_output * slope),)
+
+
+@_quiet
+def sigmoid_forward(x):
+    """``y = 1 / (1 + e^-x)``, computed without overflow for large ``|x|``."""
+    e = np.exp(-np.abs(x))
+    y = np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+    return y, y
+
+
+@_quiet
+def sigmoid_backward(ctx, grad_output):
+    # δ_prev = f'(a) ⊙ δ with f'(a) = σ(a)(1 - σ(a))
+    y = ctx
+    return (_as(grad_output, y.dtype) * y * (1 - y),)
+
+
+@_quiet
+def tanh_forward(x):
+    """``y = tanh(x)``."""
+    y = np.tanh(x)
+    return y, y
+
+
+@_quiet
+def tanh_backward(ctx, grad_output):
+    # δ_prev = f'(a) ⊙ δ with f'(a) = 1 - tanh(a)²
+    y = ctx
+    return (_as(grad_output, y.dtype) * (1 - y * y),)
+
+
+# -- flatten, linear, loss -------------------------------------------------------------
+
+
+def flatten_forward(x, *, start_dim, end_dim):
+    """Dims ``start_dim..end_dim`` of ``x`` merged into one (a view where NumPy can)."""
+    shape = x.shape
+    if not shape:
+        return x.reshape(1), (shape, x.dtype)
+    new = (*shape[:start_dim], math.prod(shape[start_dim : end_dim + 1]), *shape[end_dim + 1 :])
+    return x.reshape(new), (shape, x.dtype)
+
+
+def flatten_backward(ctx, grad_output):
+    # δ_prev = δ reshaped back to the input's shape
+    shape, dtype = ctx
+    return (_as(grad_output, dtype).reshape(shape),)
+
+
+@_quiet
+def linear_forward(x, weight, bias=None):
+    """``y = x W^T + b``: x ``(*, in)``, W ``(out, in)``, b ``(out,)`` -> y ``(*, out)``."""
+    y = x @ weight.T
+    if bias is not None:
+        y += bias
+    return y, (x, weight, bias is not None)
+
+
+@_quiet
+def linear_backward(ctx, grad_output):
+    # δ_prev = δ W;  dE/dW = δ^T y;  dE/db = Σ_rows δ
+    x, W, has_bias = ctx
+    grad_output = _as(grad_output, x.dtype)
+    delta = grad_output.reshape(-1, W.shape[0])  # (rows, out)
+    dx = (grad_output @ W).reshape(x.shape)
+    dW = delta.T @ x.reshape(-1, W.shape[1])
+    db = delta.sum(axis=0) if has_bias else None
+    return dx, dW, db
+
+
+@_quiet
+def cross_entropy_forward(logits, target, *, reduction):
+    """``E_n = -log softmax(z_n)[t_n] = logsumexp(z_n) - z_n[t_n]``, then mean, sum or none.
+
+    Shapes: logits ``(N, C)``, target ``(N,)`` ints -> ``()`` (mean, sum) or ``(N,)``.
+    """
+    z = logits - logits.max(axis=1, keepdims=True)  # stable: the largest logit is 0
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))  # (N, C) log-softmax
+    rows = np.arange(logits.shape[0])
+    loss = -log_p[rows, target]  # (N,)
+    if reduction == "sum":
+        out = np.asarray(loss.sum(), dtype=logits.dtype)
+    elif reduction == "mean":
+        out = np.asarray(loss.sum() / logits.shape[0], dtype=logits.dtype)
+    else:
+        out = loss
+    return out, (log_p, target, reduction)
+
+
+@_quiet
+def cross_entropy_backward(ctx, grad_output):
+    # dE/dz = softmax(z) - onehot(t)   (divided by N for the mean)
+    log_p, target, reduction = ctx
+    n = log_p.shape[0]
+    dz = np.exp(log_p)
+    dz[np.arange(n), target] -= 1
+    g = np.asarray(grad_output, dtype=log_p.dtype)
+    if reduction == "none":
+        dz *= g[:, None]
+    else:
+        dz *= g / n if reduction == "mean" else g
+    return dz, None
+
+
+#: ``{op: (forward, backward)}`` for every core op, registered by :mod:`cnnkit_numpy.plugin`.
+KERNELS: dict[str, tuple[Any, Any]] = {
+    "conv": (conv_forward, conv_backward),
+    "max_pool": (max_pool_forward, max_pool_backward),
+    "avg_pool": (avg_pool_forward, avg_pool_backward),
+    "lp_pool": (lp_pool_forward, lp_pool_backward),
+    "relu": (relu_forward, relu_backward),
+    "leaky_relu": (leaky_relu_forward, leaky_relu_backward),
+    "sigmoid": (sigmoid_forward, sigmoid_backward),
+    "tanh": (tanh_forward, tanh_backward),
+    "flatten": (flatten_forward, flatten_backward),
+    "linear": (linear_forward, linear_backward),
+    "cross_entropy": (cross_entropy_forward, cross_entropy_backward),
+}

@@ -1,0 +1,410 @@
+"""The NumPy backend's own tests: vectorised kernels equal the literal loops, gradients equal
+central finite differences, dtypes are kept, and the lecture's worked examples come out exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cnnkit_numpy import ops
+from cnnkit_numpy import reference as ref
+
+import cnnkit
+from cnnkit import functional as F
+from cnnkit.geometry import pool_padding
+
+RNG = np.random.default_rng(20240607)
+
+
+def rand(*shape, dtype=np.float64):
+    return RNG.standard_normal(shape).astype(dtype)
+
+
+def pads(*pairs):
+    return tuple(pairs)
+
+
+# -- conv: vectorised == literal loops ------------------------------------------------------
+
+# (id, input shape, weight shape, stride, padding, dilation, groups)
+CONV_CASES = [
+    ("1d-plain", (2, 3, 9), (4, 3, 3), (1,), pads((0, 0)), (1,), 1),
+    ("1d-stride2-asym-dil2", (2, 2, 11), (3, 2, 3), (2,), pads((2, 1)), (2,), 1),
+    ("1d-depthwise", (2, 4, 8), (4, 1, 3), (1,), pads((1, 1)), (1,), 4),
+    ("2d-plain", (2, 3, 6, 5), (4, 3, 3, 3), (1, 1), pads((0, 0), (0, 0)), (1, 1), 1),
+    ("2d-stride2-pad1", (1, 3, 7, 6), (2, 3, 3, 3), (2, 2), pads((1, 1), (1, 1)), (1, 1), 1),
+    ("2d-asym-pad-stride21", (2, 2, 5, 6), (3, 2, 2, 3), (2, 1), pads((0, 2), (1, 0)), (1, 1), 1),
+    ("2d-dilation", (1, 2, 8, 7), (2, 2, 3, 2), (1, 2), pads((1, 1), (0, 1)), (2, 3), 1),
+    ("2d-groups2", (2, 4, 6, 6), (6, 2, 3, 3), (1, 2), pads((1, 0), (1, 1)), (1, 1), 2),
+    ("2d-depthwise-mult2", (1, 3, 5, 5), (6, 1, 3, 3), (2, 1), pads((1, 1), (1, 1)), (1, 2), 3),
+    ("3d-mixed", (1, 2, 4, 5, 4), (2, 2, 2, 3, 2), (1, 2, 1), pads((1, 0), (1, 1), (0, 1)), (1, 1, 2), 1),
+    ("3d-groups2", (1, 4, 3, 4, 3), (2, 2, 2, 2, 2), (2, 1, 1), pads((0, 1), (0, 0), (1, 1)), (1, 1, 1), 2),
+]
+
+
+def _conv_attrs(case, flip=False):
+    _, _, _, stride, padding, dilation, groups = case
+    return {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups, "flip": flip}
+
+
+@pytest.mark.parametrize("flip", [False, True], ids=["xcorr", "flip"])
+@pytest.mark.parametrize("case", CONV_CASES, ids=[c[0] for c in CONV_CASES])
+def test_conv_equals_reference(case, flip):
+    x, w, b = rand(*case[1]), rand(*case[2]), rand(case[2][0])
+    attrs = _conv_attrs(case, flip)
+    out, ctx = ops.conv_forward(x, w, b, **attrs)
+    np.testing.assert_allclose(out, ref.conv(x, w, b, **attrs), rtol=1e-12, atol=1e-12)
+
+    delta = rand(*out.shape)
+    dx, dw, db = ops.conv_backward(ctx, delta)
+    plain = {k: v for k, v in attrs.items() if k != "flip"}
+    w_used = w[(slice(None), slice(None), *(slice(None, None, -1),) * (w.ndim - 2))] if flip else w
+    rdx, rdw, rdb = ref.conv_backward(x, w_used, delta, **plain)
+    if flip:  # dE/dW of rot180(W) is rot180 of dE/d(rot180 W)
+        rdw = rdw[(slice(None), slice(None), *(slice(None, None, -1),) * (w.ndim - 2))]
+    np.testing.assert_allclose(dx, rdx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dw, rdw, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(db, rdb, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("keep", [0, 1 << 30], ids=["recompute", "keep"])
+def test_conv_batch_chunks_agree(monkeypatch, keep):
+    x, w, b = rand(5, 3, 7, 6), rand(4, 3, 3, 3), rand(4)
+    attrs = {
+        "stride": (2, 1),
+        "padding": pads((1, 2), (1, 1)),
+        "dilation": (1, 2),
+        "groups": 1,
+        "flip": False,
+    }
+    whole, ctx = ops.conv_forward(x, w, b, **attrs)
+    delta = rand(*whole.shape)
+    grads = ops.conv_backward(ctx, delta)
+    monkeypatch.setattr(ops, "CHUNK_BYTES", 1)  # one sample per chunk
+    monkeypatch.setattr(ops, "KEEP_COLUMNS_BYTES", keep)
+    chunked, ctx = ops.conv_forward(x, w, b, **attrs)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-13, atol=1e-13)
+    for g_chunked, g_whole in zip(ops.conv_backward(ctx, delta), grads):
+        np.testing.assert_allclose(g_chunked, g_whole, rtol=1e-13, atol=1e-13)
+
+
+def test_conv_no_bias_gives_none_and_empty_batch_works():
+    out, ctx = ops.conv_forward(
+        rand(0, 2, 5, 5), rand(3, 2, 3, 3), None, stride=(1, 1), padding=pads((1, 1), (1, 1)),
+        dilation=(1, 1), groups=1, flip=False,
+    )  # fmt: skip
+    assert out.shape == (0, 3, 5, 5)
+    dx, dw, db = ops.conv_backward(ctx, np.zeros(out.shape))
+    assert dx.shape == (0, 2, 5, 5) and db is None
+    assert np.all(dw == 0)
+
+
+# -- pooling: vectorised == literal loops ---------------------------------------------------
+
+# (id, input shape, kernel, stride, padding, dilation, ceil_mode)
+POOL_CASES = [
+    ("1d-k2", (2, 2, 7), (2,), (2,), pads((0, 0)), (1,), False),
+    ("1d-k3-s2-ceil-pad1", (1, 2, 8), (3,), (2,), pads((1, 1)), (1,), True),
+    ("2d-k2", (2, 2, 6, 6), (2, 2), (2, 2), pads((0, 0), (0, 0)), (1, 1), False),
+    ("2d-k3-s2-pad1", (1, 3, 7, 6), (3, 3), (2, 2), pads((1, 1), (1, 1)), (1, 1), False),
+    ("2d-ceil", (2, 1, 7, 5), (3, 2), (2, 2), pads((0, 0), (0, 0)), (1, 1), True),
+    ("2d-ceil-asym-pad", (1, 2, 6, 7), (3, 3), (2, 3), pads((1, 0), (0, 1)), (1, 1), True),
+    ("2d-overlap-s1", (1, 2, 5, 5), (3, 2), (1, 1), pads((1, 1), (1, 0)), (1, 1), False),
+    ("2d-dilation", (1, 2, 8, 7), (2, 3), (1, 2), pads((1, 0), (1, 2)), (2, 2), True),
+    ("3d-k2", (1, 2, 4, 5, 4), (2, 2, 2), (2, 2, 2), pads((0, 0), (1, 0), (0, 0)), (1, 1, 1), True),
+]
+
+
+def _pool_attrs(case):
+    _, _, kernel, stride, padding, dilation, ceil = case
+    return {
+        "kernel_size": kernel,
+        "stride": stride,
+        "padding": padding,
+        "dilation": dilation,
+        "ceil_mode": ceil,
+    }
+
+
+@pytest.mark.parametrize("data", ["random", "ties", "negative"])
+@pytest.mark.parametrize("case", POOL_CASES, ids=[c[0] for c in POOL_CASES])
+def test_max_pool_equals_reference(case, data):
+    x = rand(*case[1])
+    if data == "ties":  # few distinct values: many windows hold their maximum twice
+        x = np.round(x).clip(-1, 1)
+    elif data == "negative":  # the -inf padding must lose against every real unit
+        x = -np.abs(x) - 5
+    attrs = _pool_attrs(case)
+    out, ctx = ops.max_pool_forward(x, **attrs)
+    rout, winner = ref.max_pool(x, **attrs)
+    np.testing.assert_array_equal(out, rout)
+    delta = rand(*out.shape)
+    (dx,) = ops.max_pool_backward(ctx, delta)
+    np.testing.assert_allclose(dx, ref.max_pool_backward(x, delta, winner, **attrs), rtol=1e-14, atol=1e-14)
+
+
+def test_max_pool_ties_go_to_the_first_maximum():
+    x = np.array([[[[1.0, 3.0], [3.0, 3.0]]]])
+    out, ctx = ops.max_pool_forward(
+        x, **_pool_attrs(("", None, (2, 2), (2, 2), pads((0, 0), (0, 0)), (1, 1), False))
+    )
+    (dx,) = ops.max_pool_backward(ctx, np.ones_like(out))
+    assert out.item() == 3.0
+    assert dx[0, 0].tolist() == [[0.0, 1.0], [0.0, 0.0]]
+
+
+@pytest.mark.parametrize("count_include_pad", [True, False], ids=["incl-pad", "excl-pad"])
+@pytest.mark.parametrize("case", POOL_CASES, ids=[c[0] for c in POOL_CASES])
+def test_avg_pool_equals_reference(case, count_include_pad):
+    x = rand(*case[1])
+    attrs = {**_pool_attrs(case), "count_include_pad": count_include_pad}
+    out, _ = ops.avg_pool_forward(x, **attrs)
+    np.testing.assert_allclose(out, ref.avg_pool(x, **attrs), rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.0, 0.5])
+@pytest.mark.parametrize("case", POOL_CASES[1::2], ids=[c[0] for c in POOL_CASES[1::2]])
+def test_lp_pool_equals_reference(case, p):
+    x = rand(*case[1])
+    attrs = {**_pool_attrs(case), "norm_type": p}
+    out, _ = ops.lp_pool_forward(x, **attrs)
+    np.testing.assert_allclose(out, ref.lp_pool(x, **attrs), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.0, 0.5])
+def test_lp_pool_all_zero_windows_give_zero_gradient(p):
+    x = rand(1, 2, 4, 4)
+    x[:, :, :2, :2] = 0.0  # the first window of each channel is all zeros
+    out, ctx = ops.lp_pool_forward(x, **_pool_attrs(POOL_CASES[2]), norm_type=p)
+    assert np.all(out[:, :, 0, 0] == 0)
+    (dx,) = ops.lp_pool_backward(ctx, np.ones_like(out))
+    assert np.all(np.isfinite(dx))
+    assert np.all(dx[:, :, :2, :2] == 0)
+
+
+def test_lp_pool_is_the_true_norm_with_abs():
+    x = -np.ones((1, 1, 2, 2))
+    out, _ = ops.lp_pool_forward(x, **_pool_attrs(POOL_CASES[2]), norm_type=3.0)
+    np.testing.assert_allclose(out, [[[[4.0 ** (1 / 3)]]]])
+
+
+def test_avg_pool_ceil_extra_region_is_not_counted():
+    # 5 units, k=2, s=2, ceil: last window holds one real unit and one unit past the input
+    x = np.arange(1.0, 6.0).reshape(1, 1, 5)
+    attrs = {
+        "kernel_size": (2,),
+        "stride": (2,),
+        "padding": pads((0, 0)),
+        "dilation": (1,),
+        "ceil_mode": True,
+    }
+    for cip in (True, False):
+        out, _ = ops.avg_pool_forward(x, **attrs, count_include_pad=cip)
+        assert out[0, 0].tolist() == [1.5, 3.5, 5.0]
+    out, _ = ops.avg_pool_forward(x, **{**attrs, "padding": pads((1, 1))}, count_include_pad=True)
+    assert out[0, 0].tolist() == [0.5, 2.5, 4.5]
+
+
+# -- float32 stays float32 ------------------------------------------------------------------
+
+F32_CALLS = [
+    ("conv", lambda x: ops.conv_forward(x, rand(4, 2, 3, 3, dtype=np.float32), rand(4, dtype=np.float32),
+                                        **_conv_attrs(CONV_CASES[7]))),
+    ("conv-flip", lambda x: ops.conv_forward(x, rand(4, 4, 3, 3, dtype=np.float32), None,
+                                             **_conv_attrs(CONV_CASES[4], flip=True))),
+    ("max_pool", lambda x: ops.max_pool_forward(x, **_pool_attrs(POOL_CASES[3]))),
+    ("avg_pool", lambda x: ops.avg_pool_forward(x, **_pool_attrs(POOL_CASES[5]), count_include_pad=False)),
+    ("lp_pool", lambda x: ops.lp_pool_forward(x, **_pool_attrs(POOL_CASES[3]), norm_type=2.5)),
+    ("relu", ops.relu_forward),
+    ("leaky_relu", lambda x: ops.leaky_relu_forward(x, negative_slope=0.1)),
+    ("sigmoid", ops.sigmoid_forward),
+    ("tanh", ops.tanh_forward),
+    ("flatten", lambda x: ops.flatten_forward(x, start_dim=1, end_dim=3)),
+    ("linear", lambda x: ops.linear_forward(x, rand(3, 7, dtype=np.float32), rand(3, dtype=np.float32))),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,forward", F32_CALLS, ids=[c[0] for c in F32_CALLS])
+def test_float32_stays_float32(name, forward):
+    x = rand(2, 4, 6, 7, dtype=np.float32)
+    kernel_backward = ops.KERNELS[name.split("-")[0]][1]
+    out, ctx = forward(x)
+    assert out.dtype == np.float32
+    # a float64 δ must not upcast the gradients either
+    grads = kernel_backward(ctx, np.ones(out.shape, dtype=np.float64))
+    assert all(g is None or g.dtype == np.float32 for g in grads)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_float32_and_zero_d_output(reduction):
+    z = rand(5, 4, dtype=np.float32)
+    t = np.array([0, 3, 1, 1, 2])
+    out, ctx = ops.cross_entropy_forward(z, t, reduction=reduction)
+    assert out.dtype == np.float32
+    assert out.shape == ((5,) if reduction == "none" else ())
+    assert isinstance(out, np.ndarray)
+    dz, dt = ops.cross_entropy_backward(ctx, np.ones(out.shape, dtype=np.float64))
+    assert dz.dtype == np.float32 and dt is None
+
+
+# -- gradients against central finite differences (float64, through cnnkit.vjp) ---------
+
+
+def check_gradients(fn, inputs, *, eps=1e-6, rtol=1e-6, **attrs):
+    """Every float input's manual gradient equals central differences of Σ out·g."""
+    out, pullback = cnnkit.vjp(fn, *inputs, backend="numpy", **attrs)
+    g = rand(*np.shape(out))
+    grads = pullback(g)
+
+    def loss():
+        return float(np.sum(fn(*inputs, backend="numpy", **attrs) * g))
+
+    for x, grad in zip(inputs, grads):
+        if x is None or not np.issubdtype(x.dtype, np.floating):
+            assert grad is None
+            continue
+        numeric = np.zeros_like(x)
+        for idx in np.ndindex(*x.shape):
+            keep = x[idx]
+            x[idx] = keep + eps
+            up = loss()
+            x[idx] = keep - eps
+            down = loss()
+            x[idx] = keep
+            numeric[idx] = (up - down) / (2 * eps)
+        scale = max(1.0, np.abs(numeric).max())
+        np.testing.assert_allclose(grad, numeric, rtol=0, atol=rtol * scale)
+
+
+GRAD_CASES = [
+    ("conv1d", F.conv1d, lambda: (rand(2, 2, 7), rand(3, 2, 3), rand(3)), {"stride": 2, "padding": [(1, 0)]}),
+    ("conv2d-groups-dil", F.conv2d, lambda: (rand(1, 4, 5, 5), rand(4, 2, 2, 3), rand(4)),
+     {"stride": (1, 2), "padding": [(1, 0), (1, 1)], "dilation": (2, 1), "groups": 2}),
+    ("conv2d-flip-nobias", F.conv2d, lambda: (rand(1, 2, 4, 4), rand(2, 2, 3, 3), None),
+     {"padding": "same", "flip": True}),
+    ("conv3d", F.conv3d, lambda: (rand(1, 2, 3, 4, 3), rand(2, 2, 2, 2, 2), rand(2)),
+     {"padding": 1, "stride": 2}),
+    ("max_pool2d", F.max_pool2d, lambda: (rand(1, 2, 5, 5),), {"kernel_size": 3, "stride": 2, "padding": 1}),
+    ("max_pool1d-ceil-dil", F.max_pool1d, lambda: (rand(2, 1, 9),),
+     {"kernel_size": 2, "stride": 2, "dilation": 2, "ceil_mode": True}),
+    ("avg_pool2d-ceil", F.avg_pool2d, lambda: (rand(1, 2, 5, 6),),
+     {"kernel_size": 2, "stride": 2, "ceil_mode": True, "padding": 1, "count_include_pad": False}),
+    ("avg_pool3d", F.avg_pool3d, lambda: (rand(1, 1, 3, 4, 4),), {"kernel_size": 2, "stride": 1}),
+    ("lp_pool2d-p3", F.lp_pool2d, lambda: (rand(1, 2, 4, 5),),
+     {"norm_type": 3.0, "kernel_size": 2, "stride": 1}),
+    ("lp_pool1d-p0.5", F.lp_pool1d, lambda: (rand(1, 2, 6),),
+     {"norm_type": 0.5, "kernel_size": 3, "stride": 2}),
+    ("lp_pool2d-p2", F.lp_pool2d, lambda: (rand(1, 1, 4, 4),), {"norm_type": 2.0, "kernel_size": 2}),
+    ("relu", F.relu, lambda: (rand(3, 4),), {}),
+    ("leaky_relu", F.leaky_relu, lambda: (rand(3, 4),), {"negative_slope": 0.2}),
+    ("sigmoid", F.sigmoid, lambda: (rand(3, 4) * 3,), {}),
+    ("tanh", F.tanh, lambda: (rand(3, 4),), {}),
+    ("flatten", F.flatten, lambda: (rand(2, 3, 2),), {"start_dim": 0, "end_dim": 1}),
+    ("linear", F.linear, lambda: (rand(2, 3, 4), rand(5, 4), rand(5)), {}),
+    ("linear-1d-nobias", F.linear, lambda: (rand(4), rand(3, 4), None), {}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,fn,make,attrs", GRAD_CASES, ids=[c[0] for c in GRAD_CASES])
+def test_gradients_match_finite_differences(name, fn, make, attrs):
+    check_gradients(fn, make(), **attrs)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_gradient_matches_finite_differences(reduction):
+    z, t = rand(4, 5) * 3, np.array([4, 0, 2, 2])
+    check_gradients(F.cross_entropy, (z, t), reduction=reduction)
+
+
+def test_cross_entropy_is_stable_for_huge_logits():
+    z = np.array([[1000.0, 0.0, -1000.0]], dtype=np.float32)
+    out, _ = ops.cross_entropy_forward(z, np.array([1]), reduction="sum")
+    assert out.item() == pytest.approx(1000.0)
+
+
+# -- NaN and inf propagate without a warning (filterwarnings = error) -----------------------
+
+
+def test_nan_and_inf_propagate_quietly():
+    x = rand(1, 2, 4, 4)
+    x[0, 0, 1, 1] = np.nan
+    x[0, 1, 2, 2] = np.inf
+    y = F.conv2d(x, rand(1, 2, 2, 2), padding=0, backend="numpy")
+    assert np.isnan(y[0, 0, :2, :2]).all()
+    m = F.max_pool2d(x, 2, backend="numpy")
+    assert np.isnan(m[0, 0, 0, 0]) and m[0, 1, 1, 1] == np.inf
+    for fn in (F.relu, F.sigmoid, F.tanh, F.leaky_relu):
+        assert np.isnan(fn(x, backend="numpy")[0, 0, 1, 1])
+    assert np.isinf(F.lp_pool2d(x, 3.0, 2, backend="numpy")[0, 1, 1, 1])
+    loss = F.cross_entropy(np.array([[np.inf, 0.0], [np.nan, 1.0]]), np.array([0, 1]), backend="numpy")
+    assert np.isnan(loss)
+
+
+# -- the lecture's worked examples, exactly --------------------------------------------------
+
+
+def test_worked_example_sobel_true_convolution_same_padding():
+    image = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]], dtype=np.float64)
+    sobel = np.array([[-1, -2, -1], [0, 0, 0], [1, 2, 1]], dtype=np.float64)
+    s = F.conv2d(image[None, None], sobel[None, None], padding="same", flip=True, backend="numpy")
+    assert s[0, 0].tolist() == [[-13, -20, -17], [-18, -24, -18], [13, 20, 17]]
+
+
+def _rows(*rows):
+    return np.array([[int(ch) for ch in r] for r in rows], dtype=np.float64)
+
+
+def test_worked_example_two_filters_stride2_pad1():
+    x_lecture = np.stack(
+        [
+            _rows("20000", "22210", "21122", "11122", "00100"),
+            _rows("11121", "12100", "12021", "20111", "11122"),
+            _rows("00020", "21112", "11202", "12120", "00021"),
+        ],
+        axis=-1,
+    )  # (5, 5, 3): x[:, :, d]
+    w0 = np.stack([[[1, -1, 0], [1, 1, 1], [0, 1, 1]], [[1, 1, 0], [-1, -1, 1], [1, -1, -1]],
+                   [[1, -1, 1], [-1, 0, 1], [1, 1, 1]]], axis=-1)  # fmt: skip
+    w1 = np.stack([[[-1, 1, 0], [1, -1, -1], [0, 1, 1]], [[0, -1, -1], [0, -1, 0], [0, 1, 1]],
+                   [[0, -1, -1], [0, 0, 0], [-1, 1, 0]]], axis=-1)  # fmt: skip
+    x = np.moveaxis(x_lecture, -1, 0)[None]  # (1, 3, 5, 5): x_nchw[0, d] = x_lecture[:, :, d]
+    w = np.stack([np.moveaxis(w0, -1, 0), np.moveaxis(w1, -1, 0)]).astype(np.float64)  # (2, 3, 3, 3)
+    o = F.conv2d(x, w, np.array([1.0, 0.0]), stride=2, padding=1, backend="numpy")
+    assert o[0, 0].tolist() == [[7, 10, -1], [7, 14, 6], [3, 8, -1]]
+    assert o[0, 1].tolist() == [[6, 3, 0], [-3, -1, -3], [-5, -7, -3]]
+
+
+# -- semantics cross-checked against PyTorch where it agrees -------------------------------
+
+
+def test_matches_torch_where_semantics_agree():
+    torch = pytest.importorskip("torch")
+    tf = torch.nn.functional
+    x, w, b = rand(2, 4, 7, 6), rand(6, 2, 3, 2), rand(6)
+    ours = F.conv2d(x, w, b, stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2, backend="numpy")
+    theirs = tf.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(b), (2, 1), (1, 0), (1, 2), 2)
+    np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-12, atol=1e-12)
+    for cip in (True, False):
+        ours = F.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=cip, backend="numpy")
+        theirs = tf.avg_pool2d(torch.tensor(x), 3, 2, 1, ceil_mode=True, count_include_pad=cip)
+        np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-12, atol=1e-12)
+    ours = F.max_pool2d(x, 3, 2, 1, dilation=1, ceil_mode=True, backend="numpy")
+    theirs = tf.max_pool2d(torch.tensor(x), 3, 2, 1, ceil_mode=True)
+    np.testing.assert_array_equal(ours, theirs.numpy())
+    z, t = rand(6, 5), np.array([0, 4, 1, 1, 3, 2])
+    ours = F.cross_entropy(z, t, backend="numpy")
+    np.testing.assert_allclose(ours, tf.cross_entropy(torch.tensor(z), torch.tensor(t)).numpy(), rtol=1e-12)
+
+
+def test_pool_padding_helper_is_what_is_read():
+    # the windows read the declared padding plus ceil_mode's extra units, as geometry says
+    x = rand(1, 1, 7)
+    attrs = {
+        "kernel_size": (3,),
+        "stride": (2,),
+        "padding": pads((1, 1)),
+        "dilation": (1,),
+        "ceil_mode": True,
+    }
+    out, (geo, _) = ops.max_pool_forward(x, **attrs)
+    assert geo["reads"] == (pool_padding(7, 3, 2, (1, 1), 1, True),)
+    assert out.shape == (1, 1, 4)
