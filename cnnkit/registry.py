@@ -132,6 +132,8 @@ class Registry:
         self._cases: list[Any] | None = None
         self._kernels: dict[str, dict[str, tuple[Kernel, str]]] = {}
         self._instances: dict[tuple, Backend] = {}
+        for record in self.records.values():  # every hook runs again: what each registered is rebuilt
+            record.registered.clear()
 
     @property
     def strict(self) -> bool:
@@ -181,6 +183,7 @@ class Registry:
             seen.add((ep.name, ep.value))
             dist = ep.dist.metadata["Name"] if ep.dist is not None else "?"
             version = ep.dist.version if ep.dist is not None else ""
+            previous = self.records.get(ep.name)
             record = PluginRecord(name=ep.name, dist=dist, version=version)
             self.records[ep.name] = record
             if not record.builtin:
@@ -192,8 +195,9 @@ class Registry:
                     continue
             try:
                 if self.pm.has_plugin(ep.name):
+                    taken_by = f"distribution {previous.dist!r}" if previous else "another plugin"
                     raise PluginConflictError(
-                        f"plugin name {ep.name!r} of {dist} is already taken by another plugin"
+                        f"plugin name {ep.name!r} of distribution {dist!r} is already taken by {taken_by}"
                     )
                 self.pm.register(ep.load(), name=ep.name)
             except Exception as exc:  # a broken plugin must not take the registry down
