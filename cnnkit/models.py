@@ -1,0 +1,120 @@
+"""Named architectures, built from :mod:`cnnkit.layers` with a seeded initialisation.
+
+================== ============== ==================================================
+name               input          layers
+================== ============== ==================================================
+``digits-cnn``     ``(N, 1, 8, 8)`` conv 3x3 (16) - ReLU - maxpool 2 - conv 3x3 (32) -
+                                  ReLU - maxpool 2 - flatten - linear (10)
+``timeseries-cnn1d`` ``(N, 1, 64)`` conv 7 (16) - ReLU - maxpool 2 - conv 5 (32) -
+                                  ReLU - global max pool - flatten - linear (4)
+================== ============== ==================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from cnnkit.backend import Backend
+from cnnkit.layers import (
+    Conv1d,
+    Conv2d,
+    Flatten,
+    GlobalMaxPool,
+    Linear,
+    MaxPool1d,
+    MaxPool2d,
+    ReLU,
+    Sequential,
+)
+
+__all__ = ["ARCHITECTURES", "Architecture", "build_model"]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A named model: how to build it, the shape of one input, what it is for."""
+
+    name: str
+    build: Callable[[np.random.Generator, Backend | str | None], Sequential]
+    input_shape: tuple[int, ...]
+    task: str
+    description: str
+
+
+def _digits_cnn(rng: np.random.Generator, backend: Backend | str | None) -> Sequential:
+    # 1x8x8 -> 16x8x8 -> 16x4x4 -> 32x4x4 -> 32x2x2 -> 128 -> 10
+    return Sequential(
+        Conv2d(1, 16, 3, padding=1, rng=rng, backend=backend),
+        ReLU(),
+        MaxPool2d(2),
+        Conv2d(16, 32, 3, padding=1, rng=rng, backend=backend),
+        ReLU(),
+        MaxPool2d(2),
+        Flatten(),
+        Linear(32 * 2 * 2, 10, rng=rng, backend=backend),
+    )
+
+
+def _timeseries_cnn1d(rng: np.random.Generator, backend: Backend | str | None) -> Sequential:
+    # 1x64 -> 16x64 -> 16x32 -> 32x32 -> 32x1 -> 32 -> 4
+    return Sequential(
+        Conv1d(1, 16, 7, padding=3, rng=rng, backend=backend),
+        ReLU(),
+        MaxPool1d(2),
+        Conv1d(16, 32, 5, padding=2, rng=rng, backend=backend),
+        ReLU(),
+        GlobalMaxPool(),
+        Flatten(),
+        Linear(32, 4, rng=rng, backend=backend),
+    )
+
+
+#: The named architectures, by name.
+ARCHITECTURES: dict[str, Architecture] = {
+    a.name: a
+    for a in (
+        Architecture(
+            "digits-cnn",
+            _digits_cnn,
+            (1, 8, 8),
+            "digits",
+            "two conv 3x3 / ReLU / maxpool 2 blocks (16, 32 filters) and a linear layer, for 8x8 digits",
+        ),
+        Architecture(
+            "timeseries-cnn1d",
+            _timeseries_cnn1d,
+            (1, 64),
+            "timeseries",
+            "two Conv1d blocks, global max pooling (translation invariance) and a linear layer",
+        ),
+    )
+}
+
+
+def build_model(name: str, *, seed: int = 0, backend: Backend | str | None = None) -> Sequential:
+    """Build architecture ``name`` with weights drawn from ``numpy.random.default_rng(seed)``.
+
+    The same seed gives the same initial weights on every backend.
+
+    Args:
+        name: a key of :data:`ARCHITECTURES`.
+        seed: seeds the initialisation.
+        backend: where the parameters live (default: the active backend).
+
+    Returns:
+        A :class:`cnnkit.layers.Sequential`.
+
+    Raises:
+        ValueError: an unknown name, listing the known ones.
+
+    Example:
+        >>> model = build_model("digits-cnn", seed=0)
+        >>> sum(p.size for p in model.parameters())
+        6090
+    """
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+    return ARCHITECTURES[name].build(np.random.default_rng(seed), backend)

@@ -1,0 +1,218 @@
+"""The learning loop: mini-batch SGD with the layers' hand-derived ``backward``.
+
+One step is the lecture's recipe: forward through the network, the loss, its
+gradient ``δ = dE/dz``, ``backward`` through the layers in reverse (each
+leaving ``dE/dW`` in its parameters), then ``w <- w - η dE/dw``.
+Everything random (the initial weights, the order of the examples) comes from
+seeds, so a run repeats exactly, and the same seed gives the same run on every
+backend up to floating-point rounding.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, TextIO
+
+import numpy as np
+
+from cnnkit.backend import Backend
+from cnnkit.layers import Layer
+from cnnkit.losses import CrossEntropyLoss
+from cnnkit.optim import SGD
+from cnnkit.registry import get_backend
+
+__all__ = ["History", "evaluate", "fit", "predict"]
+
+
+@dataclass
+class History:
+    """Per-epoch figures of a :func:`fit` run (lists, one entry per epoch)."""
+
+    epoch: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    train_acc: list[float] = field(default_factory=list)
+    test_loss: list[float] = field(default_factory=list)
+    test_acc: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, list]:
+        """The history as a JSON-ready dict."""
+        return asdict(self)
+
+
+def _model_backend(model: Layer) -> tuple[Backend, str]:
+    params = model.parameters()
+    if not params:
+        be = get_backend()
+        return be, be.default_dtype
+    from cnnkit.layers import backend_of
+
+    be = backend_of(params[0].data)
+    return be, be.dtype_name(params[0].data)
+
+
+class _Progress:
+    """A one-line progress bar on a stream (stderr), redrawn in place."""
+
+    def __init__(self, total: int, label: str, stream: TextIO | None, width: int = 24) -> None:
+        self.total, self.label, self.stream, self.width = total, label, stream, width
+
+    def update(self, done: int, loss: float) -> None:
+        if self.stream is None:
+            return
+        filled = round(self.width * done / max(self.total, 1))
+        bar = "#" * filled + "." * (self.width - filled)
+        self.stream.write(f"\r{self.label} [{bar}] {done}/{self.total} loss {loss:.4f}")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.write("\r" + " " * (len(self.label) + self.width + 40) + "\r")
+            self.stream.flush()
+
+
+def predict(model: Layer, X: Any, *, batch_size: int = 256) -> np.ndarray:
+    """The model's outputs (logits) for ``X``, as a NumPy array, computed in batches.
+
+    Args:
+        model: any layer (usually a :class:`cnnkit.layers.Sequential`).
+        X: inputs ``(N, ...)``, a NumPy array or the backend's.
+        batch_size: examples per forward pass.
+
+    Returns:
+        ``(N, classes)`` NumPy array.
+    """
+    be, dtype = _model_backend(model)
+    X = np.asarray(X) if not be.is_native(X) else X
+    outs = []
+    for start in range(0, len(X), batch_size):
+        xb = X[start : start + batch_size]
+        xb = xb if be.is_native(xb) else be.asarray(xb, dtype=dtype)
+        outs.append(np.asarray(be.to_numpy(model.infer(xb))))
+    return np.concatenate(outs) if outs else np.zeros((0,))
+
+
+def evaluate(model: Layer, X: Any, y: Any, *, batch_size: int = 256) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (0..1) of ``model`` on ``(X, y)``.
+
+    Example:
+        >>> from cnnkit.models import build_model
+        >>> from cnnkit.data import digits_split
+        >>> s = digits_split()
+        >>> loss, acc = evaluate(build_model("digits-cnn", seed=0), s.X_test, s.y_test)
+        >>> 0 <= acc <= 1
+        True
+    """
+    logits = predict(model, X, batch_size=batch_size)
+    y = np.asarray(y, dtype=np.int64)
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    loss = float(-logp[np.arange(len(y)), y].mean())
+    return loss, float((logits.argmax(axis=1) == y).mean())
+
+
+def fit(
+    model: Layer,
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_test: np.ndarray | None = None,
+    y_test: np.ndarray | None = None,
+    *,
+    epochs: int = 10,
+    batch_size: int = 32,
+    lr: float = 0.05,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+    seed: int = 0,
+    optimizer: SGD | None = None,
+    loss: CrossEntropyLoss | None = None,
+    progress: bool | None = None,
+    on_epoch: Callable[[int, History], None] | None = None,
+) -> History:
+    """Train ``model`` with mini-batch SGD on the backend its parameters live on.
+
+    Each epoch visits the training examples in an order drawn from
+    ``numpy.random.default_rng(seed)`` (the last batch may be smaller), then
+    evaluates on the held-out set if one is given.
+
+    Args:
+        model: the network (its ``forward``/``backward`` are used).
+        X_train, y_train: training inputs ``(N, ...)`` and int labels ``(N,)`` (NumPy).
+        X_test, y_test: held-out data, or ``None``.
+        epochs: passes over the training data.
+        batch_size: examples per SGD step.
+        lr, momentum, weight_decay, nesterov: for the default :class:`cnnkit.optim.SGD`.
+        seed: seeds the shuffling.
+        optimizer: use this optimiser instead.
+        loss: use this loss instead of :class:`cnnkit.losses.CrossEntropyLoss`.
+        progress: draw a progress bar on stderr (default: when stderr is a terminal).
+        on_epoch: called as ``on_epoch(epoch, history)`` after each epoch.
+
+    Returns:
+        The :class:`History`: per-epoch train loss / accuracy (averaged over the
+        epoch's batches, weighted by batch size), held-out loss / accuracy
+        (``nan`` without held-out data) and seconds.
+
+    Raises:
+        ValueError: ``epochs`` or ``batch_size`` < 1, inputs and labels of different lengths.
+
+    Example:
+        >>> from cnnkit.models import build_model
+        >>> from cnnkit.data import digits_split
+        >>> s = digits_split()
+        >>> h = fit(build_model("digits-cnn"), s.X_train[:64], s.y_train[:64], epochs=1)
+        >>> len(h.train_loss)
+        1
+    """
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"fit: epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+    if len(X_train) != len(y_train):
+        raise ValueError(f"fit: X_train has {len(X_train)} examples but y_train has {len(y_train)}")
+    be, dtype = _model_backend(model)
+    optimizer = optimizer or SGD(
+        model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov
+    )
+    loss_fn = loss or CrossEntropyLoss()
+    X = be.asarray(np.asarray(X_train), dtype=dtype)
+    y_np = np.asarray(y_train, dtype=np.int64)
+    y = be.asarray(y_np)
+    n = len(y_np)
+    rng = np.random.default_rng(seed)
+    stream = sys.stderr if (progress if progress is not None else sys.stderr.isatty()) else None
+    history = History()
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        order = rng.permutation(n)
+        bar = _Progress(n, f"epoch {epoch}/{epochs}", stream)
+        total_loss, correct = 0.0, 0
+        for b in range(0, n, batch_size):
+            idx = order[b : b + batch_size]
+            bidx = be.asarray(idx)
+            xb, yb = X[bidx], y[bidx]
+            logits = model.forward(xb)
+            batch_loss = float(be.to_numpy(loss_fn.forward(logits, yb)))
+            optimizer.zero_grad()
+            model.backward(loss_fn.backward())
+            optimizer.step()
+            total_loss += batch_loss * len(idx)
+            correct += int((np.asarray(be.to_numpy(logits)).argmax(axis=1) == y_np[idx]).sum())
+            bar.update(min(b + batch_size, n), total_loss / min(b + batch_size, n))
+        bar.close()
+        history.epoch.append(epoch)
+        history.train_loss.append(total_loss / n)
+        history.train_acc.append(correct / n)
+        if X_test is not None and y_test is not None:
+            test_loss, test_acc = evaluate(model, X_test, y_test)
+        else:
+            test_loss, test_acc = float("nan"), float("nan")
+        history.test_loss.append(test_loss)
+        history.test_acc.append(test_acc)
+        history.seconds.append(time.perf_counter() - start)
+        if on_epoch is not None:
+            on_epoch(epoch, history)
+    return history
