@@ -34,7 +34,7 @@ def describe(registry: Registry | None = None) -> list[dict[str, Any]]:
     for name in registry.backend_infos():
         try:
             registry.backend(name)
-        except ImportError:  # unavailable here: its kernels cannot be listed (cnnkit backends says why)
+        except Exception:  # it cannot load here, so its kernels cannot be listed (cnnkit backends says why)
             continue
         registry.kernels(name)
     registry.layers()
