@@ -1,0 +1,373 @@
+"""The timing side of the harness: one backend, alone in its own process.
+
+``benchmarks.run`` starts one worker per backend (NumPy's BLAS threads and
+torch's OpenMP threads would contend if they alternated in one process), with
+the thread counts pinned through the environment before NumPy or torch load.
+A worker builds every workload's inputs once (the same seeded values in every
+worker), warms each call up, reports checksums of its outputs, then answers
+one JSON command per line on stdin with one JSON line on stdout:
+
+``{"cmd": "round"}``  time every (workload, pass) once; reply ``{"times": ...}`` in ms.
+``{"cmd": "quit"}``   exit.
+
+``--memory`` instead measures the NumPy backend's peak memory for W3's
+forward+backward under :mod:`tracemalloc` and prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a file: make ``benchmarks`` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.workloads import MEMORY_BATCHES, Workload, memory_workload, workloads
+
+MODES = ("fwd", "fwdbwd")
+SEED = 0
+
+
+def _inputs(wl: Workload) -> dict[str, np.ndarray]:
+    """The workload's float32 inputs and output gradient: the same values in every worker."""
+    rng = np.random.default_rng(SEED)
+    arrays = {"x": rng.standard_normal(wl.input_shape, dtype=np.float32)}
+    if wl.is_conv:
+        fan_in = wl.c * wl.f ** len(wl.spatial)
+        arrays["w"] = rng.standard_normal(wl.weight_shape, dtype=np.float32) / np.float32(fan_in**0.5)
+        arrays["b"] = rng.standard_normal((wl.k,), dtype=np.float32)
+    arrays["dy"] = rng.standard_normal(wl.output_shape, dtype=np.float32)
+    return arrays
+
+
+def _attrs(wl: Workload) -> dict[str, Any]:
+    if wl.is_conv:
+        return {"stride": wl.stride, "padding": wl.padding}
+    return {"kernel_size": wl.f, "stride": wl.stride}
+
+
+class Calls:
+    """``fwd()`` and ``fwdbwd()`` for one workload on one backend; both return the outputs.
+
+    ``fwdbwd`` returns ``(y, dx, dW, db)`` for conv and ``(y, dx)`` for pooling.
+    Inputs are built once and reused by every sample.
+    """
+
+    sync: Callable[[], None] = staticmethod(lambda: None)
+
+    def fwd(self) -> tuple:
+        raise NotImplementedError
+
+    def fwdbwd(self) -> tuple:
+        raise NotImplementedError
+
+
+class NumpyCalls(Calls):
+    """cnnkit's NumPy backend: ``functional`` forward, :func:`cnnkit.vjp` forward+backward."""
+
+    def __init__(self, wl: Workload, device: str) -> None:
+        import cnnkit
+
+        self.vjp = cnnkit.vjp
+        self.fn = getattr(cnnkit.functional, wl.op)
+        a = _inputs(wl)
+        self.args = (a["x"], a["w"], a["b"]) if wl.is_conv else (a["x"],)
+        self.dy = a["dy"]
+        self.attrs = {**_attrs(wl), "backend": "numpy"}
+
+    def fwd(self):
+        return (self.fn(*self.args, **self.attrs),)
+
+    def fwdbwd(self):
+        y, pullback = self.vjp(self.fn, *self.args, **self.attrs)
+        return (y, *pullback(self.dy))
+
+
+class TorchCalls(Calls):
+    """PyTorch, native (``torch.nn.functional`` under autograd) or cnnkit's ``torch`` backend.
+
+    The forward pass runs under ``torch.no_grad()``; forward+backward runs on
+    leaf tensors that require grad and calls ``y.backward(dy)``.
+    """
+
+    def __init__(self, wl: Workload, device: str, native: bool) -> None:
+        import torch
+
+        self.torch = torch
+        if native:
+            self.fn = getattr(torch.nn.functional, wl.op)
+            self.attrs = _attrs(wl)
+        else:
+            import cnnkit
+
+            self.fn = getattr(cnnkit.functional, wl.op)
+            self.attrs = {**_attrs(wl), "backend": _torch_backend(device)}
+        a = {k: torch.from_numpy(v).to(device) for k, v in _inputs(wl).items()}
+        self.args = (a["x"], a["w"], a["b"]) if wl.is_conv else (a["x"],)
+        self.leaves = tuple(t.detach().clone().requires_grad_() for t in self.args)
+        self.dy = a["dy"]
+        if device.startswith("cuda"):
+            self.sync = torch.cuda.synchronize
+
+    def fwd(self):
+        with self.torch.no_grad():
+            return (self.fn(*self.args, **self.attrs),)
+
+    def fwdbwd(self):
+        for t in self.leaves:
+            t.grad = None
+        y = self.fn(*self.leaves, **self.attrs)
+        y.backward(self.dy)
+        return (y, *(t.grad for t in self.leaves))
+
+
+def _torch_backend(device: str) -> Any:
+    """cnnkit's torch backend bound to ``device`` (the bare name if it takes no options)."""
+    import cnnkit
+
+    try:
+        return cnnkit.get_registry().backend("torch", device=device)
+    except TypeError:
+        return "torch"
+
+
+def make_calls(backend: str, wl: Workload, device: str) -> Calls:
+    if backend == "numpy":
+        return NumpyCalls(wl, device)
+    return TorchCalls(wl, device, native=backend == "native")
+
+
+def _norm(a: Any) -> float:
+    if hasattr(a, "detach"):
+        return float(a.detach().double().norm().cpu())
+    return float(np.linalg.norm(np.asarray(a, dtype=np.float64).ravel()))
+
+
+def _error(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return text[:300]
+
+
+def time_call(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
+    """One sample, in milliseconds; the outputs are dropped after the clock stops."""
+    sync()
+    t0 = time.perf_counter()
+    out = fn()
+    sync()
+    t1 = time.perf_counter()
+    del out
+    return (t1 - t0) * 1e3
+
+
+# -- the machine: thread counts and matmul peak ---------------------------------------------
+
+
+def _openblas_threads() -> int | None:
+    """The thread count of the OpenBLAS NumPy loaded, read from the library itself (best effort)."""
+    try:
+        with open("/proc/self/maps") as f:
+            libs = {line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line}
+    except OSError:
+        return None
+    names = ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_", "openblas_get_num_threads")
+    for path in sorted(libs):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in names:
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.restype = ctypes.c_int
+                return int(fn())
+    return None
+
+
+def process_info(backend: str) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "pid": os.getpid(),
+        "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
+        "numpy": np.__version__,
+        "openblas_threads": _openblas_threads(),
+        "torch_loaded": "torch" in sys.modules,
+    }
+    if "torch" in sys.modules:
+        import torch
+
+        info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+    return info
+
+
+def matmul_peak(backend: str, device: str, sizes: tuple[int, ...], repeat: int) -> dict[str, Any]:
+    """GFLOP/s of a float32 square matmul (``2·n³`` FLOPs) per size; the peak is the best of all.
+
+    A peak is what the machine can do, so each size reports its fastest sample
+    (and its median); on a shared machine the median is pulled down by others' load.
+    """
+    rng = np.random.default_rng(SEED)
+    result: dict[str, Any] = {"library": "numpy" if backend == "numpy" else "torch", "sizes": {}}
+    for n in sizes:
+        a = rng.standard_normal((n, n), dtype=np.float32)
+        b = rng.standard_normal((n, n), dtype=np.float32)
+        sync = Calls.sync
+        if backend == "numpy":
+            out = np.empty((n, n), np.float32)
+
+            def mm(a=a, b=b, out=out):
+                return np.matmul(a, b, out=out)
+
+        else:
+            import torch
+
+            ta, tb = torch.from_numpy(a).to(device), torch.from_numpy(b).to(device)
+            tout = torch.empty((n, n), device=device)
+
+            def mm(a=ta, b=tb, out=tout):
+                return torch.mm(a, b, out=out)
+
+            if device.startswith("cuda"):
+                sync = torch.cuda.synchronize
+        for _ in range(2):
+            mm()
+        ms = [time_call(mm, sync) for _ in range(repeat)]
+        result["sizes"][str(n)] = {
+            "samples_ms": ms,
+            "median_gflops": 2 * n**3 / statistics.median(ms) / 1e6,
+            "gflops": 2 * n**3 / min(ms) / 1e6,
+        }
+    result["gflops"] = max(s["gflops"] for s in result["sizes"].values())
+    return result
+
+
+# -- memory -----------------------------------------------------------------------------------
+
+
+def measure_memory(profile: str) -> dict[str, Any]:
+    """Peak traced memory of the NumPy backend's W3 forward+backward at two batch sizes.
+
+    Inputs and the output gradient exist before tracing starts, so they are not
+    counted. ``extra`` is the peak minus the results the call must return
+    (``y, dx, dW, db``): the working memory the backend chose to use.
+    """
+    import cnnkit
+
+    fn = cnnkit.functional.conv2d
+    out: dict[str, Any] = {"workload": "W3", "batches": {}}
+    for n in MEMORY_BATCHES[profile]:
+        wl = memory_workload(profile, n)
+        a = _inputs(wl)
+        attrs = {**_attrs(wl), "backend": "numpy"}
+        y, pullback = cnnkit.vjp(fn, a["x"][:1], a["w"], a["b"], **attrs)  # load kernels untraced
+        pullback(a["dy"][:1])
+        del y, pullback
+        gc.collect()
+        tracemalloc.start()
+        try:
+            y, pullback = cnnkit.vjp(fn, a["x"], a["w"], a["b"], **attrs)
+            results = (y, *pullback(a["dy"]))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        result_bytes = sum(r.nbytes for r in results if r is not None)
+        out["batches"][str(n)] = {
+            "workload": wl.to_json(),
+            "input_bytes": int(a["x"].nbytes),
+            "peak_bytes": int(peak),
+            "result_bytes": int(result_bytes),
+            "extra_bytes": int(peak - result_bytes),
+        }
+        del y, pullback, results, a
+        gc.collect()
+    lo, hi = (out["batches"][str(n)]["extra_bytes"] for n in MEMORY_BATCHES[profile])
+    out["ratio"] = hi / lo if lo > 0 else None
+    return out
+
+
+# -- the worker loop ----------------------------------------------------------------------------
+
+
+def _send(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def serve(args: argparse.Namespace) -> None:
+    if args.backend != "numpy":
+        import torch
+
+        torch.set_num_threads(args.threads)
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            _send({"skipped": f"no CUDA device for --device {args.device}"})
+            return
+    hello: dict[str, Any] = {"process": None, "peak": None, "checks": {}, "errors": {}}
+    if args.peak:
+        hello["peak"] = matmul_peak(args.backend, args.device, tuple(args.peak_sizes), repeat=7)
+    gc.collect()
+    calls: dict[str, Calls] = {}
+    for wl in workloads(args.profile, args.workloads):
+        try:
+            calls[wl.name] = make_calls(args.backend, wl, args.device)
+        except Exception as exc:
+            hello["errors"][wl.name] = {m: _error(exc) for m in MODES}
+            continue
+        for mode in MODES:
+            try:
+                fn = getattr(calls[wl.name], mode)
+                outs = fn()
+                norms = [None if o is None else _norm(o) for o in outs]
+                hello["checks"].setdefault(wl.name, {})[mode] = norms
+                del outs
+                for _ in range(args.warmup - 1):
+                    time_call(fn, calls[wl.name].sync)
+            except Exception as exc:
+                hello["errors"].setdefault(wl.name, {})[mode] = _error(exc)
+    hello["process"] = process_info(args.backend)
+    _send(hello)
+    gc.disable()
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["cmd"] == "quit":
+            break
+        times: dict[str, dict[str, float]] = {}
+        for name, c in calls.items():
+            for mode in MODES:
+                if mode not in hello["errors"].get(name, {}):
+                    times.setdefault(name, {})[mode] = time_call(getattr(c, mode), c.sync)
+        gc.collect()
+        _send({"times": times})
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backend", choices=("numpy", "torch", "native"), default="numpy")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--profile", choices=("full", "tiny"), default="full")
+    p.add_argument("--workloads", type=lambda s: [w for w in s.split(",") if w], default=None)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--peak", action="store_true", help="measure the matmul peak first")
+    p.add_argument("--peak-sizes", type=lambda s: [int(n) for n in s.split(",")], default=[512, 1024])
+    p.add_argument("--memory", action="store_true", help="measure memory instead of time")
+    args = p.parse_args(argv)
+    if args.memory:
+        try:
+            _send(measure_memory(args.profile))
+        except Exception as exc:
+            _send({"error": _error(exc)})
+        return
+    serve(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""The benchmarked workloads (issue 6) and their arithmetic: shapes, FLOPs, targets.
+
+A workload is one op call in float32. Conv FLOPs count a multiply and an add
+per tap: ``2·N·K·C·F^d·O^d`` for the forward pass (``O`` the output size per
+spatial axis); forward+backward counts three times that (``dx`` and ``dW`` are
+each one more convolution of the same size; the bias and the ReLU-free
+gradient bookkeeping are negligible). Pooling has no FLOP count worth the name.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+from cnnkit.geometry import conv_output_size
+
+__all__ = [
+    "MEMORY_BATCHES",
+    "PROFILES",
+    "TARGETS",
+    "Workload",
+    "memory_workload",
+    "workloads",
+]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One benchmarked call.
+
+    Attributes:
+        name: short id used in tables (``W1``, ``conv1d``, ``maxpool``).
+        op: the :mod:`cnnkit.functional` / ``torch.nn.functional`` name.
+        n, c, spatial: the input ``(N, C, *spatial)``.
+        k: conv filters (``0`` for pooling).
+        f: kernel (conv) or window (pooling) size per axis.
+        stride, padding: per axis, the same on every axis.
+    """
+
+    name: str
+    op: str
+    n: int
+    c: int
+    spatial: tuple[int, ...]
+    k: int
+    f: int
+    stride: int
+    padding: int
+
+    @property
+    def is_conv(self) -> bool:
+        return self.op.startswith("conv")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.n, self.c, *self.spatial)
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        return (self.k, self.c, *([self.f] * len(self.spatial)))
+
+    @property
+    def out_spatial(self) -> tuple[int, ...]:
+        return tuple(conv_output_size(s, self.f, self.stride, self.padding) for s in self.spatial)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return (self.n, self.k if self.is_conv else self.c, *self.out_spatial)
+
+    def flops(self, mode: str) -> int | None:
+        """FLOPs of one call: ``mode`` is ``"fwd"`` or ``"fwdbwd"``; ``None`` for pooling."""
+        if not self.is_conv:
+            return None
+        fwd = 2 * self.n * self.k * self.c * self.f ** len(self.spatial) * math.prod(self.out_spatial)
+        return fwd if mode == "fwd" else 3 * fwd
+
+    def describe(self) -> str:
+        """The issue's notation: ``N,C,HxW->K,F,stride,padding`` (pools: ``window/stride``)."""
+        size = "x".join(map(str, self.spatial)) if len(self.spatial) > 1 else f"L={self.spatial[0]}"
+        if self.is_conv:
+            return f"{self.n},{self.c},{size}->{self.k},{self.f},{self.stride},{self.padding}"
+        return f"{self.n},{self.c},{size} {self.f}x{self.f}/{self.stride}"
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d.update(
+            spatial=list(self.spatial),
+            describe=self.describe(),
+            output_shape=list(self.output_shape),
+            flops_fwd=self.flops("fwd"),
+            flops_fwdbwd=self.flops("fwdbwd"),
+        )
+        return d
+
+
+def _conv(name, n, c, spatial, k, f, s, p, op="conv2d"):
+    return Workload(name, op, n, c, spatial, k, f, s, p)
+
+
+def _pool(name, op, n, c, spatial):
+    return Workload(name, op, n, c, spatial, 0, 2, 2, 0)
+
+
+#: Workload lists by profile: ``full`` is issue 6's list; ``tiny`` keeps the
+#: same structure at minuscule sizes, to test the harness itself.
+PROFILES: dict[str, tuple[Workload, ...]] = {
+    "full": (
+        _conv("W1", 32, 3, (32, 32), 32, 3, 1, 1),
+        _conv("W2", 32, 32, (32, 32), 64, 3, 1, 1),
+        _conv("W3", 16, 64, (56, 56), 64, 3, 1, 1),
+        _conv("W4", 64, 1, (28, 28), 8, 5, 1, 0),
+        _conv("W5", 32, 64, (32, 32), 128, 3, 2, 1),
+        _conv("conv1d", 32, 16, (1024,), 32, 7, 1, 3, op="conv1d"),
+        _pool("maxpool", "max_pool2d", 32, 64, (32, 32)),
+        _pool("avgpool", "avg_pool2d", 32, 64, (32, 32)),
+    ),
+    "tiny": (
+        _conv("W1", 2, 3, (8, 8), 4, 3, 1, 1),
+        _conv("W2", 2, 4, (8, 8), 4, 3, 1, 1),
+        _conv("W3", 2, 4, (7, 7), 4, 3, 1, 1),
+        _conv("W4", 2, 1, (8, 8), 2, 5, 1, 0),
+        _conv("W5", 2, 4, (8, 8), 8, 3, 2, 1),
+        _conv("conv1d", 2, 2, (16,), 3, 7, 1, 3, op="conv1d"),
+        _pool("maxpool", "max_pool2d", 2, 3, (8, 8)),
+        _pool("avgpool", "avg_pool2d", 2, 3, (8, 8)),
+    ),
+}
+
+#: The batch sizes of the memory measurement (W3 at N=16 and N=128), by profile.
+MEMORY_BATCHES: dict[str, tuple[int, int]] = {"full": (16, 128), "tiny": (2, 4)}
+
+#: Issue 6's targets, printed as information (never asserted).
+TARGETS = {
+    "numpy_conv_each": 3.0,  # NumPy conv fwd+bwd / native, every conv workload
+    "numpy_conv_geomean": 2.0,  # geometric mean of those ratios
+    "numpy_pool_each": 1.5,  # NumPy pool fwd+bwd / native, every pooling workload
+    "torch_each": 1.25,  # torch backend fwd+bwd / native, every workload
+    "torch_goal": 1.05,  # the torch backend's aim
+    "memory_ratio": 2.0,  # NumPy conv fwd+bwd extra memory, N=128 over N=16
+}
+
+
+def workloads(profile: str, names: list[str] | None = None) -> tuple[Workload, ...]:
+    """The workloads of ``profile`` (optionally only those named), in table order."""
+    found = PROFILES[profile]
+    if names:
+        unknown = sorted(set(names) - {w.name for w in found})
+        if unknown:
+            raise ValueError(f"unknown workload(s) {unknown}; known: {[w.name for w in found]}")
+        found = tuple(w for w in found if w.name in names)
+    return found
+
+
+def memory_workload(profile: str, n: int) -> Workload:
+    """W3 of ``profile`` at batch size ``n``."""
+    return replace(next(w for w in PROFILES[profile] if w.name == "W3"), n=n)

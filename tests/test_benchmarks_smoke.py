@@ -1,0 +1,129 @@
+"""The benchmark harness runs end to end on minuscule workloads and writes a sound report.
+
+It checks structure and arithmetic (FLOP counts, ratios, the summary), never a time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKLOADS = ["W1", "W2", "W3", "W4", "W5", "conv1d", "maxpool", "avgpool"]
+BACKENDS = ["numpy", "torch", "native"]
+REPEAT = 2
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("bench") / "tiny"
+    cmd = [sys.executable, "-m", "benchmarks.run", "--tiny", f"--repeat={REPEAT}", "--warmup=1"]
+    cmd += ["--threads=1", f"--backends={','.join(BACKENDS)}", f"--out={out}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(Path(f"{out}.json").read_text())
+    data["_markdown"] = Path(f"{out}.md").read_text()
+    data["_stdout"] = proc.stdout
+    return data
+
+
+def _out(n: int, f: int, s: int, p: int) -> int:
+    return (n + 2 * p - f) // s + 1
+
+
+def test_settings_machine_and_processes_are_recorded(report):
+    assert report["schema"] == 1
+    s = report["settings"]
+    assert (s["profile"], s["repeat"], s["warmup"], s["threads"], s["dtype"]) == (
+        "tiny",
+        REPEAT,
+        1,
+        1,
+        "float32",
+    )
+    assert s["backends"] == BACKENDS
+    assert s["thread_env"] == {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    assert report["machine"]["cpu_count"] >= 1
+    procs = report["processes"]
+    assert set(procs) == set(BACKENDS)
+    assert len({p["pid"] for p in procs.values()}) == 3  # each backend in its own process
+    assert procs["numpy"]["torch_loaded"] is False  # NumPy's BLAS never shares its process with torch
+    assert procs["native"]["torch_threads"] == 1
+    assert procs["numpy"]["openblas_threads"] in (None, 1)
+    assert report["peak"]["cpu_gflops"] > 0
+
+
+def test_workloads_and_flop_counts(report):
+    wls = {w["name"]: w for w in report["workloads"]}
+    assert list(wls) == WORKLOADS
+    for w in wls.values():
+        if w["op"].startswith("conv"):
+            out = [_out(n, w["f"], w["stride"], w["padding"]) for n in w["spatial"]]
+            fwd = 2 * w["n"] * w["k"] * w["c"] * w["f"] ** len(out) * math.prod(out)
+            assert (w["flops_fwd"], w["flops_fwdbwd"]) == (fwd, 3 * fwd)
+            assert w["output_shape"] == [w["n"], w["k"], *out]
+        else:
+            assert w["flops_fwd"] is None and w["output_shape"][2:] == [n // 2 for n in w["spatial"]]
+    assert wls["W5"]["describe"] == "2,4,8x8->8,3,2,1"
+
+
+def test_every_row_has_samples_or_a_reason(report):
+    rows = {(r["workload"], r["mode"], r["backend"]): r for r in report["results"]}
+    assert len(rows) == len(report["results"]) == len(WORKLOADS) * 2 * len(BACKENDS)
+    for (wl, mode, backend), r in rows.items():
+        if backend == "native":
+            assert "error" not in r, r
+            assert r["ratio_to_native"] == 1.0 and r["matches_native"] is None
+        if "error" in r:
+            assert backend != "native" and r["error"]
+            continue
+        assert len(r["samples_ms"]) == REPEAT
+        assert r["median_ms"] == pytest.approx(statistics.median(r["samples_ms"]))
+        native = rows[(wl, mode, "native")]
+        assert r["ratio_to_native"] == pytest.approx(r["median_ms"] / native["median_ms"])
+        # the same seeded inputs in every process: a correct backend's outputs agree with native's
+        assert r["matches_native"] in (True, None), (
+            wl,
+            mode,
+            backend,
+            r["check_norms"],
+            native["check_norms"],
+        )
+        assert len(r["check_norms"]) == (1 if mode == "fwd" else 4 if wl not in ("maxpool", "avgpool") else 2)
+
+
+def test_summary_follows_from_the_rows(report):
+    sm = report["summary"]
+    rows = [r for r in report["results"] if r["mode"] == "fwdbwd" and "error" not in r]
+    np_conv = {r["workload"]: r["ratio_to_native"] for r in rows if r["backend"] == "numpy"}
+    np_conv = {k: v for k, v in np_conv.items() if k not in ("maxpool", "avgpool")}
+    if len(np_conv) == 6:
+        expected = math.exp(sum(map(math.log, np_conv.values())) / 6)
+        assert sm["numpy_conv_fwdbwd_geomean"] == pytest.approx(expected)
+    for t in sm["targets"]:
+        assert t["verdict"] in ("MET", "MISSED", "n/a")
+        if t["value"] is not None:
+            assert t["verdict"] == ("MET" if t["value"] <= t["target"] else "MISSED")
+    mem = report["memory"]
+    if "error" not in mem:
+        lo, hi = (mem["batches"][n] for n in ("2", "4"))
+        assert hi["input_bytes"] == 2 * lo["input_bytes"] == 2 * 2 * 4 * 7 * 7 * 4
+        for b in (lo, hi):
+            assert b["extra_bytes"] == b["peak_bytes"] - b["result_bytes"]
+        assert mem["ratio"] == pytest.approx(hi["extra_bytes"] / lo["extra_bytes"])
+
+
+def test_markdown_and_printout(report):
+    md = report["_markdown"]
+    assert (
+        "| workload | shape | pass | backend | median ms | min-max ms | GFLOP/s | x native | % peak |" in md
+    )
+    assert md.count("\n| ") == 1 + len(report["results"])  # header + one row each
+    assert "NumPy conv fwd+bwd / native" in md and "target " in md
+    assert md in report["_stdout"]
