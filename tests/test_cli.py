@@ -222,7 +222,7 @@ def test_plugins_json_check_and_no_builtin(capsys, plugin):
 
 def test_plugins_check_passes_when_nothing_failed(capsys):
     code, out, _ = run_cli(capsys, "plugins", "--json", "--check")
-    assert code == 0
+    assert code == 0, [r for r in json.loads(out) if r["status"] == "failed"]
     rows = {r["name"]: r for r in json.loads(out)}
     assert rows["cnnkit.ops"]["builtin"] and "op conv" in rows["cnnkit.ops"]["registered"]
     assert "backend numpy" in rows["numpy"]["registered"]
