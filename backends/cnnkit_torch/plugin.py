@@ -1,1 +1,51 @@
-"""Registers the PyTorch backend (being written); importing this must not import torch."""
+"""Registers the PyTorch backend and its kernels through cnnkit's hooks (entry point ``torch``).
+
+Importing this module does not import torch: the backend factory and the kernels hook
+import it when the ``torch`` backend is first used, so cnnkit works without torch and
+names the extra to install when it is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+
+from cnnkit import BackendInfo, hookimpl
+
+INSTALL_HINT = "pip install 'cnnkit[torch]'"
+
+
+def _make_backend(**options):
+    from cnnkit_torch.backend import TorchBackend  # imports torch; ImportError names the extra
+
+    return TorchBackend(**options)
+
+
+def _torch_version() -> str:
+    try:
+        return md.version("torch")
+    except md.PackageNotFoundError:
+        return "not installed"
+
+
+@hookimpl
+def cnnkit_register_backends(register):
+    register(
+        BackendInfo(
+            name="torch",
+            factory=_make_backend,
+            version=_torch_version(),
+            description="PyTorch: hand-derived gradients in autograd.Function, CPU or GPU",
+            install_hint=INSTALL_HINT,
+            options=("device", "dtype"),
+        )
+    )
+
+
+@hookimpl
+def cnnkit_register_kernels(backend, register):
+    if backend != "torch":
+        return
+    from cnnkit_torch import ops
+
+    for name, kernel in ops.KERNELS.items():
+        register(name, kernel)

@@ -1,0 +1,98 @@
+"""The PyTorch backend object: arrays are ``torch.Tensor`` on a chosen device."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from cnnkit.backend import Backend
+
+__all__ = ["TorchBackend", "dtype_name", "torch_dtype"]
+
+
+def torch_dtype(name: str | torch.dtype) -> torch.dtype:
+    """``"float32"`` (or a ``torch.dtype``) -> ``torch.float32``.
+
+    Raises:
+        TypeError: ``name`` names no torch dtype.
+    """
+    if isinstance(name, torch.dtype):
+        return name
+    dtype = getattr(torch, str(name).removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"torch backend: dtype must name a torch dtype such as 'float32', got {name!r}")
+    return dtype
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` -> ``"float32"`` (NumPy-style names; ``"bfloat16"`` has no NumPy twin)."""
+    return str(dtype).removeprefix("torch.")
+
+
+class TorchBackend(Backend):
+    """``torch.Tensor`` arrays on one device.
+
+    Options:
+        device: where new arrays go (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...). When given,
+            tensors handed to :meth:`asarray` are moved there too; when not, new arrays go to
+            the CPU and tensors stay where they are.
+        dtype: the dtype floating arrays from lists or NumPy get, and new parameters' dtype
+            (a name such as ``"float32"`` or a ``torch.dtype``).
+
+    Example:
+        >>> be = TorchBackend(dtype="float32")
+        >>> be.dtype_name(be.asarray([1.0, 2.0]))
+        'float32'
+    """
+
+    name = "torch"
+
+    def __init__(self, device: str | torch.device | None = None, dtype: Any = None) -> None:
+        options: dict[str, Any] = {}
+        if device is not None:
+            options["device"] = str(torch.device(device))
+        if dtype is not None:
+            options["dtype"] = dtype_name(torch_dtype(dtype))
+        super().__init__(**options)
+        self.device = torch.device(options.get("device", "cpu"))
+        self.dtype = torch_dtype(dtype) if dtype is not None else None
+
+    def is_native(self, x: Any) -> bool:
+        return isinstance(x, torch.Tensor)
+
+    def asarray(self, x: Any, dtype: str | None = None) -> torch.Tensor:
+        target = torch_dtype(dtype) if dtype is not None else None
+        if isinstance(x, torch.Tensor):
+            device = self.device if "device" in self.options else x.device
+            return x.to(device=device, dtype=target or x.dtype)
+        a = np.asarray(x)
+        if target is None and self.dtype is not None and a.dtype.kind == "f":
+            target = self.dtype
+        if not a.flags.writeable or not a.flags.c_contiguous:
+            a = np.array(a, order="C")  # torch.from_numpy warns on read-only arrays
+        return torch.from_numpy(a).to(device=self.device, dtype=target)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        t = x.detach()
+        if t.dtype in (torch.bfloat16,):  # NumPy has no bfloat16
+            t = t.float()
+        return t.cpu().numpy()
+
+    def dtype_name(self, x: Any) -> str:
+        return dtype_name(x.dtype)
+
+    def devices(self) -> list[str]:
+        """``"cpu"``, then ``"cuda:i"`` for every visible GPU (and ``"mps"`` on Apple silicon)."""
+        found = ["cpu"]
+        if torch.cuda.is_available():
+            found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            found.append("mps")
+        return found
+
+    @property
+    def default_dtype(self) -> str:
+        return self.options.get("dtype", "float32")

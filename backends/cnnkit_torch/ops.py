@@ -1,0 +1,696 @@
+"""PyTorch kernels: one ``torch.autograd.Function`` per op, gradients derived by hand.
+
+The ops come in the same order and under the same names as in
+:mod:`cnnkit_numpy.ops`: ``conv``, ``max_pool``, ``avg_pool``, ``lp_pool``,
+``relu``, ``leaky_relu``, ``sigmoid``, ``tanh``, ``flatten``, ``linear``,
+``cross_entropy``. Each ``forward`` uses torch's forward primitives (``conv``,
+``max_pool``, ``avg_pool``, ``matmul``); each ``backward`` computes the
+lecture's formulas itself, with forward primitives as the engine: it never
+calls autograd, ``torch.nn.grad`` or aten's own ``*_backward`` ops.
+
+Symbols (the lecture's): ``y`` the layer input, ``W`` the kernel, ``a`` the
+output, ``δ = dE/da`` the incoming deltas, ``δ_prev = dE/dy``, ``S`` stride,
+``D`` dilation, ``⋆`` cross-correlation, ``⋆_full`` full cross-correlation.
+
+Every Function is registered as a :class:`cnnkit.Kernel` whose ``call`` is the
+Function's ``apply`` (autograd records cnnkit's gradients) and whose
+``forward``/``backward`` run the very same ``forward``/``setup_context``/
+``backward`` on a plain context object, under ``torch.no_grad()``, for
+:func:`cnnkit.vjp`.
+
+Attributes arrive in the core's canonical form (see :mod:`cnnkit.ops`) and are
+never validated again here. Nothing here leaves the device: no ``.item()``,
+no ``.cpu()``, no NumPy.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import Function, once_differentiable
+
+from cnnkit.geometry import pool_padding
+from cnnkit.registry import Kernel
+
+__all__ = [
+    "KERNELS",
+    "AvgPool",
+    "Conv",
+    "CrossEntropy",
+    "Flatten",
+    "LeakyReLU",
+    "Linear",
+    "LpPool",
+    "MaxPool",
+    "ReLU",
+    "Sigmoid",
+    "Tanh",
+]
+
+Pads = Sequence[tuple[int, int]]
+
+_CONV = {1: torch.conv1d, 2: torch.conv2d, 3: torch.conv3d}
+_CONV_T = {1: torch.conv_transpose1d, 2: torch.conv_transpose2d, 3: torch.conv_transpose3d}
+_MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+_AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+
+
+# -- shared geometry helpers ---------------------------------------------------------------
+
+
+def _spatial(x: torch.Tensor) -> tuple[int, ...]:
+    return tuple(range(2, x.dim()))
+
+
+def _pad_arg(pads: Pads) -> list[int]:
+    """``(before, after)`` per axis, first axis first -> F.pad's last-axis-first list."""
+    out: list[int] = []
+    for lo, hi in reversed(pads):
+        out += [lo, hi]
+    return out
+
+
+def _pad(x: torch.Tensor, pads: Pads, value: float = 0.0) -> torch.Tensor:
+    if not any(lo or hi for lo, hi in pads):
+        return x
+    return F.pad(x, _pad_arg(pads), value=value)
+
+
+def _crop(x: torch.Tensor, pads: Pads, size: Sequence[int]) -> torch.Tensor:
+    """Undo :func:`_pad`: keep ``size`` units per axis starting after the ``before`` padding."""
+    index = (slice(None), slice(None), *(slice(lo, lo + n) for (lo, _), n in zip(pads, size)))
+    return x[index]
+
+
+def _split_padding(pads: Pads) -> tuple[tuple[int, ...], list[tuple[int, int]]]:
+    """Split per-axis pairs into the symmetric part torch's convs take and the rest."""
+    sym = tuple(min(lo, hi) for lo, hi in pads)
+    rest = [(lo - s, hi - s) for (lo, hi), s in zip(pads, sym)]
+    return sym, rest
+
+
+def _ones_kernel(x: torch.Tensor, kernel: Sequence[int]) -> torch.Tensor:
+    return x.new_ones((1, 1, *kernel))
+
+
+def _window_sum(
+    x_pad: torch.Tensor, kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int]
+) -> torch.Tensor:
+    """``s[i] = Σ_m x_pad[S·i + D·m]`` per channel: the sum of each (already padded) window."""
+    n, c, *size = x_pad.shape
+    d = len(kernel)
+    if all(v == 1 for v in dilation):
+        if d == 1:
+            return F.avg_pool2d(
+                x_pad.unsqueeze(2), (1, kernel[0]), (1, stride[0]), divisor_override=1
+            ).squeeze(2)
+        return _AVG_POOL[d](x_pad, kernel, stride, divisor_override=1)
+    s = _CONV[d](x_pad.reshape(n * c, 1, *size), _ones_kernel(x_pad, kernel), None, stride, 0, dilation)
+    return s.view(n, c, *s.shape[2:])
+
+
+def _window_spread(
+    g: torch.Tensor,
+    size: Sequence[int],
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    dilation: Sequence[int],
+) -> torch.Tensor:
+    """The adjoint of :func:`_window_sum`: every unit of the padded input (``size``) gets
+    ``Σ_{windows ∋ unit} g[window]``."""
+    n, c, *out = g.shape
+    d = len(kernel)
+    if all(s == f for s, f in zip(stride, kernel)) and all(v == 1 for v in dilation):
+        # windows tile the input: each unit lies in exactly one window, so spreading is a repeat
+        shape = [n, c]
+        view = [n, c]
+        for o, f in zip(out, kernel):
+            view += [o, 1]
+            shape += [o, f]
+        tiled = g.reshape(view).expand(shape).reshape(n, c, *(o * f for o, f in zip(out, kernel)))
+        return _pad(tiled, [(0, full - o * f) for full, o, f in zip(size, out, kernel)])
+    # full cross-correlation of the stride-dilated g with rot180(ones) = conv_transpose with ones
+    extra = [
+        full - ((o - 1) * s + dl * (f - 1) + 1)
+        for full, o, s, f, dl in zip(size, out, stride, kernel, dilation)
+    ]
+    r = _CONV_T[d](
+        g.reshape(n * c, 1, *out), _ones_kernel(g, kernel), None, stride, 0, tuple(extra), 1, dilation
+    )
+    return r.view(n, c, *size)
+
+
+def _window_count(
+    size: Sequence[int],
+    out: Sequence[int],
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    pads: Pads,
+    dilation: Sequence[int],
+    include_pad: bool,
+    like: torch.Tensor,
+) -> torch.Tensor:
+    """``|window|`` per output unit, shape ``out``: taps inside the input (and the declared
+    padding when ``include_pad``), never the ceil-mode overhang. Built on ``like``'s device."""
+    count = None
+    dev = like.device
+    for axis, (n, o, f, s, (lo, hi), dl) in enumerate(zip(size, out, kernel, stride, pads, dilation)):
+        taps = (torch.arange(o, device=dev) * s - lo)[:, None] + dl * torch.arange(f, device=dev)[None, :]
+        first, end = (-lo, n + hi) if include_pad else (0, n)
+        c = ((taps >= first) & (taps < end)).sum(1).to(like.dtype)
+        c = c.view([-1] + [1] * (len(size) - axis - 1))
+        count = c if count is None else count * c
+    assert count is not None
+    return count
+
+
+# -- the plain context used by cnnkit.vjp ------------------------------------------------------
+
+
+class _Ctx:
+    """What ``setup_context`` and ``backward`` need of autograd's ctx, for the vjp path."""
+
+    def __init__(self, needs_input_grad: tuple[bool, ...]) -> None:
+        self.needs_input_grad = needs_input_grad
+        self.saved_tensors: tuple[Any, ...] = ()
+
+    def save_for_backward(self, *tensors: Any) -> None:
+        self.saved_tensors = tensors
+
+    def mark_non_differentiable(self, *tensors: Any) -> None:
+        pass
+
+
+def _kernel(fn: type[Function], n_inputs: int, attrs: tuple[str, ...], n_outputs: int = 1) -> Kernel:
+    """A :class:`Kernel` running ``fn``: ``call`` is ``fn.apply``; ``forward``/``backward`` run
+    ``fn``'s own static methods on a :class:`_Ctx` for :func:`cnnkit.vjp`."""
+
+    def call(*inputs: Any, **kw: Any) -> Any:
+        out = fn.apply(*inputs, *(kw[k] for k in attrs))
+        return out[0] if n_outputs > 1 else out
+
+    def forward(*inputs: Any, **kw: Any) -> tuple[Any, _Ctx]:
+        args = (*inputs, *(kw[k] for k in attrs))
+        needs = tuple(isinstance(a, torch.Tensor) and a.is_floating_point() for a in inputs)
+        ctx = _Ctx(needs + (False,) * len(attrs))
+        with torch.no_grad():
+            out = fn.forward(*args)
+            fn.setup_context(ctx, args, out)
+        return (out[0] if n_outputs > 1 else out), ctx
+
+    def backward(ctx: _Ctx, grad_output: Any) -> tuple[Any, ...]:
+        with torch.no_grad():
+            grads = fn.backward(ctx, grad_output, *([None] * (n_outputs - 1)))
+        return tuple(grads[:n_inputs])
+
+    forward.__name__ = f"{fn.__name__.lower()}_forward"
+    backward.__name__ = f"{fn.__name__.lower()}_backward"
+    call.__name__ = f"{fn.__name__.lower()}_apply"
+    return Kernel(forward=forward, backward=backward, call=call)
+
+
+# -- conv --------------------------------------------------------------------------------------
+
+
+def _conv_input_grad(
+    dy: torch.Tensor,
+    w: torch.Tensor,
+    x_shape: Sequence[int],
+    stride: Sequence[int],
+    pads: Pads,
+    dilation: Sequence[int],
+    groups: int,
+) -> torch.Tensor:
+    """``δ_prev = δ ⋆_full rot180(W)``: the full cross-correlation of the stride-dilated deltas
+    with the 180°-rotated kernel, cropped to the input (padding removed).
+
+    ``conv_transpose`` with ``W`` computes exactly that: it inserts ``S-1`` zeros between the
+    deltas, pads them by ``D(F-1)`` and correlates with ``rot180(W)`` channel-swapped.
+    """
+    d = len(stride)
+    size = x_shape[2:]
+    sym, rest = _split_padding(pads)
+    full = [n + lo + hi for n, (lo, hi) in zip(size, rest)]  # padded by the asymmetric rest only
+    # trailing input rows that no window reached (output size not whole) get output_padding
+    extra = tuple(
+        n + 2 * p - ((o - 1) * s + dl * (f - 1) + 1)
+        for n, p, o, s, f, dl in zip(full, sym, dy.shape[2:], stride, w.shape[2:], dilation)
+    )
+    if all(s == 1 for s in stride) and w.shape[1] * groups <= 4 and not any(extra):
+        # few input channels: the plain conv of δ with rot180(W), channels swapped, is faster
+        k, cg = w.shape[:2]
+        w_rot = w.flip(_spatial(w)).view(groups, k // groups, cg, *w.shape[2:]).transpose(1, 2)
+        w_rot = w_rot.reshape(groups * cg, k // groups, *w.shape[2:])
+        full_pads = [(dl * (f - 1) - p, dl * (f - 1) - p) for f, dl, p in zip(w.shape[2:], dilation, sym)]
+        if all(lo >= 0 for lo, _ in full_pads):
+            dx = _CONV[d](dy, w_rot, None, 1, tuple(lo for lo, _ in full_pads), dilation, groups)
+            return _crop(dx, rest, size) if any(lo or hi for lo, hi in rest) else dx
+    dx = _CONV_T[d](dy, w, None, stride, sym, extra, groups, dilation)
+    return _crop(dx, rest, size) if any(lo or hi for lo, hi in rest) else dx
+
+
+def _conv_weight_grad_gemm(
+    x: torch.Tensor, dy: torch.Tensor, kernel: Sequence[int], stride: int, pads: Pads, dilation: Sequence[int]
+) -> torch.Tensor:
+    """``dW[:, :, m] = Σ_n Σ_i δ[n, :, i] · y_pad[n, :, S·i + D·m]ᵀ``, one batched GEMM per kernel
+    offset ``m`` (groups = 1, one stride on every axis).
+
+    The padded input is laid out channels-last and flat; with the deltas padded to the input's
+    row length, the input units a kernel offset meets form a strided matrix view (rows ``S·C``
+    apart), so no im2col copy is made.
+    """
+    n, c = x.shape[:2]
+    k = dy.shape[1]
+    d = len(kernel)
+    out = dy.shape[2:]
+    full = [size + lo + hi for size, (lo, hi) in zip(x.shape[2:], pads)]
+    row = [math.prod(full[a + 1 :]) for a in range(d)]  # flat stride of each axis, in units
+    t = out[0] * row[0]
+    reach = stride * (t - 1) + sum(dl * (f - 1) * r for dl, f, r in zip(dilation, kernel, row)) + 1
+    rows0 = max(full[0], -(-reach // row[0]))
+    buf = x.new_zeros((n, rows0, *full[1:], c))
+    buf[(slice(None), *(slice(lo, lo + size) for size, (lo, _) in zip(x.shape[2:], pads)), slice(None))] = (
+        x.movedim(1, -1)
+    )
+    per_sample = rows0 * row[0] * c
+    # δ on the padded grid (O_1, P_2, ..., P_d), zeros where no output unit is
+    delta = _pad(dy, [(0, 0)] + [(0, p - o) for p, o in zip(full[1:], out[1:])]).reshape(n, k, t)
+    dw = x.new_empty((k, *kernel, c))
+    base0 = buf.storage_offset()
+    for m in itertools.product(*(range(f) for f in kernel)):
+        offset = sum(dl * mm * r for dl, mm, r in zip(dilation, m, row)) * c
+        y_m = buf.as_strided((n, t, c), (per_sample, stride * c, 1), base0 + offset)
+        dw[(slice(None), *m)] = torch.bmm(delta, y_m).sum(0)
+    return dw.movedim(-1, 1)
+
+
+def _conv_weight_grad_conv(
+    x: torch.Tensor,
+    dy: torch.Tensor,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    pads: Pads,
+    dilation: Sequence[int],
+    groups: int,
+) -> torch.Tensor:
+    """``dW = y ⋆ δ``: the input cross-correlated with the deltas (taps ``S`` apart, the
+    deltas' stride-dilation), as one conv with batch and channels swapped, per group."""
+    d = len(kernel)
+    n, c = x.shape[:2]
+    cg = c // groups
+    sym, rest = _split_padding(pads)
+    x_p = _pad(x, rest)
+    # (N, C, *P) -> (C/G, G·N, *P): each group's samples become the channels of one conv group
+    y = x_p.reshape(n, groups, cg, *x_p.shape[2:]).permute(2, 1, 0, *range(3, d + 3))
+    y = y.reshape(cg, groups * n, *x_p.shape[2:])
+    dw = _CONV[d](y, dy.transpose(0, 1), None, dilation, sym, stride, groups)  # (C/G, K, *F')
+    dw = dw[(slice(None), slice(None), *(slice(0, f) for f in kernel))]  # drop the trailing taps
+    return dw.transpose(0, 1)
+
+
+def _conv_weight_grad(
+    x: torch.Tensor,
+    dy: torch.Tensor,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    pads: Pads,
+    dilation: Sequence[int],
+    groups: int,
+) -> torch.Tensor:
+    if groups == 1 and len(set(stride)) == 1 and x.shape[1] >= 8:
+        return _conv_weight_grad_gemm(x, dy, kernel, stride[0], pads, dilation)
+    return _conv_weight_grad_conv(x, dy, kernel, stride, pads, dilation, groups)
+
+
+def _conv_forward(x, w, b, stride, padding, dilation, groups, flip):
+    if flip:
+        w = w.flip(_spatial(w))
+    sym, rest = _split_padding(padding)
+    return _CONV[x.dim() - 2](_pad(x, rest), w, b, stride, sym, dilation, groups)
+
+
+class Conv(Function):
+    """``a = W ⋆ y + b`` (``flip=True``: ``rot180(W)``), in 1, 2 or 3 dimensions."""
+
+    @staticmethod
+    def forward(x, w, b, stride, padding, dilation, groups, flip):
+        return _conv_forward(x, w, b, stride, padding, dilation, groups, flip)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, w, _b, stride, padding, dilation, groups, flip = inputs
+        ctx.save_for_backward(x, w)
+        ctx.attrs = (stride, padding, dilation, groups, flip)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        # dE/dW = y ⋆ δ (δ stride-dilated);  δ_prev = δ ⋆_full rot180(W);  dE/db = Σ_ij δ
+        x, w = ctx.saved_tensors
+        stride, padding, dilation, groups, flip = ctx.attrs
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        spatial = _spatial(w)
+        w_used = w.flip(spatial) if flip else w
+        dx = dw = db = None
+        if need_x:
+            dx = _conv_input_grad(dy, w_used, x.shape, stride, padding, dilation, groups)
+        if need_w:
+            dw = _conv_weight_grad(x, dy, w.shape[2:], stride, padding, dilation, groups)
+            dw = dw.flip(spatial) if flip else dw
+        if need_b:
+            db = dy.sum((0, *spatial))
+        return dx, dw, db, None, None, None, None, None
+
+
+# -- pooling -----------------------------------------------------------------------------------
+
+
+def _read_padding(x, kernel, stride, padding, dilation, ceil_mode) -> list[tuple[int, int]]:
+    """The padding a pooling window really reads (ceil-mode overhang included)."""
+    return [
+        pool_padding(n, f, s, p, dl, ceil_mode)
+        for n, f, s, p, dl in zip(x.shape[2:], kernel, stride, padding, dilation)
+    ]
+
+
+def _torch_pool_fits(kernel, padding, dilation=None) -> bool:
+    """torch's own pooling takes symmetric padding up to half the kernel (and avg no dilation)."""
+    ok = all(lo == hi and 2 * lo <= f for (lo, hi), f in zip(padding, kernel))
+    return ok and (dilation is None or all(v == 1 for v in dilation))
+
+
+def _max_pool_forward(x, kernel, stride, padding, dilation, ceil_mode):
+    d = x.dim() - 2
+    if _torch_pool_fits(kernel, padding):
+        pads = None
+        y, idx = _MAX_POOL[d](x, kernel, stride, [lo for lo, _ in padding], dilation, ceil_mode, True)
+    else:  # -inf padding never wins
+        pads = _read_padding(x, kernel, stride, padding, dilation, ceil_mode)
+        y, idx = _MAX_POOL[d](_pad(x, pads, float("-inf")), kernel, stride, 0, dilation, False, True)
+    return y, idx, pads
+
+
+class MaxPool(Function):
+    """``a[i] = max_m y_pad[S·i + D·m]``; returns ``(a, winner)``, the winner's flat index."""
+
+    @staticmethod
+    def forward(x, kernel_size, stride, padding, dilation, ceil_mode):
+        y, idx, _pads = _max_pool_forward(x, kernel_size, stride, padding, dilation, ceil_mode)
+        return y, idx
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, kernel_size, stride, padding, dilation, ceil_mode = inputs
+        _y, idx = output
+        ctx.mark_non_differentiable(idx)
+        ctx.save_for_backward(idx)
+        ctx.x_shape = x.shape
+        fits = _torch_pool_fits(kernel_size, padding)
+        ctx.pads = None if fits else _read_padding(x, kernel_size, stride, padding, dilation, ceil_mode)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, _didx):
+        # δ_prev[winner(i)] += δ[i]; every unit that did not win gets 0
+        (idx,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None, None
+        n, c, *size = ctx.x_shape
+        if ctx.pads is not None:
+            size = [s + lo + hi for s, (lo, hi) in zip(size, ctx.pads)]
+        dx = dy.new_zeros((n, c, math.prod(size)))
+        dx.scatter_add_(2, idx.reshape(n, c, -1), dy.reshape(n, c, -1))
+        dx = dx.view(n, c, *size)
+        if ctx.pads is not None:
+            dx = _crop(dx, ctx.pads, ctx.x_shape[2:])
+        return dx, None, None, None, None, None
+
+
+def _avg_pool_forward(x, kernel, stride, padding, dilation, ceil_mode, count_include_pad):
+    d = x.dim() - 2
+    if _torch_pool_fits(kernel, padding, dilation):
+        return _AVG_POOL[d](x, kernel, stride, [lo for lo, _ in padding], ceil_mode, count_include_pad)
+    pads = _read_padding(x, kernel, stride, padding, dilation, ceil_mode)
+    s = _window_sum(_pad(x, pads), kernel, stride, dilation)
+    count = _window_count(x.shape[2:], s.shape[2:], kernel, stride, padding, dilation, count_include_pad, s)
+    return s / count
+
+
+class AvgPool(Function):
+    """``a[i] = Σ_m y_pad[S·i + D·m] / |window_i|``."""
+
+    @staticmethod
+    def forward(x, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad):
+        return _avg_pool_forward(x, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, *attrs = inputs
+        ctx.x_shape = x.shape
+        ctx.attrs = attrs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        # δ_prev[u] = Σ_{windows i ∋ u} δ[i] / |window_i|
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None, None, None
+        kernel, stride, padding, dilation, ceil_mode, include_pad = ctx.attrs
+        size = ctx.x_shape[2:]
+        count = _window_count(size, dy.shape[2:], kernel, stride, padding, dilation, include_pad, dy)
+        pads = [pool_padding(n, f, s, p, dl, ceil_mode) for n, f, s, p, dl in zip(size, *ctx.attrs[:4])]
+        full = [n + lo + hi for n, (lo, hi) in zip(size, pads)]
+        dx = _window_spread(dy / count, full, kernel, stride, dilation)
+        return _crop(dx, pads, size), None, None, None, None, None, None
+
+
+def _lp_power(x: torch.Tensor, p: float) -> torch.Tensor:
+    if p == 2.0:
+        return x * x
+    return x.abs() if p == 1.0 else x.abs().pow(p)
+
+
+class LpPool(Function):
+    """``a[i] = (Σ_m |y_pad[S·i + D·m]|^p)^(1/p)``, the true Lp norm of each window."""
+
+    @staticmethod
+    def forward(x, kernel_size, stride, padding, dilation, ceil_mode, norm_type):
+        pads = _read_padding(x, kernel_size, stride, padding, dilation, ceil_mode)
+        s = _window_sum(_pad(_lp_power(x, norm_type), pads), kernel_size, stride, dilation)
+        if norm_type == 1.0:
+            return s
+        return s.sqrt() if norm_type == 2.0 else s.pow(1.0 / norm_type)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, *attrs = inputs
+        ctx.save_for_backward(x, output)
+        ctx.attrs = attrs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        # δ_prev[u] = Σ_{windows i ∋ u} δ[i] · a[i]^(1-p) · |y[u]|^(p-1) · sign(y[u])  (0 where a[i] = 0)
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None, None, None
+        x, a = ctx.saved_tensors
+        kernel, stride, padding, dilation, ceil_mode, p = ctx.attrs
+        size = x.shape[2:]
+        pads = _read_padding(x, kernel, stride, padding, dilation, ceil_mode)
+        g = dy if p == 1.0 else torch.where(a > 0, dy * a.pow(1.0 - p), torch.zeros_like(dy))
+        full = [n + lo + hi for n, (lo, hi) in zip(size, pads)]
+        spread = _crop(_window_spread(g, full, kernel, stride, dilation), pads, size)
+        if p == 2.0:
+            return spread * x, None, None, None, None, None, None
+        local = x.sign() if p == 1.0 else x.sign() * x.abs().pow(p - 1.0)
+        if p < 1.0:  # |y|^(p-1) is infinite at 0, where sign(y) = 0: that unit gets 0
+            local = torch.where(x != 0, local, torch.zeros_like(local))
+        return spread * local, None, None, None, None, None, None
+
+
+# -- activations -------------------------------------------------------------------------------
+
+
+class ReLU(Function):
+    """``y' = max(0, a)``."""
+
+    @staticmethod
+    def forward(x):
+        return x.clamp_min(0)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        # δ_prev = f'(a) ⊙ δ,  f'(a) = 1 where a > 0, else 0
+        (y,) = ctx.saved_tensors
+        return (dy * (y > 0) if ctx.needs_input_grad[0] else None,)
+
+
+class LeakyReLU(Function):
+    """``y' = a`` where ``a > 0``, else ``negative_slope · a``."""
+
+    @staticmethod
+    def forward(x, negative_slope):
+        return torch.where(x > 0, x, x * negative_slope)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, negative_slope = inputs
+        ctx.save_for_backward(x)
+        ctx.negative_slope = negative_slope
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        # δ_prev = f'(a) ⊙ δ,  f'(a) = 1 where a > 0, else negative_slope
+        (x,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        return torch.where(x > 0, dy, dy * ctx.negative_slope), None
+
+
+class Sigmoid(Function):
+    """``y' = σ(a) = 1 / (1 + e^-a)``."""
+
+    @staticmethod
+    def forward(x):
+        return torch.sigmoid(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        # δ_prev = f'(a) ⊙ δ,  f'(a) = σ(a)(1 - σ(a))
+        (y,) = ctx.saved_tensors
+        return (dy * y * (1 - y) if ctx.needs_input_grad[0] else None,)
+
+
+class Tanh(Function):
+    """``y' = tanh(a)``."""
+
+    @staticmethod
+    def forward(x):
+        return torch.tanh(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        # δ_prev = f'(a) ⊙ δ,  f'(a) = 1 - tanh(a)^2
+        (y,) = ctx.saved_tensors
+        return (dy * (1 - y * y) if ctx.needs_input_grad[0] else None,)
+
+
+# -- flatten, linear, loss ---------------------------------------------------------------------
+
+
+class Flatten(Function):
+    """Merge dims ``start_dim..end_dim`` into one."""
+
+    @staticmethod
+    def forward(x, start_dim, end_dim):
+        if x.dim() == 0:
+            return x.reshape(1)
+        return x.flatten(start_dim, end_dim)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.x_shape = inputs[0].shape
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        # δ_prev = δ reshaped back to the input's shape
+        return (dy.reshape(ctx.x_shape) if ctx.needs_input_grad[0] else None), None, None
+
+
+class Linear(Function):
+    """``a = y Wᵀ + b``."""
+
+    @staticmethod
+    def forward(x, w, b):
+        return F.linear(x, w, b)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, w, _b = inputs
+        ctx.save_for_backward(x, w)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        # δ_prev = δ W;  dE/dW = δᵀ y;  dE/db = Σ_n δ
+        x, w = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        dy2 = dy.reshape(-1, w.shape[0])
+        dx = (dy @ w) if need_x else None
+        dw = (dy2.t() @ x.reshape(-1, w.shape[1])) if need_w else None
+        db = dy2.sum(0) if need_b else None
+        return dx, dw, db
+
+
+class CrossEntropy(Function):
+    """``E_n = log Σ_c e^{a[n, c]} - a[n, t_n]``, reduced by mean, sum or not at all."""
+
+    @staticmethod
+    def forward(x, target, reduction):
+        lse = torch.logsumexp(x, 1)
+        loss = lse - x.gather(1, target.long().unsqueeze(1)).squeeze(1)
+        if reduction == "mean":
+            return loss.mean()
+        return loss.sum() if reduction == "sum" else loss
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, target, reduction = inputs
+        ctx.save_for_backward(x, target)
+        ctx.reduction = reduction
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        # δ_prev = (softmax(a) - onehot(t)) · δ   (÷ N for the mean)
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        x, target = ctx.saved_tensors
+        dx = torch.softmax(x, 1)
+        t = target.long().unsqueeze(1)
+        dx.scatter_add_(1, t, torch.full_like(t, -1, dtype=dx.dtype))
+        if ctx.reduction == "none":
+            return dx * dy.unsqueeze(1), None, None
+        if ctx.reduction == "mean":
+            dy = dy / x.shape[0]
+        return dx * dy, None, None
+
+
+_POOL_ATTRS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
+
+#: One kernel per op kind, in the order of :mod:`cnnkit_numpy.ops`.
+KERNELS: dict[str, Kernel] = {
+    "conv": _kernel(Conv, 3, ("stride", "padding", "dilation", "groups", "flip")),
+    "max_pool": _kernel(MaxPool, 1, _POOL_ATTRS, n_outputs=2),
+    "avg_pool": _kernel(AvgPool, 1, (*_POOL_ATTRS, "count_include_pad")),
+    "lp_pool": _kernel(LpPool, 1, (*_POOL_ATTRS, "norm_type")),
+    "relu": _kernel(ReLU, 1, ()),
+    "leaky_relu": _kernel(LeakyReLU, 1, ("negative_slope",)),
+    "sigmoid": _kernel(Sigmoid, 1, ()),
+    "tanh": _kernel(Tanh, 1, ()),
+    "flatten": _kernel(Flatten, 1, ("start_dim", "end_dim")),
+    "linear": _kernel(Linear, 3, ()),
+    "cross_entropy": _kernel(CrossEntropy, 2, ("reduction",)),
+}
