@@ -76,7 +76,8 @@ def max_pool(x, kernel_size, stride, padding, dilation, ceil_mode):
     winner = np.zeros(best.shape, dtype=np.int64)  # index of the winning offset in row-major order
     for k, m in enumerate(itertools.product(*map(range, kernel_size))):
         v = xp[_window(m, stride, dilation, out)]
-        better = v > best  # strictly greater: ties keep the first offset, as PyTorch does
+        # strictly greater, so ties keep the first offset (as PyTorch); a NaN wins, so it propagates
+        better = (v > best) | (np.isnan(v) & ~np.isnan(best))
         best = np.where(better, v, best)
         winner = np.where(better, k, winner)
     return best, (x.shape, pads, out, winner, kernel_size, stride, dilation)
