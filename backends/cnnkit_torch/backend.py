@@ -70,8 +70,10 @@ class TorchBackend(Backend):
         a = np.asarray(x)
         if target is None and self.dtype is not None and a.dtype.kind == "f":
             target = self.dtype
-        if not a.flags.writeable or not a.flags.c_contiguous:
-            a = np.array(a, order="C")  # torch.from_numpy warns on read-only arrays
+        if not a.flags.writeable or not a.flags.c_contiguous or any(st < 0 for st in a.strides):
+            # torch.from_numpy warns on read-only arrays and refuses negative strides, which
+            # np.flip leaves even on "contiguous" arrays whose flipped axes have size 1.
+            a = np.array(a, order="C")
         return torch.from_numpy(a).to(device=self.device, dtype=target)
 
     def to_numpy(self, x: Any) -> np.ndarray:

@@ -378,15 +378,16 @@ def _read_padding(x, kernel, stride, padding, dilation, ceil_mode) -> list[tuple
     ]
 
 
-def _torch_pool_fits(kernel, padding, dilation=None) -> bool:
-    """torch's own pooling takes symmetric padding up to half the kernel (and avg no dilation)."""
-    ok = all(lo == hi and 2 * lo <= f for (lo, hi), f in zip(padding, kernel))
+def _torch_pool_fits(x, kernel, padding, dilation=None) -> bool:
+    """torch's own pooling takes symmetric padding up to half the kernel, an input at least
+    as large as the window (and, for avg, no dilation)."""
+    ok = all(lo == hi and 2 * lo <= f and n >= f for (lo, hi), f, n in zip(padding, kernel, x.shape[2:]))
     return ok and (dilation is None or all(v == 1 for v in dilation))
 
 
 def _max_pool_forward(x, kernel, stride, padding, dilation, ceil_mode):
     d = x.dim() - 2
-    if _torch_pool_fits(kernel, padding):
+    if _torch_pool_fits(x, kernel, padding):
         pads = None
         y, idx = _MAX_POOL[d](x, kernel, stride, [lo for lo, _ in padding], dilation, ceil_mode, True)
     else:  # -inf padding never wins
@@ -410,7 +411,7 @@ class MaxPool(Function):
         ctx.mark_non_differentiable(idx)
         ctx.save_for_backward(idx)
         ctx.x_shape = x.shape
-        fits = _torch_pool_fits(kernel_size, padding)
+        fits = _torch_pool_fits(x, kernel_size, padding)
         ctx.pads = None if fits else _read_padding(x, kernel_size, stride, padding, dilation, ceil_mode)
 
     @staticmethod
@@ -433,7 +434,7 @@ class MaxPool(Function):
 
 def _avg_pool_forward(x, kernel, stride, padding, dilation, ceil_mode, count_include_pad):
     d = x.dim() - 2
-    if _torch_pool_fits(kernel, padding, dilation):
+    if _torch_pool_fits(x, kernel, padding, dilation):
         return _AVG_POOL[d](x, kernel, stride, [lo for lo, _ in padding], ceil_mode, count_include_pad)
     pads = _read_padding(x, kernel, stride, padding, dilation, ceil_mode)
     s = _window_sum(_pad(x, pads), kernel, stride, dilation)

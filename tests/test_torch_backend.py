@@ -1,0 +1,520 @@
+"""The PyTorch backend: hand-derived gradients in autograd.Functions, held to native autograd."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import torch.nn.functional as F  # noqa: E402
+from cnnkit_torch import ops  # noqa: E402
+from cnnkit_torch.backend import TorchBackend  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+import cnnkit  # noqa: E402
+from cnnkit import functional as cf  # noqa: E402
+from cnnkit.geometry import pool_output_size, pool_padding, resolve_padding  # noqa: E402
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
+]
+TOL = {torch.float64: dict(rtol=1e-5, atol=1e-8), torch.float32: dict(rtol=1e-4, atol=1e-5)}
+
+
+def close(actual, expected, dtype):
+    torch.testing.assert_close(actual, expected, **TOL[dtype])
+
+
+def leaf(t):
+    return t.detach().clone().requires_grad_(True)
+
+
+# -- the backend object and the plugin ---------------------------------------------------------
+
+
+def test_registered_and_lazy_about_torch():
+    code = (
+        "import sys, cnnkit, cnnkit_torch.plugin, cnnkit_torch\n"
+        "assert 'torch' not in sys.modules, 'importing cnnkit imported torch'\n"
+        "info = cnnkit.get_registry().backend_infos()['torch']\n"
+        "assert 'torch' not in sys.modules\n"
+        "print(info.install_hint)\n"
+        "sys.modules['torch'] = None  # as if torch were not installed\n"
+        "try:\n"
+        "    cnnkit.get_backend('torch')\n"
+        "except cnnkit.BackendUnavailableError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    hint, message = out.strip().splitlines()
+    assert hint == "pip install 'cnnkit[torch]'"
+    assert "backend 'torch'" in message and "pip install 'cnnkit[torch]'" in message
+
+
+def test_backend_arrays_dtypes_devices():
+    be = cnnkit.get_backend("torch", dtype="float32")
+    assert isinstance(be, TorchBackend) and be.default_dtype == "float32"
+    a = be.asarray(np.arange(3.0))
+    assert a.dtype == torch.float32 and a.device.type == "cpu"
+    assert be.asarray([1, 2]).dtype == torch.int64  # the dtype option only touches floats
+    assert be.asarray(np.ones(2), dtype="float64").dtype == torch.float64
+    ro = np.ones(3)
+    ro.flags.writeable = False
+    assert be.asarray(ro).tolist() == [1.0, 1.0, 1.0]
+    assert be.dtype_name(torch.zeros(1, dtype=torch.bfloat16)) == "bfloat16"
+    assert be.dtype_name(torch.zeros(1, dtype=torch.int64)) == "int64"
+    assert be.to_numpy(torch.ones(2, dtype=torch.bfloat16)).tolist() == [1.0, 1.0]
+    assert be.to_numpy(leaf(torch.ones(2))).tolist() == [1.0, 1.0]
+    assert be.devices()[0] == "cpu"
+    assert all(d.startswith(("cuda:", "mps")) for d in be.devices()[1:])
+    assert cnnkit.get_backend("torch", dtype=torch.float64).default_dtype == "float64"
+    with pytest.raises(TypeError, match="dtype"):
+        TorchBackend(dtype="float33")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backend_device_option(device):
+    be = cnnkit.get_backend("torch", device=device)
+    t = be.asarray(np.ones((2, 2), dtype=np.float32))
+    assert t.device.type == device
+    assert be.asarray(torch.ones(2)).device.type == device
+    y = cf.relu([[-1.0, 2.0]], backend=be)
+    assert y.device.type == device and be.to_numpy(y).tolist() == [[0.0, 2.0]]
+
+
+def test_all_core_ops_registered():
+    from cnnkit.ops import BUILTIN_SPECS
+
+    registry = cnnkit.get_registry()
+    assert [spec.name for spec in BUILTIN_SPECS] == list(ops.KERNELS)  # the core's order
+    for op in ops.KERNELS:
+        assert registry.kernel_plugin("torch", op).name == "torch"
+        assert registry.kernel("torch", op) is ops.KERNELS[op]
+
+
+# -- references: torch's own ops under native autograd -------------------------------------------
+
+
+def conv_reference(x, w, b, stride, pads, dilation, groups, flip):
+    d = x.dim() - 2
+    if flip:
+        w = w.flip(tuple(range(2, d + 2)))
+    x = F.pad(x, [p for pair in reversed(pads) for p in pair])
+    return getattr(F, f"conv{d}d")(x, w, b, stride, 0, dilation, groups)
+
+
+def window_stack(x, kernel, stride, padding, dilation, ceil_mode, value=0.0):
+    """Every window's taps stacked on a last axis, by literal strided slicing (no pooling op)."""
+    size = x.shape[2:]
+    pads = [
+        pool_padding(n, f, s, p, dl, ceil_mode)
+        for n, f, s, p, dl in zip(size, kernel, stride, padding, dilation)
+    ]
+    out = [
+        pool_output_size(n, f, s, p, dl, ceil_mode)
+        for n, f, s, p, dl in zip(size, kernel, stride, padding, dilation)
+    ]
+    x_pad = F.pad(x, [p for pair in reversed(pads) for p in pair], value=value)
+    taps = []
+    for m in itertools.product(*(range(f) for f in kernel)):
+        index = tuple(
+            slice(dl * mm, dl * mm + s * (o - 1) + 1, s) for dl, mm, s, o in zip(dilation, m, stride, out)
+        )
+        taps.append(x_pad[(slice(None), slice(None), *index)])
+    return torch.stack(taps, -1), pads
+
+
+def pool_reference(kind, x, kernel, stride, padding, dilation, ceil_mode, extra):
+    if kind == "max":
+        return window_stack(x, kernel, stride, padding, dilation, ceil_mode, float("-inf"))[0].amax(-1)
+    win, pads = window_stack(x, kernel, stride, padding, dilation, ceil_mode)
+    if kind == "lp":
+        return win.abs().pow(extra).sum(-1).pow(1 / extra)
+    # avg: the divisor counts input units (and declared padding with count_include_pad)
+    mask = torch.ones_like(x)
+    if extra:
+        mask = F.pad(mask, [p for pair in reversed(padding) for p in pair], value=1.0)
+        declared = padding
+    else:
+        declared = [(0, 0)] * len(kernel)
+    rest = [(lo - dlo, hi - dhi) for (lo, hi), (dlo, dhi) in zip(pads, declared)]
+    mask = F.pad(mask, [p for pair in reversed(rest) for p in pair])
+    count = window_stack(mask, kernel, stride, [(0, 0)] * len(kernel), dilation, False)[0].sum(-1)
+    return win.sum(-1) / count
+
+
+def grads(y, inputs, seed=0):
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=y.dtype).to(y.device)
+    present = [t for t in inputs if t is not None]
+    return torch.autograd.grad(y, present, g)
+
+
+# -- random configurations against native autograd -----------------------------------------------
+
+
+def random_conv_case(rng):
+    d = int(rng.integers(1, 4))
+    groups = int(rng.choice([1, 1, 2, 3]))
+    cg, kg = int(rng.integers(1, 3)), int(rng.integers(1, 3))
+    kernel = [int(rng.integers(1, 4)) for _ in range(d)]
+    dilation = [int(rng.integers(1, 3)) for _ in range(d)]
+    stride = [int(rng.integers(1, 4)) for _ in range(d)]
+    size = [
+        int(rng.integers(dl * (f - 1) + 1, dl * (f - 1) + 6 if d < 3 else dl * (f - 1) + 3))
+        for f, dl in zip(kernel, dilation)
+    ]
+    form = rng.integers(0, 5)
+    if form == 0:
+        padding = int(rng.integers(0, 3))
+    elif form == 1:
+        padding = tuple(int(v) for v in rng.integers(0, 3, size=d))
+    elif form == 2:
+        padding = tuple((int(a), int(b)) for a, b in rng.integers(0, 3, size=(d, 2)))
+    else:
+        padding = ["same", "valid"][form - 3]
+    n = int(rng.integers(1, 3))
+    return dict(
+        d=d,
+        x_shape=(n, cg * groups, *size),
+        w_shape=(kg * groups, cg, *kernel),
+        bias=bool(rng.integers(0, 2)),
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        flip=bool(rng.integers(0, 2)),
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_conv_random_configs_match_native_autograd(device, dtype):
+    rng = np.random.default_rng(7)
+    for case in range(30):
+        c = random_conv_case(rng)
+        g = torch.Generator().manual_seed(case)
+        x = torch.randn(c["x_shape"], generator=g, dtype=dtype).to(device)
+        w = torch.randn(c["w_shape"], generator=g, dtype=dtype).to(device)
+        b = torch.randn(c["w_shape"][0], generator=g, dtype=dtype).to(device) if c["bias"] else None
+        attrs = dict(
+            stride=c["stride"],
+            padding=c["padding"],
+            dilation=c["dilation"],
+            groups=c["groups"],
+            flip=c["flip"],
+        )
+        fn = getattr(cf, f"conv{c['d']}d")
+        ours = [leaf(x), leaf(w), None if b is None else leaf(b)]
+        y = fn(*ours, **attrs, backend="torch")
+        assert isinstance(y.grad_fn, ops.Conv._backward_cls), c
+        pads = resolve_padding(c["padding"], c["w_shape"][2:], c["stride"], c["dilation"], c["x_shape"][2:])
+        theirs = [leaf(x), leaf(w), None if b is None else leaf(b)]
+        y_ref = conv_reference(*theirs, c["stride"], pads, c["dilation"], c["groups"], c["flip"])
+        close(y, y_ref, dtype)
+        for a, e in zip(grads(y, ours), grads(y_ref, theirs)):
+            close(a, e, dtype)
+
+
+def random_pool_case(rng, kind):
+    d = int(rng.integers(1, 4))
+    kernel = [int(rng.integers(1, 4)) for _ in range(d)]
+    dilation = [int(rng.integers(1, 3)) for _ in range(d)]
+    stride = [int(rng.integers(1, 4)) for _ in range(d)]
+    ext = [dl * (f - 1) + 1 for f, dl in zip(kernel, dilation)]
+    padding = [(int(rng.integers(0, e // 2 + 1)), int(rng.integers(0, e // 2 + 1))) for e in ext]
+    size = [
+        int(rng.integers(max(1, e - lo - hi), e + (5 if d < 3 else 3))) for e, (lo, hi) in zip(ext, padding)
+    ]
+    attrs = dict(
+        kernel_size=kernel,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        ceil_mode=bool(rng.integers(0, 2)),
+    )
+    extra = None
+    if kind == "avg":
+        extra = bool(rng.integers(0, 2))
+        attrs["count_include_pad"] = extra
+    elif kind == "lp":
+        extra = float(rng.choice([1.0, 2.0, 3.0, 1.5, 0.7]))
+    return d, (int(rng.integers(1, 3)), int(rng.integers(1, 3)), *size), attrs, extra
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kind", ["max", "avg", "lp"])
+def test_pool_random_configs_match_native_autograd(device, dtype, kind):
+    rng = np.random.default_rng({"max": 1, "avg": 2, "lp": 3}[kind])
+    for case in range(40):
+        d, shape, attrs, extra = random_pool_case(rng, kind)
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(case), dtype=dtype).to(device)
+        fn = getattr(cf, f"{kind}_pool{d}d")
+        ours = leaf(x)
+        y = fn(ours, extra, **attrs, backend="torch") if kind == "lp" else fn(ours, **attrs, backend="torch")
+        theirs = leaf(x)
+        y_ref = pool_reference(
+            kind,
+            theirs,
+            attrs["kernel_size"],
+            attrs["stride"],
+            attrs["padding"],
+            attrs["dilation"],
+            attrs["ceil_mode"],
+            extra,
+        )
+        close(y, y_ref, dtype)
+        close(grads(y, [ours])[0], grads(y_ref, [theirs])[0], dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_pools_match_torch_pooling_where_it_exists(device):
+    """Symmetric padding, no dilation: torch's own max/avg/lp pooling, ceil_mode and count_include_pad."""
+    rng = np.random.default_rng(11)
+    dtype = torch.float64
+    for case in range(40):
+        d = int(rng.integers(1, 4))
+        kernel = [int(rng.integers(1, 4)) for _ in range(d)]
+        stride = [int(rng.integers(1, 4)) for _ in range(d)]
+        pad = [int(rng.integers(0, f // 2 + 1)) for f in kernel]
+        size = [int(rng.integers(f, f + 5)) for f in kernel]
+        ceil_mode, cip = bool(rng.integers(0, 2)), bool(rng.integers(0, 2))
+        x = torch.rand((2, 2, *size), generator=torch.Generator().manual_seed(case), dtype=dtype).to(device)
+        for kind in ("max", "avg", "lp"):
+            ours, theirs = leaf(x), leaf(x)
+            if kind == "max":
+                y = getattr(cf, f"max_pool{d}d")(ours, kernel, stride, pad, 1, ceil_mode, backend="torch")
+                y_ref = getattr(F, f"max_pool{d}d")(theirs, kernel, stride, pad, 1, ceil_mode)
+            elif kind == "avg":
+                y = getattr(cf, f"avg_pool{d}d")(
+                    ours, kernel, stride, pad, 1, ceil_mode, cip, backend="torch"
+                )
+                y_ref = getattr(F, f"avg_pool{d}d")(theirs, kernel, stride, pad, ceil_mode, cip)
+            else:
+                # torch's lp_pool has no padding, is the true norm only for nonnegative input, and
+                # with ceil_mode scales a partial last window by kernel/overlap (avg_pool * numel):
+                # cnnkit keeps the true norm there, so only floor mode is comparable.
+                y = getattr(cf, f"lp_pool{d}d")(ours, 2.0, kernel, stride, 0, 1, False, backend="torch")
+                k_, s_ = (kernel[0], stride[0]) if d == 1 else (kernel, stride)
+                y_ref = getattr(F, f"lp_pool{d}d")(theirs, 2.0, k_, s_, False)
+            close(y, y_ref, dtype)
+            close(grads(y, [ours])[0], grads(y_ref, [theirs])[0], dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_max_pool_ties_go_to_the_first_max_like_pytorch(device):
+    x = torch.tensor([[[[1.0, 1.0, 2.0, 2.0], [1.0, 1.0, 2.0, 2.0], [0.0, 0.0, 0.0, 0.0]]]], device=device)
+    ours, theirs = leaf(x), leaf(x)
+    cf.max_pool2d(ours, 2, 1, ceil_mode=True, backend="torch").sum().backward()
+    F.max_pool2d(theirs, 2, 1, ceil_mode=True).sum().backward()
+    assert torch.equal(ours.grad, theirs.grad)
+    assert ours.grad[0, 0, :2].tolist() == [[1.0, 0.0, 2.0, 0.0], [1.0, 0.0, 2.0, 0.0]]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_lp_pool_is_the_true_norm_with_zero_gradient_for_zero_windows(device):
+    x = torch.tensor([[[3.0, -4.0, 0.0, 0.0]]], device=device, dtype=torch.float64, requires_grad=True)
+    for p in (2.0, 0.5, 1.0):
+        x.grad = None
+        y = cf.lp_pool1d(x, p, 2, backend="torch")
+        y.sum().backward()
+        assert torch.isfinite(x.grad).all()
+        assert x.grad[0, 0, 2:].tolist() == [0.0, 0.0]
+    assert cf.lp_pool1d(x, 2, 2, backend="torch").tolist() == [[[5.0, 0.0]]]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_dense_activations_and_loss_match_native_autograd(device, dtype):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 3, 5, generator=g, dtype=dtype).to(device)
+    for name, ref in [
+        ("relu", F.relu),
+        ("sigmoid", torch.sigmoid),
+        ("tanh", torch.tanh),
+        ("leaky_relu", lambda t: F.leaky_relu(t, 0.2)),
+    ]:
+        ours, theirs = leaf(x), leaf(x)
+        y = (
+            getattr(cf, name)(ours, 0.2, backend="torch")
+            if name == "leaky_relu"
+            else getattr(cf, name)(ours, backend="torch")
+        )
+        y_ref = ref(theirs)
+        close(y, y_ref, dtype)
+        close(grads(y, [ours])[0], grads(y_ref, [theirs])[0], dtype)
+    ours, theirs = leaf(x), leaf(x)
+    y = cf.flatten(ours, 0, 1, backend="torch")
+    close(y, theirs.flatten(0, 1), dtype)
+    close(grads(y, [ours])[0], grads(theirs.flatten(0, 1), [theirs])[0], dtype)
+    w, b = (
+        torch.randn(6, 5, generator=g, dtype=dtype).to(device),
+        torch.randn(6, generator=g, dtype=dtype).to(device),
+    )
+    ours, theirs = [leaf(x), leaf(w), leaf(b)], [leaf(x), leaf(w), leaf(b)]
+    y, y_ref = cf.linear(*ours, backend="torch"), F.linear(*theirs)
+    close(y, y_ref, dtype)
+    for a, e in zip(grads(y, ours), grads(y_ref, theirs)):
+        close(a, e, dtype)
+    logits = torch.randn(5, 4, generator=g, dtype=dtype).to(device)
+    target = torch.tensor([0, 3, 1, 1, 2], device=device)
+    for reduction in ("mean", "sum", "none"):
+        ours, theirs = leaf(logits), leaf(logits)
+        y = cf.cross_entropy(ours, target, reduction, backend="torch")
+        y_ref = F.cross_entropy(theirs, target, reduction=reduction)
+        close(y, y_ref, dtype)
+        close(grads(y, [ours])[0], grads(y_ref, [theirs])[0], dtype)
+
+
+# -- gradcheck: every op, through its Function ----------------------------------------------------
+
+
+def _g(*shape, seed=0):
+    t = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return t.requires_grad_(True)
+
+
+GRADCHECKS = {
+    "conv1d": (
+        lambda x, w, b: cf.conv1d(x, w, b, 2, ((1, 2),), 2, 2, True, backend="torch"),
+        [(2, 4, 9), (4, 2, 3), (4,)],
+    ),
+    "conv2d": (
+        lambda x, w, b: cf.conv2d(x, w, b, (2, 1), "same", (1, 2), backend="torch"),
+        [(1, 2, 6, 7), (3, 2, 2, 3), (3,)],
+    ),
+    "conv3d": (lambda x, w: cf.conv3d(x, w, None, 2, 1, backend="torch"), [(1, 2, 4, 5, 4), (2, 2, 2, 2, 3)]),
+    "max_pool2d": (
+        lambda x: cf.max_pool2d(x, 3, 2, ((1, 0), (1, 1)), 1, True, backend="torch"),
+        [(1, 2, 6, 7)],
+    ),
+    "max_pool1d": (lambda x: cf.max_pool1d(x, 2, 1, 0, 2, backend="torch"), [(2, 1, 7)]),
+    "max_pool3d": (lambda x: cf.max_pool3d(x, 2, backend="torch"), [(1, 1, 4, 4, 4)]),
+    "avg_pool2d": (lambda x: cf.avg_pool2d(x, 3, 2, 1, 1, True, False, backend="torch"), [(1, 2, 6, 7)]),
+    "avg_pool1d": (lambda x: cf.avg_pool1d(x, 2, 1, ((1, 0),), 2, backend="torch"), [(2, 1, 7)]),
+    "avg_pool3d": (lambda x: cf.avg_pool3d(x, 2, ceil_mode=True, backend="torch"), [(1, 1, 3, 4, 5)]),
+    "lp_pool2d": (lambda x: cf.lp_pool2d(x, 3.0, 2, 1, 1, 2, backend="torch"), [(1, 2, 6, 5)]),
+    "lp_pool1d": (lambda x: cf.lp_pool1d(x, 0.7, 3, 2, 1, ceil_mode=True, backend="torch"), [(1, 2, 8)]),
+    "relu": (lambda x: cf.relu(x, backend="torch"), [(3, 4)]),
+    "leaky_relu": (lambda x: cf.leaky_relu(x, 0.3, backend="torch"), [(3, 4)]),
+    "sigmoid": (lambda x: cf.sigmoid(x, backend="torch"), [(3, 4)]),
+    "tanh": (lambda x: cf.tanh(x, backend="torch"), [(3, 4)]),
+    "flatten": (lambda x: cf.flatten(x, backend="torch"), [(2, 3, 2)]),
+    "linear": (lambda x, w, b: cf.linear(x, w, b, backend="torch"), [(2, 3, 4), (5, 4), (5,)]),
+    "cross_entropy": (lambda x: cf.cross_entropy(x, torch.tensor([1, 0, 2]), backend="torch"), [(3, 4)]),
+    "cross_entropy_none": (
+        lambda x: cf.cross_entropy(x, torch.tensor([1, 0]), "none", backend="torch"),
+        [(2, 3)],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(GRADCHECKS))
+def test_gradcheck(name):
+    fn, shapes = GRADCHECKS[name]
+    inputs = [_g(*s, seed=i) for i, s in enumerate(shapes)]
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6)
+
+
+# -- vjp, needs_input_grad, and what backward may call -------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_vjp_runs_the_same_hand_derived_backward(device):
+    x, w, b = (_g(2, 3, 6, 6).to(device), _g(4, 3, 3, 3, seed=1).to(device), _g(4, seed=2).to(device))
+    y, pullback = cnnkit.vjp(cf.conv2d, x, w, b, 2, 1, backend="torch")
+    assert y.grad_fn is None  # vjp runs outside autograd, even on leaves that require grad
+    gy = torch.ones_like(y)
+    dx, dw, db = pullback(gy)
+    ex, ew, eb = torch.autograd.grad(cf.conv2d(x, w, b, 2, 1, backend="torch"), (x, w, b), gy)
+    assert torch.equal(dx, ex) and torch.equal(dw, ew) and torch.equal(db, eb)
+    y, pullback = cnnkit.vjp(cf.conv2d, x, w, None, backend="torch")
+    assert pullback(torch.ones_like(y))[2] is None
+    p, pullback = cnnkit.vjp(cf.max_pool2d, x, 2, backend="torch")
+    assert torch.equal(pullback(torch.ones_like(p))[0], torch.autograd.grad(F.max_pool2d(x, 2).sum(), x)[0])
+    logits, t = _g(3, 4).to(device), torch.tensor([0, 1, 3], device=device)
+    loss, pullback = cnnkit.vjp(cf.cross_entropy, logits, t, backend="torch")
+    dl, dt = pullback(torch.ones_like(loss))
+    assert dt is None and torch.allclose(dl, torch.autograd.grad(F.cross_entropy(logits, t), logits)[0])
+
+
+def test_backward_computes_only_requested_gradients(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("computed a gradient nobody asked for")
+
+    x, w, b = _g(1, 2, 5, 5), _g(3, 2, 3, 3, seed=1).detach(), _g(3, seed=2).detach()
+    monkeypatch.setattr(ops, "_conv_weight_grad", forbidden)
+    cf.conv2d(x, w, b, backend="torch").sum().backward()
+    assert x.grad is not None
+    monkeypatch.undo()
+    monkeypatch.setattr(ops, "_conv_input_grad", forbidden)
+    x, w = x.detach(), w.requires_grad_(True)
+    cf.conv2d(x, w, b, backend="torch").sum().backward()
+    assert w.grad is not None
+    monkeypatch.setattr(ops, "_window_spread", forbidden)
+    y = cf.avg_pool2d(x, 2, 1, backend="torch") * w.sum()  # the pool's input needs no gradient
+    y.sum().backward()
+
+
+def test_max_pool_indices_are_not_differentiable():
+    y, idx = ops.MaxPool.apply(_g(1, 1, 4, 4), (2, 2), (2, 2), ((0, 0), (0, 0)), (1, 1), False)
+    assert y.requires_grad and not idx.requires_grad and idx.dtype == torch.int64
+
+
+class _OpLog(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", list(GRADCHECKS))
+def test_backward_calls_no_aten_backward_op(name):
+    fn, shapes = GRADCHECKS[name]
+    inputs = [_g(*s, seed=i) for i, s in enumerate(shapes)]
+    y = fn(*inputs)
+    with _OpLog() as log:
+        torch.autograd.grad(y, inputs, torch.ones_like(y))
+    assert log.names and not [n for n in log.names if "backward" in n], log.names
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_runs(device, dtype):
+    if device == "cpu" and dtype == torch.float16 and not hasattr(torch.backends, "mkldnn"):
+        pytest.skip("no float16 convolution on this CPU build")
+    x, w = leaf(torch.randn(2, 3, 8, 8).to(device, dtype)), leaf(torch.randn(4, 3, 3, 3).to(device, dtype))
+    y = cf.max_pool2d(
+        cf.relu(cf.conv2d(x, w, None, 1, 1, backend="torch"), backend="torch"), 2, backend="torch"
+    )
+    y = cf.avg_pool2d(y, 2, backend="torch")
+    y.float().sum().backward()
+    assert x.grad.dtype == dtype and w.grad.dtype == dtype and torch.isfinite(w.grad.float()).all()
+    ref = F.avg_pool2d(F.max_pool2d(F.relu(F.conv2d(x.float(), w.float(), padding=1)), 2), 2)
+    assert math.isclose(float(y.detach().float().sum()), float(ref.detach().sum()), rel_tol=0.05, abs_tol=0.5)
+
+
+def test_bad_input_raises_the_core_error():
+    with pytest.raises(ValueError, match="weight has 4 input channels but input has 3"):
+        cf.conv2d(torch.zeros(2, 3, 8, 8), torch.zeros(16, 4, 3, 3), backend="torch")
+    with pytest.raises(TypeError, match="must be a floating array"):
+        cf.relu(torch.zeros(3, dtype=torch.int64), backend="torch")
+    with pytest.raises(ValueError, match="class index 5"):
+        cf.cross_entropy(torch.zeros(2, 3), torch.tensor([0, 5]), backend="torch")
+
+
+def test_lecture_golden_examples():
+    x = torch.arange(1.0, 10.0, dtype=torch.float64).reshape(1, 1, 3, 3)
+    k = torch.tensor([[[[-1.0, -2, -1], [0, 0, 0], [1, 2, 1]]]], dtype=torch.float64)
+    s = cf.conv2d(x, k, padding="same", flip=True, backend="torch")
+    assert s[0, 0].tolist() == [[-13.0, -20.0, -17.0], [-18.0, -24.0, -18.0], [13.0, 20.0, 17.0]]
