@@ -125,7 +125,7 @@ def _pool_attrs(case):
     }
 
 
-@pytest.mark.parametrize("data", ["random", "ties", "negative"])
+@pytest.mark.parametrize("data", ["random", "ties", "negative", "nan"])
 @pytest.mark.parametrize("case", POOL_CASES, ids=[c[0] for c in POOL_CASES])
 def test_max_pool_equals_reference(case, data):
     x = rand(*case[1])
@@ -133,6 +133,8 @@ def test_max_pool_equals_reference(case, data):
         x = np.round(x).clip(-1, 1)
     elif data == "negative":  # the -inf padding must lose against every real unit
         x = -np.abs(x) - 5
+    elif data == "nan":  # a NaN wins its windows (the first NaN, if several)
+        x.flat[:: max(3, x.size // 4)] = np.nan
     attrs = _pool_attrs(case)
     out, ctx = ops.max_pool_forward(x, **attrs)
     rout, winner = ref.max_pool(x, **attrs)
