@@ -42,6 +42,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 BACKENDS = ("numpy", "torch", "native")
 MODES = {"fwd": "fwd", "fwdbwd": "fwd+bwd"}
 CHECK_RTOL = 1e-3  # relative difference of output norms that flags a backend as computing something else
+#: Pause between one worker's round and the next worker's: OpenBLAS threads spin for ~0.1 s
+#: after a BLAS call before they sleep, and would steal the next backend's CPU.
+SETTLE_S = 0.2
 BUSY_CPUS = 0.25  # other processes' load (in CPUs) above which the report warns
 BUSY_WARNING = " (busy machine: timings are disturbed, compare ratios with care)"
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -323,6 +326,14 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def update_readme(path: Path, text: str) -> None:
+    """Replace what stands between ``<!-- latest -->`` and ``<!-- /latest -->`` in ``path``."""
+    start, end = "<!-- latest -->\n", "<!-- /latest -->"
+    readme = path.read_text()
+    head, rest = readme.split(start, 1)
+    path.write_text(head + start + text + end + rest.split(end, 1)[1])
+
+
 # -- machine ------------------------------------------------------------------------------------------
 
 
@@ -364,6 +375,18 @@ def _cpu_busy_s() -> float | None:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def wait_for_quiet(max_s: float) -> float:
+    """Wait (up to ``max_s``) for a second in which other processes use under :data:`BUSY_CPUS`."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < max_s:
+        before = _cpu_busy_s()
+        time.sleep(1.0)
+        after = _cpu_busy_s()
+        if before is None or after is None or after - before < BUSY_CPUS:
+            break
+    return round(time.perf_counter() - t0, 1)
+
+
 def _own_cpu_s() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -395,7 +418,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="device of the torch backend and native (cpu, cuda)")
     p.add_argument("--threads", type=int, default=2, help="threads of every backend (default 2)")
     p.add_argument("--workloads", type=lambda s: s.split(","), help="only these, e.g. W1,maxpool")
+    p.add_argument(
+        "--settle", type=float, default=SETTLE_S, help=f"seconds between workers (default {SETTLE_S})"
+    )
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="first wait up to S seconds for the machine to be idle (shared machines)",
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the NumPy memory measurement")
+    p.add_argument("--update-readme", action="store_true", help="put the report into benchmarks/README.md")
     p.add_argument("--tiny", action="store_true", help="minuscule shapes: tests the harness, not speed")
     args = p.parse_args(argv)
     args.profile = "tiny" if args.tiny else "full"
@@ -415,10 +449,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    waited = wait_for_quiet(args.wait_quiet) if args.wait_quiet else 0.0
     t_start = time.perf_counter()
     busy_start, own_start = _cpu_busy_s(), _own_cpu_s()
     wls = workloads(args.profile, args.workloads)
     machine = machine_info()
+    machine["waited_for_quiet_s"] = waited
     # The peak is measured once per library: NumPy's BLAS and torch's (native, else the torch backend).
     peak_by = {"numpy", "native" if "native" in args.backends else "torch"}
     hellos: dict[str, dict] = {}
@@ -428,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         for backend in args.backends:  # one at a time: warm-ups must not overlap
             w = Worker(backend, args, peak=backend in peak_by)
             hello = w.receive()
+            time.sleep(args.settle)
             if "skipped" in hello:
                 skipped[backend] = hello["skipped"]
                 w.close()
@@ -440,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         samples: dict[str, dict] = {b: {} for b in hellos}
         for r in range(args.repeat):
             for w in workers[r % len(workers) :] + workers[: r % len(workers)]:
+                time.sleep(args.settle)
                 for name, modes in w.ask("round")["times"].items():
                     for mode, ms in modes.items():
                         samples[w.backend].setdefault(name, {}).setdefault(mode, []).append(ms)
@@ -470,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
             "profile": args.profile,
             "repeat": args.repeat,
             "warmup": args.warmup,
+            "settle_s": args.settle,
             "threads": args.threads,
             "device": args.device,
             "backends": list(hellos),
@@ -496,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(json.dumps(report, indent=1) + "\n")
     Path(f"{args.out}.md").write_text(text)
+    if args.update_readme:
+        update_readme(ROOT / "benchmarks" / "README.md", text)
     return 0
 
 

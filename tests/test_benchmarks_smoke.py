@@ -24,7 +24,7 @@ REPEAT = 2
 def report(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("bench") / "tiny"
     cmd = [sys.executable, "-m", "benchmarks.run", "--tiny", f"--repeat={REPEAT}", "--warmup=1"]
-    cmd += ["--threads=1", f"--backends={','.join(BACKENDS)}", f"--out={out}"]
+    cmd += ["--threads=1", "--settle=0.01", f"--backends={','.join(BACKENDS)}", f"--out={out}"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(Path(f"{out}.json").read_text())
