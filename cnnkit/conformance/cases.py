@@ -249,6 +249,20 @@ def conv_goldens() -> Iterator[Case]:
         expected=[[o0, o1]],
         tags=("golden", "lecture", "conv"),
     )
+    # The lecture's output-size table: N = 7, F = 3 gives (7 - 3) / S + 1 outputs. With S = 3 the
+    # window does not fit (4 / 3 is not whole): cnnkit.geometry.conv_output_size(strict=True) raises,
+    # and the op, like PyTorch, keeps the whole windows only. A ones kernel over 1..7 makes each
+    # output the sum of its window, so the expected values show which windows were taken.
+    ramp = [[[1.0, 2, 3, 4, 5, 6, 7]]]
+    for stride, sums in ((1, [6.0, 9, 12, 15, 18]), (2, [6.0, 12, 18]), (3, [6.0, 15])):
+        yield Case(
+            f"conv1d-lecture-size-table-n7-f3-s{stride}",
+            "conv",
+            (ramp, [[[1.0, 1, 1]]], None),
+            {"stride": stride, "dims": 1},
+            expected=[[sums]],
+            tags=("golden", "lecture", "conv"),
+        )
     # hand-computed: a 1-D true convolution is the polynomial product
     yield Case(
         "conv1d-golden-polyproduct-flip-full",
