@@ -65,6 +65,7 @@ __all__ = [
     "Target",
     "XfailList",
     "all_cases",
+    "collect",
     "coverage",
     "get_case",
     "plan",
@@ -865,14 +866,21 @@ def run(
     progress: Callable[[int, int], None] | None = None,
 ) -> Report:
     """Run ``items`` (see :func:`plan`) and return the :class:`Report`."""
-    report = Report()
+    outcomes = []
     for n, item in enumerate(items):
-        outcome = run_item(item, registry)
+        outcomes.append(run_item(item, registry))
+        if progress:
+            progress(n + 1, len(items))
+    return collect(items, outcomes, xfail)
+
+
+def collect(items: Sequence[Item], outcomes: Sequence[Outcome], xfail: XfailList | None = None) -> Report:
+    """The :class:`Report` of ``items`` and their ``outcomes`` (run anywhere), known failures applied."""
+    report = Report()
+    for item, outcome in zip(items, outcomes, strict=True):
         if xfail is not None:
             outcome = apply_xfail(outcome, xfail.match(item))
         report.results.append(Result.of(item, outcome))
-        if progress:
-            progress(n + 1, len(items))
     if xfail is not None:
         report.unused_xfail = xfail.unused()
     return report

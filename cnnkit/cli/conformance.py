@@ -1,0 +1,197 @@
+"""``cnnkit conformance``: the op x backend matrix of the conformance suite, with the largest error seen.
+
+It plans and runs items with :mod:`cnnkit.conformance.runner` (the same
+items, checks and report as ``pytest --pyargs cnnkit.conformance``) and exits
+with status 1 when any item fails or a known-failure entry is stale.
+
+Examples::
+
+    cnnkit conformance                                  # every backend, every case
+    cnnkit conformance --backend tiny --xfail known_failures.txt
+    cnnkit conformance --op relu --op max_pool --dtype float64 --json
+    cnnkit conformance -j 2                             # two worker processes
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+from cnnkit.conformance import runner
+from cnnkit.registry import get_registry
+
+NAME = "conformance"
+HELP = "run the conformance suite: op x backend matrix with pass/fail counts and the largest error"
+
+#: Items per task sent to a worker process.
+CHUNK = 64
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = (
+        "Each matrix cell reads passed/failed/skipped/not-implemented, then 'xfN' for known\n"
+        "failures and 'err E', the largest error seen relative to max(1, max|expected|).\n"
+        "Exit status: 0 when nothing failed, 1 on a failure or a stale known-failure entry,\n"
+        "2 on a usage error. See cnnkit/conformance/README.md."
+    )
+    add = parser.add_argument
+    add("--backend", action="append", default=[], metavar="NAME", help="backend to check (repeatable)")
+    add("--op", action="append", default=[], metavar="OP", help="check only this op kind (repeatable)")
+    add(
+        "--include",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="run only cases whose id matches this fnmatch pattern (repeatable)",
+    )
+    add(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="skip cases whose id matches this fnmatch pattern (repeatable)",
+    )
+    add(
+        "--xfail",
+        metavar="FILE",
+        help="known failures, 'pattern  # reason' per line; an entry that passes now fails the run",
+    )
+    add(
+        "--dtype",
+        action="append",
+        default=[],
+        choices=sorted(runner.TOLERANCES),
+        help="dtype to sweep (repeatable; default: float32 and float64)",
+    )
+    add(
+        "--device",
+        action="append",
+        default=[],
+        metavar="DEVICE",
+        help="check only this device ('cpu', 'cuda:0', or 'cuda' for every GPU; repeatable; "
+        "default: every device each backend reports)",
+    )
+    add("--json", action="store_true", help="print the report as JSON")
+    add(
+        "-j",
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes (default 1; 0: one per CPU). Workers load plugins from entry points",
+    )
+    add("--failures", type=int, default=5, metavar="N", help="failures shown in full (default 5)")
+
+
+def _device_matches(device: str, wanted: Sequence[str]) -> bool:
+    return any(device == w or device.split(":")[0] == w or fnmatch.fnmatchcase(device, w) for w in wanted)
+
+
+def select(
+    backends: Sequence[str] = (),
+    ops: Sequence[str] = (),
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    dtypes: Sequence[str] = (),
+    devices: Sequence[str] = (),
+) -> list[runner.Item]:
+    """The planned items (:func:`cnnkit.conformance.runner.plan`) filtered by op and device.
+
+    Raises:
+        ValueError: an unknown backend or op (the message lists those that exist).
+    """
+    registry = get_registry()
+    known_ops = registry.ops()
+    unknown = [op for op in ops if op not in known_ops]
+    if unknown:
+        raise ValueError(f"--op: unknown op(s) {unknown}; registered ops: {', '.join(sorted(known_ops))}")
+    try:
+        items = runner.plan(backends or None, include, exclude, dtypes=dtypes or runner.DTYPES)
+    except KeyError as exc:
+        raise ValueError(f"--backend: {exc.args[0]}") from None
+    if ops:
+        items = [i for i in items if i.case.op in ops]
+    if devices:
+        items = [i for i in items if _device_matches(i.target.device, devices)]
+    return items
+
+
+# -- worker processes ----------------------------------------------------------------------
+
+_WORKER_ITEMS: list[runner.Item] = []
+
+
+def _worker_init(plan_args: dict[str, Any]) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one process per core: no thread oversubscription
+    _WORKER_ITEMS[:] = select(**plan_args)
+
+
+def _worker_run(start: int, stop: int) -> list[tuple[str, runner.Outcome]]:
+    return [(item.id, runner.run_item(item)) for item in _WORKER_ITEMS[start:stop]]
+
+
+def _outcomes(items: list[runner.Item], plan_args: dict[str, Any], jobs: int) -> list[runner.Outcome]:
+    """The outcome of each item, in order: here, or in ``jobs`` spawned workers that rebuild the plan."""
+    if jobs <= 1 or len(items) <= CHUNK:
+        return [runner.run_item(item) for item in items]
+    ctx = multiprocessing.get_context("spawn")
+    bounds = [(s, min(s + CHUNK, len(items))) for s in range(0, len(items), CHUNK)]
+    outcomes: list[runner.Outcome] = []
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(plan_args,)) as pool:
+        for (start, stop), chunk in zip(bounds, pool.map(_worker_run, *zip(*bounds))):
+            ids = [item.id for item in items[start:stop]]
+            if [i for i, _ in chunk] != ids:
+                raise RuntimeError(
+                    "a worker process planned different items (a plugin registered in this process only?); "
+                    "run with --jobs 1"
+                )
+            outcomes.extend(o for _, o in chunk)
+    return outcomes
+
+
+def run(args: argparse.Namespace) -> int:
+    plan_args = {
+        "backends": args.backend,
+        "ops": args.op,
+        "include": args.include,
+        "exclude": args.exclude,
+        "dtypes": args.dtype,
+        "devices": args.device,
+    }
+    try:
+        xfail = runner.XfailList.load(args.xfail) if args.xfail else None
+    except OSError as exc:
+        print(f"cnnkit: error: --xfail: cannot read {args.xfail!r}: {exc.strerror}", file=sys.stderr)
+        return 2
+    if args.jobs < 0:
+        print(f"cnnkit: error: --jobs must be >= 0, got {args.jobs}", file=sys.stderr)
+        return 2
+    try:
+        items = select(**plan_args)
+    except ValueError as exc:
+        print(f"cnnkit: error: {exc}", file=sys.stderr)
+        return 2
+    if not items:
+        print("cnnkit: error: no conformance item matches the selection", file=sys.stderr)
+        return 1
+    jobs = args.jobs or os.cpu_count() or 1
+    t0 = time.perf_counter()
+    outcomes = _outcomes(items, plan_args, jobs)
+    report = runner.collect(items, outcomes, xfail)
+    seconds = time.perf_counter() - t0
+    if args.json:
+        data = json.loads(report.to_json())
+        print(json.dumps({"items": len(items), "seconds": round(seconds, 3), **data}, indent=2))
+    else:
+        print(report.format(failures=args.failures))
+        print(f"\n{len(items)} items in {seconds:.1f} s ({min(jobs, len(items))} process(es))")
+    return 1 if report.failed else 0
