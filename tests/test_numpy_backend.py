@@ -144,6 +144,22 @@ def test_max_pool_equals_reference(case, data):
     np.testing.assert_allclose(dx, ref.max_pool_backward(x, delta, winner, **attrs), rtol=1e-14, atol=1e-14)
 
 
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("case", POOL_CASES, ids=[c[0] for c in POOL_CASES])
+def test_max_pool_backward_non_finite_delta_reaches_only_the_winner(case, bad):
+    # the fast scatter multiplies δ by a 0/1 mask; a non-finite δ must still give 0 elsewhere
+    x = rand(*case[1])
+    attrs = _pool_attrs(case)
+    out, ctx = ops.max_pool_forward(x, **attrs)
+    _, winner = ref.max_pool(x, **attrs)
+    delta = rand(*out.shape)
+    delta.flat[0] = bad
+    (dx,) = ops.max_pool_backward(ctx, delta)
+    expected = ref.max_pool_backward(x, delta, winner, **attrs)
+    np.testing.assert_allclose(dx, expected, rtol=1e-14, atol=1e-14)
+    assert np.isfinite(dx).sum() == dx.size - 1
+
+
 def test_max_pool_ties_go_to_the_first_maximum():
     x = np.array([[[[1.0, 3.0], [3.0, 3.0]]]])
     out, ctx = ops.max_pool_forward(

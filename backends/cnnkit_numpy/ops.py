@@ -225,12 +225,16 @@ def _pool_scatter(r: np.ndarray, geo: dict, pick=None) -> np.ndarray:
     x_shape = geo["x_shape"]
     padded = tuple(n + b + a for n, (b, a) in zip(x_shape[2:], geo["reads"]))
     dx_pad = np.zeros((*x_shape[:2], *padded), dtype=r.dtype)
+    # windows that do not overlap write each unit once; a finite r times a 0/1 mask is r or 0
+    finite = pick is not None and not geo["overlap"] and bool(np.isfinite(r).all())
     for t, _, sl in _taps(geo["kernel"], geo["stride"], geo["dilation"], geo["out"]):
         if pick is None:
             if geo["overlap"]:
                 dx_pad[sl] += r
             else:
                 dx_pad[sl] = r
+        elif finite:
+            np.multiply(r, pick(t), out=dx_pad[sl])
         elif geo["overlap"]:
             dx_pad[sl] += np.where(pick(t), r, 0)
         else:
@@ -259,7 +263,8 @@ def max_pool_forward(x, *, kernel_size, stride, padding, dilation, ceil_mode):
             best = v.copy()
             continue
         np.greater(v, best, out=better)  # strict: an equal later value does not win
-        np.copyto(winner, t, where=better)
+        winner *= ~better  # winner = t where better, else unchanged (arithmetic: faster than a
+        winner += better * winner.dtype.type(t)  # masked copy)
         np.maximum(best, v, out=best)  # NaN propagates
     if best is None:  # pragma: no cover - kernels have at least one tap
         raise AssertionError
