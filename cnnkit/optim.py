@@ -5,12 +5,13 @@ At the heart of it is the lecture's update ``w <- w - η dE/dw``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
 from cnnkit.layers import Parameter
 
-__all__ = ["SGD"]
+__all__ = ["SCHEDULES", "SGD", "ConstantLR", "CosineAnnealingLR", "LRScheduler", "StepLR", "make_scheduler"]
 
 
 def _copy(x: Any) -> Any:
@@ -114,3 +115,159 @@ class SGD:
             f"SGD(lr={self.lr}, momentum={self.momentum}, dampening={self.dampening}, "
             f"weight_decay={self.weight_decay}, nesterov={self.nesterov})"
         )
+
+
+# -- learning-rate schedules ------------------------------------------------------------------
+
+
+class LRScheduler:
+    """Base of the learning-rate schedules: ``torch.optim.lr_scheduler`` semantics.
+
+    Building a schedule records the optimiser's ``lr`` as the base ``η₀`` and
+    sets epoch 0; each :meth:`step` (call it once per epoch, after the
+    epoch's optimiser steps) advances the epoch ``t`` and sets
+    ``optimizer.lr = lr_at(t)``. Subclasses give :meth:`lr_at` in closed form.
+
+    Args:
+        optimizer: the optimiser whose ``lr`` is scheduled (anything with an ``lr`` attribute).
+    """
+
+    def __init__(self, optimizer: Any) -> None:
+        if not hasattr(optimizer, "lr"):
+            raise TypeError(
+                f"{type(self).__name__}: optimizer must have an lr attribute, got {type(optimizer).__name__}"
+            )
+        self.optimizer = optimizer
+        self.base_lr = float(optimizer.lr)
+        self.last_epoch = 0
+        optimizer.lr = self.lr_at(0)
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate for epoch ``epoch`` (0: the first)."""
+        raise NotImplementedError
+
+    def step(self) -> None:
+        """End of an epoch: move to the next epoch's learning rate."""
+        self.last_epoch += 1
+        self.optimizer.lr = self.lr_at(self.last_epoch)
+
+    def get_last_lr(self) -> list[float]:
+        """The learning rate now in force, as a one-element list (as torch returns one per group)."""
+        return [float(self.optimizer.lr)]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_lr={self.base_lr}, last_epoch={self.last_epoch})"
+
+
+class ConstantLR(LRScheduler):
+    """No schedule: ``η_t = η₀`` for every epoch.
+
+    Example:
+        >>> import numpy as np
+        >>> opt = SGD([Parameter(np.zeros(1))], lr=0.1)
+        >>> sched = ConstantLR(opt); sched.step(); sched.get_last_lr()
+        [0.1]
+    """
+
+    def lr_at(self, epoch: int) -> float:
+        return self.base_lr
+
+
+class StepLR(LRScheduler):
+    """Step decay: ``η_t = η₀ · γ^⌊t / step_size⌋``, as ``torch.optim.lr_scheduler.StepLR``.
+
+    Args:
+        optimizer: the optimiser.
+        step_size: epochs between decays, >= 1.
+        gamma: the factor ``γ`` of each decay (default 0.1).
+
+    Raises:
+        ValueError: ``step_size`` < 1 or ``gamma`` <= 0.
+
+    Example:
+        >>> import numpy as np
+        >>> opt = SGD([Parameter(np.zeros(1))], lr=1.0)
+        >>> sched = StepLR(opt, step_size=2, gamma=0.5)
+        >>> lrs = []
+        >>> for _ in range(5):
+        ...     lrs.append(opt.lr); sched.step()
+        >>> lrs
+        [1.0, 1.0, 0.5, 0.5, 0.25]
+    """
+
+    def __init__(self, optimizer: Any, step_size: int, gamma: float = 0.1) -> None:
+        if isinstance(step_size, bool) or not isinstance(step_size, int) or step_size < 1:
+            raise ValueError(f"StepLR: step_size must be an int >= 1, got {step_size!r}")
+        if not gamma > 0:
+            raise ValueError(f"StepLR: gamma must be > 0, got {gamma!r}")
+        self.step_size, self.gamma = step_size, float(gamma)
+        super().__init__(optimizer)
+
+    def lr_at(self, epoch: int) -> float:
+        return self.base_lr * self.gamma ** (epoch // self.step_size)
+
+
+class CosineAnnealingLR(LRScheduler):
+    """Cosine annealing: ``η_t = η_min + (η₀ - η_min)(1 + cos(π t / T_max)) / 2``.
+
+    As ``torch.optim.lr_scheduler.CosineAnnealingLR`` (its closed form): the
+    rate falls from ``η₀`` at epoch 0 to ``η_min`` at epoch ``T_max``, slowly
+    at first and last, so the final epochs take small, calm steps.
+
+    Args:
+        optimizer: the optimiser.
+        T_max: epochs of the half cosine, >= 1 (usually the number of epochs).
+        eta_min: the last learning rate ``η_min`` >= 0 (default 0).
+
+    Raises:
+        ValueError: ``T_max`` < 1 or ``eta_min`` < 0.
+
+    Example:
+        >>> import numpy as np
+        >>> opt = SGD([Parameter(np.zeros(1))], lr=1.0)
+        >>> sched = CosineAnnealingLR(opt, T_max=4)
+        >>> lrs = []
+        >>> for _ in range(5):
+        ...     lrs.append(round(opt.lr, 4)); sched.step()
+        >>> lrs
+        [1.0, 0.8536, 0.5, 0.1464, 0.0]
+    """
+
+    def __init__(self, optimizer: Any, T_max: int, eta_min: float = 0.0) -> None:
+        if isinstance(T_max, bool) or not isinstance(T_max, int) or T_max < 1:
+            raise ValueError(f"CosineAnnealingLR: T_max must be an int >= 1, got {T_max!r}")
+        if eta_min < 0:
+            raise ValueError(f"CosineAnnealingLR: eta_min must be >= 0, got {eta_min!r}")
+        self.T_max, self.eta_min = T_max, float(eta_min)
+        super().__init__(optimizer)
+
+    def lr_at(self, epoch: int) -> float:
+        return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * epoch / self.T_max)) / 2
+
+
+#: Schedule names for :func:`make_scheduler` (and ``cnnkit train --lr-schedule``).
+SCHEDULES = ("constant", "cosine", "step")
+
+
+def make_scheduler(name: str, optimizer: Any, epochs: int) -> LRScheduler:
+    """A schedule by name for a run of ``epochs`` epochs.
+
+    ``"constant"``: no decay; ``"cosine"``: :class:`CosineAnnealingLR` with
+    ``T_max = epochs`` (the last epoch runs at ``η₀(1 + cos(π(E-1)/E))/2``);
+    ``"step"``: :class:`StepLR` dividing the rate by 10 after each third of the run.
+
+    Raises:
+        ValueError: an unknown name, listing the known ones.
+
+    Example:
+        >>> import numpy as np
+        >>> type(make_scheduler("cosine", SGD([Parameter(np.zeros(1))], lr=0.1), 10)).__name__
+        'CosineAnnealingLR'
+    """
+    if name == "constant":
+        return ConstantLR(optimizer)
+    if name == "cosine":
+        return CosineAnnealingLR(optimizer, T_max=max(int(epochs), 1))
+    if name == "step":
+        return StepLR(optimizer, step_size=max(int(epochs) // 3, 1), gamma=0.1)
+    raise ValueError(f"make_scheduler: unknown schedule {name!r}; known: {', '.join(SCHEDULES)}")

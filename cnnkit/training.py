@@ -21,7 +21,7 @@ import numpy as np
 from cnnkit.backend import Backend
 from cnnkit.layers import Layer
 from cnnkit.losses import CrossEntropyLoss
-from cnnkit.optim import SGD
+from cnnkit.optim import SGD, LRScheduler, make_scheduler
 from cnnkit.registry import get_backend
 
 __all__ = ["History", "evaluate", "fit", "predict"]
@@ -36,6 +36,7 @@ class History:
     train_acc: list[float] = field(default_factory=list)
     test_loss: list[float] = field(default_factory=list)
     test_acc: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, list]:
@@ -86,11 +87,11 @@ def predict(model: Layer, X: Any, *, batch_size: int = 256) -> np.ndarray:
         ``(N, classes)`` NumPy array.
     """
     be, dtype = _model_backend(model)
-    X = np.asarray(X) if not be.is_native(X) else X
+    X = X if be.is_native(X) else np.asarray(X)
     outs = []
     for start in range(0, len(X), batch_size):
-        xb = X[start : start + batch_size]
-        xb = xb if be.is_native(xb) else be.asarray(xb, dtype=dtype)
+        # the model's backend and dtype (a float32 batch for a float64 model is cast, not refused)
+        xb = be.asarray(X[start : start + batch_size], dtype=dtype)
         outs.append(np.asarray(be.to_numpy(model.infer(xb))))
     return np.concatenate(outs) if outs else np.zeros((0,))
 
@@ -128,8 +129,10 @@ def fit(
     momentum: float = 0.9,
     weight_decay: float = 0.0,
     nesterov: bool = False,
+    lr_schedule: str = "constant",
     seed: int = 0,
     optimizer: SGD | None = None,
+    scheduler: LRScheduler | None = None,
     loss: CrossEntropyLoss | None = None,
     progress: bool | None = None,
     on_epoch: Callable[[int, History], None] | None = None,
@@ -147,8 +150,12 @@ def fit(
         epochs: passes over the training data.
         batch_size: examples per SGD step.
         lr, momentum, weight_decay, nesterov: for the default :class:`cnnkit.optim.SGD`.
+        lr_schedule: ``"constant"`` (default), ``"cosine"`` or ``"step"``: the
+            per-epoch schedule :func:`cnnkit.optim.make_scheduler` builds for ``epochs``.
         seed: seeds the shuffling.
         optimizer: use this optimiser instead.
+        scheduler: use this schedule (built on ``optimizer``) instead of ``lr_schedule``;
+            its ``step()`` is called after every epoch.
         loss: use this loss instead of :class:`cnnkit.losses.CrossEntropyLoss`.
         progress: draw a progress bar on stderr (default: when stderr is a terminal).
         on_epoch: called as ``on_epoch(epoch, history)`` after each epoch.
@@ -156,7 +163,7 @@ def fit(
     Returns:
         The :class:`History`: per-epoch train loss / accuracy (averaged over the
         epoch's batches, weighted by batch size), held-out loss / accuracy
-        (``nan`` without held-out data) and seconds.
+        (``nan`` without held-out data), the epoch's learning rate and seconds.
 
     Raises:
         ValueError: ``epochs`` or ``batch_size`` < 1, inputs and labels of different lengths.
@@ -177,6 +184,10 @@ def fit(
     optimizer = optimizer or SGD(
         model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov
     )
+    if scheduler is None:
+        scheduler = make_scheduler(lr_schedule, optimizer, epochs)
+    elif scheduler.optimizer is not optimizer:
+        raise ValueError("fit: scheduler must be built on the optimizer that fit uses (pass both)")
     loss_fn = loss or CrossEntropyLoss()
     X = be.asarray(np.asarray(X_train), dtype=dtype)
     y_np = np.asarray(y_train, dtype=np.int64)
@@ -187,6 +198,7 @@ def fit(
     history = History()
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
+        epoch_lr = float(optimizer.lr)
         order = rng.permutation(n)
         bar = _Progress(n, f"epoch {epoch}/{epochs}", stream)
         total_loss, correct = 0.0, 0
@@ -212,6 +224,8 @@ def fit(
             test_loss, test_acc = float("nan"), float("nan")
         history.test_loss.append(test_loss)
         history.test_acc.append(test_acc)
+        history.lr.append(epoch_lr)
+        scheduler.step()
         history.seconds.append(time.perf_counter() - start)
         if on_epoch is not None:
             on_epoch(epoch, history)
