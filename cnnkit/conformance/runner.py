@@ -553,7 +553,7 @@ def compare(actual: Any, expected: Any, dtype: str, what: str = "output", contex
                 f"{scale:g})\n"
                 f"  largest error {float(err[where]) if special_ok[where] else math.inf:.6g} "
                 f"at index {where}: "
-                f"actual {a[where]!r}, expected {e[where]!r}\n"
+                f"actual {float(a[where])!r}, expected {float(e[where])!r}\n"
                 f"  actual:\n{_indent(a)}\n  expected:\n{_indent(e)}{tail}",
                 max_error=max_error,
             )
