@@ -243,13 +243,22 @@ def _link_dependencies(deps: Path) -> None:
                 (deps / top).symlink_to(source)
 
 
+def _setuptools_at_least(major: int) -> bool:
+    try:
+        import setuptools
+    except ImportError:
+        return False
+    return int(setuptools.__version__.split(".")[0]) >= major
+
+
 @pytest.fixture(scope="module")
 def fresh_venv(tmp_path_factory):
     """A new virtual environment holding nothing of cnnkit, with wheels of cnnkit and the plugins.
 
     ``python -m venv --without-pip`` (no system site-packages): cnnkit is installed into
-    it with pip from a wheel built from this tree. No network: its third-party dependencies
-    (numpy, pluggy, and torch and pytest where present) are this environment's own files,
+    it with pip from a wheel built from this tree (offline where this environment has
+    setuptools >= 68). Its third-party dependencies are never downloaded: numpy, pluggy,
+    and torch and pytest where present, are this environment's own files,
     symlinked into one folder that a ``.pth`` file puts on its path; pip runs as
     ``pip --python VENV`` from this environment (``--no-index --no-deps``).
     """
@@ -265,11 +274,17 @@ def fresh_venv(tmp_path_factory):
     for name in plugins:
         shutil.copytree(PLUGINS / name, src / name, ignore=ignore)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run(
-        [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(wheels),
+    # Offline with this environment's setuptools when it is new enough (>= 68, as pyproject.toml
+    # asks); otherwise pip's usual isolated build, as `pip install -e .` does, which needs the index.
+    offline = ["--no-build-isolation", "--no-index"] if _setuptools_at_least(68) else []
+    build = subprocess.run(
+        [*pip, "wheel", "--no-deps", *offline, "-w", str(wheels),
          str(src / "cnnkit"), *(str(src / n) for n in plugins)],
-        check=True, capture_output=True, timeout=300,
+        capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
+    if build.returncode and not offline:
+        pytest.skip(f"cannot build the wheels (setuptools < 68 here, no index?): {build.stderr[-300:]}")
+    assert build.returncode == 0, build.stderr
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
     site = Path(
