@@ -244,11 +244,12 @@ def _link_dependencies(deps: Path) -> None:
 
 
 def _setuptools_at_least(major: int) -> bool:
+    from importlib import metadata
+
     try:
-        import setuptools
-    except ImportError:
+        return int(metadata.version("setuptools").split(".")[0]) >= major
+    except (metadata.PackageNotFoundError, ValueError):
         return False
-    return int(setuptools.__version__.split(".")[0]) >= major
 
 
 @pytest.fixture(scope="module")
