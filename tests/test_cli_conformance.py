@@ -261,7 +261,7 @@ def test_stale_xfail_entries_fail_the_run(capsys, tmp_path):
         (["--op", "relux"], 2, "cnnkit: error: --op: unknown op(s) ['relux']; registered ops: "),
         (["--backend", "nosuch"], 2, "cnnkit: error: --backend: unknown backend(s) ['nosuch']"),
         (["--include", "no-such-case*"], 1, "no conformance item matches the selection"),
-        (["--device", "abacus"], 1, "no conformance item matches the selection"),
+        (["--device", "abacus"], 2, "cnnkit: error: --device: no selected backend reports ['abacus']; "),
         (["--xfail", "/no/such/file.txt"], 2, "cnnkit: error: --xfail: cannot read '/no/such/file.txt'"),
         (["--jobs", "-1"], 2, "cnnkit: error: --jobs must be >= 0, got -1"),
     ],

@@ -107,7 +107,8 @@ def select(
     """The planned items (:func:`cnnkit.conformance.runner.plan`) filtered by op and device.
 
     Raises:
-        ValueError: an unknown backend or op (the message lists those that exist).
+        ValueError: an unknown backend or op, or a device no selected backend
+            reports (the message lists those that exist).
     """
     registry = get_registry()
     known_ops = registry.ops()
@@ -121,7 +122,10 @@ def select(
     if ops:
         items = [i for i in items if i.case.op in ops]
     if devices:
+        seen = sorted({i.target.device for i in items})
         items = [i for i in items if _device_matches(i.target.device, devices)]
+        if seen and not items:
+            raise ValueError(f"--device: no selected backend reports {list(devices)}; they report {seen}")
     return items
 
 
