@@ -38,6 +38,10 @@ CONV_CASES = [
     ("2d-depthwise-mult2", (1, 3, 5, 5), (6, 1, 3, 3), (2, 1), pads((1, 1), (1, 1)), (1, 2), 3),
     ("3d-mixed", (1, 2, 4, 5, 4), (2, 2, 2, 3, 2), (1, 2, 1), pads((1, 0), (1, 1), (0, 1)), (1, 1, 2), 1),
     ("3d-groups2", (1, 4, 3, 4, 3), (2, 2, 2, 2, 2), (2, 1, 1), pads((0, 1), (0, 0), (1, 1)), (1, 1, 1), 2),
+    # stride 1 everywhere: the padded-grid path (contiguous runs per tap)
+    ("2d-s1-dil-asym-groups2", (2, 4, 7, 6), (4, 2, 3, 2), (1, 1), pads((2, 1), (0, 3)), (2, 1), 2),
+    ("2d-s1-wide-kernel", (2, 1, 6, 9), (3, 1, 2, 5), (1, 1), pads((0, 0), (2, 2)), (1, 2), 1),
+    ("3d-s1-dil", (1, 2, 4, 5, 4), (3, 2, 2, 2, 3), (1, 1, 1), pads((1, 0), (0, 1), (2, 1)), (2, 1, 1), 1),
 ]
 
 
@@ -66,11 +70,12 @@ def test_conv_equals_reference(case, flip):
     np.testing.assert_allclose(db, rdb, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("stride", [(2, 1), (1, 1)], ids=["strided", "padded-grid"])
 @pytest.mark.parametrize("keep", [0, 1 << 30], ids=["recompute", "keep"])
-def test_conv_batch_chunks_agree(monkeypatch, keep):
+def test_conv_batch_chunks_agree(monkeypatch, keep, stride):
     x, w, b = rand(5, 3, 7, 6), rand(4, 3, 3, 3), rand(4)
     attrs = {
-        "stride": (2, 1),
+        "stride": stride,
         "padding": pads((1, 2), (1, 1)),
         "dilation": (1, 2),
         "groups": 1,

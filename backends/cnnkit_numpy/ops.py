@@ -35,7 +35,7 @@ __all__ = ["CHUNK_BYTES", "KEEP_COLUMNS_BYTES", "KERNELS"]
 CHUNK_BYTES = 8 * 2**20
 #: Forward keeps its columns for backward when all of them fit in this many bytes;
 #: above it, backward rebuilds them chunk by chunk.
-KEEP_COLUMNS_BYTES = 32 * 2**20
+KEEP_COLUMNS_BYTES = 64 * 2**20
 
 #: NaN and inf propagate silently (no RuntimeWarning) through every kernel.
 _quiet = np.errstate(all="ignore")
@@ -103,28 +103,94 @@ def _chunks(n: int, bytes_per_sample: int) -> Iterator[tuple[int, int]]:
 # -- convolution -----------------------------------------------------------------------
 
 
-def _im2col(x: np.ndarray, geo: dict) -> np.ndarray:
-    """Columns ``(G, C/G·ΠF, nb·ΠO)``: ``[g, (c, m), (n, i)] = x_pad[n, g·C/G + c, S·i + D·m]``."""
-    d = x.ndim - 2
-    x_pad = _pad(x, geo["padding"])
-    win = _windows(x_pad, geo["kernel"], geo["stride"], geo["dilation"], geo["out"])  # (nb, C, *O, *F)
-    nb, c = x.shape[:2]
-    col = np.empty((c, *geo["kernel"], nb, *geo["out"]), dtype=x.dtype)  # (C, *F, nb, *O)
-    np.copyto(col, win.transpose(1, *range(2 + d, 2 + 2 * d), 0, *range(2, 2 + d)))
-    return col.reshape(geo["groups"], -1, nb * math.prod(geo["out"]))
+def _conv_geometry(x_shape, kernel, stride, padding, dilation, groups) -> dict:
+    """Sizes shared by conv forward and backward; ``grid`` is where outputs are computed.
 
-
-def _col2im(dcol: np.ndarray, x_shape: tuple[int, ...], geo: dict) -> np.ndarray:
-    """The adjoint of :func:`_im2col`: ``δ_prev[n, c, S·i + D·m] += dcol[(c, m), (n, i)]``, cropped."""
-    nb, c, *spatial = x_shape
-    kernel, out = geo["kernel"], geo["out"]
-    padding = geo["padding"]
+    With stride 1 on every axis, outputs are computed on the *padded grid*
+    ``(O_1, P_2, ..., P_d)`` (``P`` the padded sizes): the window of output ``i``
+    then starts at flat offset ``i`` of the padded input, so every kernel tap
+    ``m`` reads one contiguous run ``x_flat[off_m : off_m + Π grid]`` and the
+    columns are copied in long runs. The extra columns (``P_a - O_a`` per row)
+    are computed and dropped. Otherwise ``grid`` is the output itself.
+    """
+    spatial = x_shape[2:]
+    out = tuple(_out_size(*a) for a in zip(spatial, kernel, stride, padding, dilation))
     padded = tuple(n + b + a for n, (b, a) in zip(spatial, padding))
-    dx_pad = np.zeros((nb, c, *padded), dtype=dcol.dtype)
-    dcol = dcol.reshape(c, *kernel, nb, *out)  # (C, *F, nb, *O)
-    for _, m, sl in _taps(kernel, geo["stride"], geo["dilation"], out):
-        dx_pad[sl] += dcol[(slice(None), *m)].swapaxes(0, 1)  # (nb, C, *O)
-    return dx_pad[_inner(tuple(spatial), padding)]
+    flat = all(S == 1 for S in stride) and all(o > 0 for o in out)
+    grid = (out[0], *padded[1:]) if flat else out
+    rows = [math.prod(padded[a + 1 :]) for a in range(len(padded))]  # flat stride of each axis
+    return {
+        "kernel": kernel,
+        "stride": stride,
+        "padding": padding,
+        "dilation": dilation,
+        "groups": groups,
+        "out": out,
+        "padded": padded,
+        "flat": flat,
+        "grid": grid,
+        "tap_step": tuple(D * r for D, r in zip(dilation, rows)),  # flat distance between taps
+        "slack": sum(D * (F - 1) * r for D, F, r in zip(dilation[1:], kernel[1:], rows[1:])),
+    }
+
+
+def _flat_padded(x: np.ndarray, geo: dict) -> np.ndarray:
+    """``x`` zero-padded, flattened per channel, with ``slack`` zeros after: ``(nb, C, ΠP + slack)``."""
+    nb, c = x.shape[:2]
+    size = math.prod(geo["padded"])
+    x_flat = np.zeros((nb, c, size + geo["slack"]), dtype=x.dtype)
+    x_flat[..., :size].reshape(nb, c, *geo["padded"])[_inner(x.shape[2:], geo["padding"])] = x
+    return x_flat
+
+
+def _im2col(x: np.ndarray, geo: dict) -> np.ndarray:
+    """Columns ``(nb, G, C/G·ΠF, Π grid)``: ``[n, g, (c, m), i] = x_pad[n, g·C/G + c, S·i + D·m]``.
+
+    One copy of the windows, sample-major, so that ``W @ columns`` lands in the
+    output's own layout ``(nb, K, *grid)`` and ``δ`` needs no transpose in backward.
+    """
+    nb, c = x.shape[:2]
+    kernel, grid = geo["kernel"], geo["grid"]
+    col = np.empty((nb, c, *kernel, math.prod(grid)), dtype=x.dtype)  # (nb, C, *F, Π grid)
+    if geo["flat"]:  # tap m reads the contiguous run starting at off_m = Σ D·m·row
+        x_flat = _flat_padded(x, geo)
+        s_n, s_c, s_i = x_flat.strides
+        steps = tuple(s_i * t for t in geo["tap_step"])
+        win = as_strided(x_flat, col.shape, (s_n, s_c, *steps, s_i), writeable=False)
+        np.copyto(col, win)
+    else:
+        d = x.ndim - 2
+        x_pad = _pad(x, geo["padding"])
+        win = _windows(x_pad, kernel, geo["stride"], geo["dilation"], grid)  # (nb, C, *O, *F)
+        col_nd = col.reshape(nb, c, *kernel, *grid)
+        np.copyto(col_nd, win.transpose(0, 1, *range(2 + d, 2 + 2 * d), *range(2, 2 + d)))
+    return col.reshape(nb, geo["groups"], -1, math.prod(grid))
+
+
+def _col2im(dcol: np.ndarray, dx: np.ndarray, geo: dict) -> None:
+    """The adjoint of :func:`_im2col` into ``dx``: ``δ_prev[n, c, S·i + D·m] += dcol[n, (c, m), i]``,
+    one strided add per kernel offset ``m``."""
+    nb, c, *spatial = dx.shape
+    kernel, grid = geo["kernel"], geo["grid"]
+    dcol = dcol.reshape(nb, c, *kernel, math.prod(grid))  # (nb, C, *F, Π grid)
+    if geo["flat"]:  # tap m adds to the contiguous run starting at off_m
+        size, n_grid = math.prod(geo["padded"]), math.prod(grid)
+        dx_flat = np.zeros((nb, c, size + geo["slack"]), dtype=dx.dtype)
+        for m in np.ndindex(*kernel):
+            off = sum(t * mi for t, mi in zip(geo["tap_step"], m))
+            dx_flat[..., off : off + n_grid] += dcol[(slice(None), slice(None), *m)]
+        dx[...] = dx_flat[..., :size].reshape(nb, c, *geo["padded"])[_inner(tuple(spatial), geo["padding"])]
+        return
+    dx_pad = np.zeros((nb, c, *geo["padded"]), dtype=dx.dtype)
+    dcol = dcol.reshape(nb, c, *kernel, *grid)
+    for _, m, sl in _taps(kernel, geo["stride"], geo["dilation"], grid):
+        dx_pad[sl] += dcol[(slice(None), slice(None), *m)]  # (nb, C, *O)
+    dx[...] = dx_pad[_inner(tuple(spatial), geo["padding"])]
+
+
+def _on_grid(geo: dict) -> tuple:
+    """The index of the real outputs ``(…, *O)`` inside an array laid out on ``grid``."""
+    return (Ellipsis, *(slice(0, o) for o in geo["out"]))
 
 
 @_quiet
@@ -132,30 +198,28 @@ def conv_forward(x, weight, bias=None, *, stride, padding, dilation, groups, fli
     """``a[n, k, i] = b[k] + Σ_c Σ_m W[k, c, m] · x_pad[n, g·C/G + c, S·i + D·m]`` (``flip``: rot180(W)).
 
     Shapes: x ``(N, C, *spatial)``, W ``(K, C/G, *F)``, b ``(K,)`` -> a ``(N, K, *O)``.
-    The windows become columns ``(G, C/G·ΠF, nb·ΠO)`` one batch chunk at a
+    The windows become columns ``(nb, G, C/G·ΠF, Π grid)`` one batch chunk at a
     time, and the sum over ``c, m`` is one matmul ``W (G, K/G, C/G·ΠF) @ columns``.
     """
     W = _rot180(weight) if flip else weight
     n, c = x.shape[:2]
     k, kernel = W.shape[0], W.shape[2:]
-    out = tuple(_out_size(*a) for a in zip(x.shape[2:], kernel, stride, padding, dilation))
-    geo = {
-        "kernel": kernel,
-        "stride": stride,
-        "padding": padding,
-        "dilation": dilation,
-        "groups": groups,
-        "out": out,
-    }
-    W_mat = W.reshape(groups, k // groups, -1)  # (G, K/G, C/G·ΠF)
+    geo = _conv_geometry(x.shape, kernel, stride, padding, dilation, groups)
+    out, grid = geo["out"], geo["grid"]
+    W_mat = np.ascontiguousarray(W.reshape(groups, k // groups, -1))  # (G, K/G, C/G·ΠF)
+    p = math.prod(grid)
     a = np.empty((n, k, *out), dtype=x.dtype)
-    col_bytes = c * math.prod(kernel) * math.prod(out) * x.itemsize  # per sample
+    a_grid = a if grid == out else None
+    col_bytes = c * math.prod(kernel) * p * x.itemsize  # per sample
     keep = n * col_bytes <= KEEP_COLUMNS_BYTES
     cols = []
     for n0, n1 in _chunks(n, col_bytes):
-        col = _im2col(x[n0:n1], geo)  # (G, C/G·ΠF, nb·ΠO)
-        a_c = W_mat @ col  # (G, K/G, nb·ΠO)
-        a[n0:n1] = a_c.reshape(k, n1 - n0, *out).swapaxes(0, 1)
+        nb = n1 - n0
+        col = _im2col(x[n0:n1], geo)  # (nb, G, C/G·ΠF, Π grid)
+        a_c = a_grid[n0:n1] if a_grid is not None else np.empty((nb, k, *grid), dtype=x.dtype)
+        np.matmul(W_mat, col, out=a_c.reshape(nb, groups, k // groups, p))
+        if a_grid is None:
+            a[n0:n1] = a_c[_on_grid(geo)]
         if keep:
             cols.append(col)
     if bias is not None:
@@ -169,23 +233,28 @@ def conv_backward(ctx, grad_output):
     # dE/dW = y ⋆ δ;  δ_prev = (δ dilated by S, padded) ⋆_full rot180(W);  dE/db = Σ_ij δ
     # (index form: dW[k,c,m] = Σ_n Σ_i δ[n,k,i]·y_pad[n,c,S·i+D·m]; δ_prev scattered per offset m)
     x, W, W_mat, flip, has_bias, geo, cols = ctx
-    delta = _as(grad_output, x.dtype)
+    delta = np.ascontiguousarray(_as(grad_output, x.dtype))
     n, c = x.shape[:2]
     k = W.shape[0]
-    groups, out = geo["groups"], geo["out"]
-    p = math.prod(out)
+    groups, out, grid = geo["groups"], geo["out"], geo["grid"]
+    p = math.prod(grid)
     dW = np.zeros(W_mat.shape, dtype=x.dtype)  # (G, K/G, C/G·ΠF)
     dx = np.empty_like(x)
     W_t = W_mat.transpose(0, 2, 1)  # (G, C/G·ΠF, K/G)
     col_bytes = c * math.prod(W.shape[2:]) * p * x.itemsize
     for j, (n0, n1) in enumerate(_chunks(n, col_bytes)):
         nb = n1 - n0
-        # δ of this chunk as (G, K/G, nb·ΠO), the layout of the columns
-        d_c = np.ascontiguousarray(delta[n0:n1].reshape(nb, k, p).swapaxes(0, 1)).reshape(groups, -1, nb * p)
+        if grid == out:
+            d_c = delta[n0:n1]
+        else:  # δ on the grid, zero where no output is: those columns then add nothing
+            d_c = np.zeros((nb, k, *grid), dtype=x.dtype)
+            d_c[_on_grid(geo)] = delta[n0:n1]
+        d_c = d_c.reshape(nb, groups, k // groups, p)  # δ in the columns' layout
         col = cols[j] if cols is not None else _im2col(x[n0:n1], geo)
-        dW += d_c @ col.transpose(0, 2, 1)  # Σ over (n, i): the cross-correlation of y with δ
-        dcol = W_t @ d_c  # (G, C/G·ΠF, nb·ΠO): each δ times each rotated-kernel tap
-        dx[n0:n1] = _col2im(dcol, x[n0:n1].shape, geo)  # the scatter = full correlation with rot180(W)
+        # Σ over (n, i): the cross-correlation of y with δ
+        dW += np.matmul(d_c, col.transpose(0, 1, 3, 2)).sum(axis=0)
+        dcol = np.matmul(W_t, d_c)  # (nb, G, C/G·ΠF, Π grid): each δ times each rotated-kernel tap
+        _col2im(dcol, dx[n0:n1], geo)  # the scatter = full correlation with rot180(W)
     dW = dW.reshape(W.shape)
     if flip:
         dW = np.ascontiguousarray(_rot180(dW))
