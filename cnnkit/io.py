@@ -113,6 +113,26 @@ def _build(node: Any, where: str, layers: dict[str, type], trail: str) -> Layer:
         raise ValueError(f"{where}: cannot build {name} at {at} from {config}: {exc}") from exc
 
 
+def _read_arrays(data: bytes, where: str) -> dict[str, np.ndarray]:
+    """Every entry of the ``.npz`` archive in ``data``, refusing pickles."""
+    f = np.load(_io.BytesIO(data), allow_pickle=False)
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ValueError("a single .npy array, not an .npz archive")
+    arrays = {}
+    with f:
+        for key in f.files:
+            try:
+                arrays[key] = f[key]
+            except ValueError as exc:
+                if "allow_pickle" not in str(exc):
+                    raise
+                raise ValueError(
+                    f"{where}: entry {key!r} is a pickled object array; cnnkit model files hold only "
+                    "plain arrays and cnnkit never unpickles"
+                ) from None
+    return arrays
+
+
 def load(path: str | os.PathLike, backend: str | Backend | None = None, **options: Any) -> Layer:
     """Read a model written by :func:`save`, with its parameters on ``backend``.
 
@@ -140,9 +160,10 @@ def load(path: str | os.PathLike, backend: str | Backend | None = None, **option
     be = get_backend(backend, **options)
     data = Path(path).read_bytes()
     try:
-        with np.load(_io.BytesIO(data), allow_pickle=False) as f:
-            arrays = {key: f[key] for key in f.files}
+        arrays = _read_arrays(data, where)
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+        if str(exc).startswith(where):
+            raise
         raise ValueError(
             f"{where}: not a readable cnnkit model file (.npz archive); it may be truncated or "
             f"corrupted ({type(exc).__name__}: {exc})"

@@ -59,9 +59,13 @@ def brief(layer: Any) -> str:
 def summarize(model: Any, input_shape: tuple[int, ...]) -> list[dict[str, Any]]:
     """One row per layer of a :class:`cnnkit.layers.Sequential` for an input of ``input_shape``.
 
-    Each row: ``index``, ``layer`` (its repr), ``output_shape`` (batch of 1),
+    Each row: ``index``, ``layer`` (:func:`brief`), ``output_shape`` (batch of 1),
     ``params`` and ``receptive_field`` (per spatial axis, from
-    :func:`cnnkit.geometry.receptive_field`; ``"all"`` once a layer mixes the whole input).
+    :func:`cnnkit.geometry.receptive_field`, like ``"10x10"``; ``"all"`` once a layer
+    mixes the whole input).
+
+    Raises:
+        ValueError: ``input_shape`` does not fit a layer (naming the layer).
 
     Example:
         >>> from cnnkit.models import build_model
@@ -84,7 +88,14 @@ def summarize(model: Any, input_shape: tuple[int, ...]) -> list[dict[str, Any]]:
     whole = False
     rows = []
     for i, layer in enumerate(layers):
-        x = layer.infer(x)
+        try:
+            x = layer.infer(x)
+        except (ValueError, TypeError) as exc:
+            got = _shape(tuple(int(s) for s in x.shape[1:]))
+            raise ValueError(
+                f"layer {i} ({brief(layer)}) cannot take the input of shape {got} it gets from "
+                f"input {_shape(input_shape)}: {exc}"
+            ) from exc
         window = layer.window()
         if window == ():
             whole = True
@@ -157,7 +168,11 @@ def run(args: argparse.Namespace) -> int:
             )
             return 2
         title = args.model
-    rows = summarize(model, shape)
+    try:
+        rows = summarize(model, shape)
+    except ValueError as exc:
+        print(f"cnnkit summary: {exc}", file=sys.stderr)
+        return 2
     table = format_table(
         ["#", "layer", "output shape", "params", "receptive field"],
         [

@@ -21,11 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from cnnkit.optim import SCHEDULES
+
 NAME = "train"
 HELP = "train a CNN on the 8x8 digits (or a synthetic time series) and save it"
 
 #: Per task: the architecture and the default epochs.
-TASKS = {"digits": ("digits-cnn", 15), "timeseries": ("timeseries-cnn1d", 15)}
+TASKS = {"digits": ("digits-cnn", 20), "timeseries": ("timeseries-cnn1d", 20)}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -36,9 +38,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default=None, help="backend name (default: CNNKIT_BACKEND or numpy)")
     parser.add_argument("--device", default=None, help="backend option device (torch: cpu, cuda, ...)")
     parser.add_argument("--dtype", default=None, help="backend option dtype (default float32)")
-    parser.add_argument("--epochs", type=int, default=None, help="passes over the data (default 15)")
+    parser.add_argument("--epochs", type=int, default=None, help="passes over the data (default 20)")
     parser.add_argument("--batch-size", type=int, default=32, help="examples per SGD step (default 32)")
-    parser.add_argument("--lr", type=float, default=0.05, help="learning rate (default 0.05)")
+    parser.add_argument("--lr", type=float, default=0.1, help="initial learning rate (default 0.1)")
+    parser.add_argument(
+        "--lr-schedule",
+        choices=SCHEDULES,
+        default="cosine",
+        help="per-epoch learning-rate schedule (default cosine: from --lr down to 0 over the run)",
+    )
     parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     parser.add_argument("--weight-decay", type=float, default=1e-3, help="L2 weight decay (default 1e-3)")
     parser.add_argument("--seed", type=int, default=0, help="seeds weights, split and shuffling (default 0)")
@@ -62,10 +70,11 @@ def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
 def epoch_line(epoch: int, epochs: int, h: Any) -> str:
     """One line of figures for epoch ``epoch`` of a :class:`cnnkit.training.History`."""
     i = epoch - 1
+    lr = f"  lr {h.lr[i]:.4g}" if len(getattr(h, "lr", ())) > i else ""
     return (
         f"epoch {epoch:>{len(str(epochs))}}/{epochs}  train loss {h.train_loss[i]:.4f} "
         f"acc {100 * h.train_acc[i]:6.2f}%  test loss {h.test_loss[i]:.4f} "
-        f"acc {100 * h.test_acc[i]:6.2f}%  {h.seconds[i]:.2f}s"
+        f"acc {100 * h.test_acc[i]:6.2f}%{lr}  {h.seconds[i]:.2f}s"
     )
 
 
@@ -150,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr,
         momentum=args.momentum,
         weight_decay=args.weight_decay,
+        lr_schedule=args.lr_schedule,
         seed=args.seed,
         progress=args.progress,
         on_epoch=lambda e, h: print(epoch_line(e, epochs, h), flush=True),
@@ -169,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
         "epochs": epochs,
         "batch_size": args.batch_size,
         "lr": args.lr,
+        "lr_schedule": args.lr_schedule,
         "momentum": args.momentum,
         "weight_decay": args.weight_decay,
         "seed": args.seed,
