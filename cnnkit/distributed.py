@@ -14,6 +14,8 @@ One step, for a global batch ``B`` of indices (the same seeded shuffle as
     DDP: g = (1/N) Σ_r dE_r/dw = (1/|B|) Σ_{n ∈ B} dCE_n/dw   (the 1-process mean gradient)
     w <- SGD(w, g)                                        (torch.optim.SGD = cnnkit.optim.SGD)
 
+with the learning rate following ``--lr-schedule`` epoch by epoch
+(:func:`cnnkit.optim.make_scheduler`, as :func:`cnnkit.training.fit` does),
 so N processes take the very steps one process takes, up to floating-point
 rounding, whatever N and whether or not ``N`` divides the batch. Rank 0 prints
 the same per-epoch lines as the one-process path, evaluates on the held-out
@@ -192,6 +194,7 @@ def _train(rank: int, world_size: int, device: Any, args: argparse.Namespace) ->
     from cnnkit.cli.train import TASKS, epoch_line, plot_filters
     from cnnkit.data import load_task
     from cnnkit.models import ARCHITECTURES, build_model
+    from cnnkit.optim import make_scheduler
     from cnnkit.registry import get_backend
     from cnnkit.training import History
 
@@ -207,6 +210,8 @@ def _train(rank: int, world_size: int, device: Any, args: argparse.Namespace) ->
     optimizer = torch.optim.SGD(
         ddp.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
     )
+    lr_schedule = getattr(args, "lr_schedule", "constant")
+    scheduler = make_scheduler(lr_schedule, _TorchLR(optimizer), epochs)  # fit's schedule, per epoch
     dtype = next(net.parameters()).dtype
     X = torch.from_numpy(np.asarray(split.X_train)).to(device=device, dtype=dtype)
     y = torch.from_numpy(np.asarray(split.y_train, dtype=np.int64)).to(device)
@@ -228,6 +233,7 @@ def _train(rank: int, world_size: int, device: Any, args: argparse.Namespace) ->
     start_all = time.perf_counter()
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
+        epoch_lr = float(scheduler.optimizer.lr)
         order = rng.permutation(n)
         net.train()
         totals = torch.zeros(2, dtype=torch.float64, device=device)  # Σ loss, Σ correct
@@ -241,6 +247,8 @@ def _train(rank: int, world_size: int, device: Any, args: argparse.Namespace) ->
         history.epoch.append(epoch)
         history.train_loss.append(float(totals[0]) / n)
         history.train_acc.append(float(totals[1]) / n)
+        history.lr.append(epoch_lr)
+        scheduler.step()
         if lead:
             test_loss, test_acc = _evaluate(net, X_test, y_test)
             history.test_loss.append(test_loss)
@@ -272,6 +280,7 @@ def _train(rank: int, world_size: int, device: Any, args: argparse.Namespace) ->
             "epochs": epochs,
             "batch_size": args.batch_size,
             "lr": args.lr,
+            "lr_schedule": lr_schedule,
             "momentum": args.momentum,
             "weight_decay": args.weight_decay,
             "seed": args.seed,
@@ -291,6 +300,22 @@ def _train(rank: int, world_size: int, device: Any, args: argparse.Namespace) ->
                 written.append(str(out / "filters.png"))
         print("wrote " + ", ".join(written), flush=True)
     dist.barrier()
+
+
+class _TorchLR:
+    """A torch optimiser seen through the ``lr`` attribute :mod:`cnnkit.optim`'s schedules drive."""
+
+    def __init__(self, optimizer: Any) -> None:
+        self._optimizer = optimizer
+
+    @property
+    def lr(self) -> float:
+        return float(self._optimizer.param_groups[0]["lr"])
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        for group in self._optimizer.param_groups:
+            group["lr"] = value
 
 
 def _evaluate(net: Any, X: Any, y: np.ndarray, batch_size: int = 256) -> tuple[float, float]:

@@ -125,7 +125,8 @@ def test_two_processes_reach_the_one_process_accuracy_and_save_a_loadable_model(
     one_losses = [float(loss.search(x).group(1)) for x in one.splitlines() if x.startswith("epoch ")]
     assert [float(loss.search(x).group(1)) for x in epochs] == pytest.approx(one_losses, abs=2e-4)
     record = json.loads((tmp_path / "two" / "history.json").read_text())
-    assert record["nproc"] == 2 and record["final_test_acc"] == pytest.approx(_final(two) / 100, abs=1e-4)
+    assert record["nproc"] == 2 and record["lr_schedule"] == "cosine"
+    assert record["final_test_acc"] == pytest.approx(_final(two) / 100, abs=1e-4)
     model = io.load(tmp_path / "two" / "model.npz", backend="numpy")
     assert model.metadata["arch"] == "digits-cnn"
     split = digits_split(seed=0)
