@@ -357,3 +357,28 @@ def test_cnnkit_train_no_plot_and_other_schedule(tmp_path, capsys):
     assert "note:" not in out and not (tmp_path / "filters.png").exists()
     record = json.loads((tmp_path / "history.json").read_text())
     assert record["lr_schedule"] == "step" and record["history"]["lr"] == pytest.approx([0.1, 0.01])
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--epochs", "0", "argument --epochs: expected an integer > 0, got '0'"),
+        ("--batch-size", "x", "argument --batch-size: expected an integer > 0, got 'x'"),
+        ("--lr", "-1", "argument --lr: expected a number > 0, got '-1'"),
+    ],
+)
+def test_cnnkit_train_rejects_bad_numbers(capsys, flag, value, message):
+    from cnnkit.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", flag, value])
+    assert message in capsys.readouterr().err
+
+
+def test_plot_filters_needs_filters(tmp_path):
+    pytest.importorskip("matplotlib")
+    from cnnkit.cli.train import plot_filters
+    from cnnkit.layers import Flatten, Linear, ReLU, Sequential
+
+    note = plot_filters(Sequential(ReLU(), Flatten(), Linear(64, 2)), np.zeros((1, 8, 8)), tmp_path / "f.png")
+    assert note == "the first layer (ReLU) has no filters to draw; skipped f.png"

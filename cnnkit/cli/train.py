@@ -30,7 +30,23 @@ HELP = "train a CNN on the 8x8 digits (or a synthetic time series) and save it"
 TASKS = {"digits": ("digits-cnn", 20), "timeseries": ("timeseries-cnn1d", 20)}
 
 
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0:
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what} > 0, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
+    count, rate = _positive(int), _positive(float)
     parser.add_argument(
         "--task", choices=sorted(TASKS), default="digits", help="what to learn (default digits)"
     )
@@ -38,9 +54,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default=None, help="backend name (default: CNNKIT_BACKEND or numpy)")
     parser.add_argument("--device", default=None, help="backend option device (torch: cpu, cuda, ...)")
     parser.add_argument("--dtype", default=None, help="backend option dtype (default float32)")
-    parser.add_argument("--epochs", type=int, default=None, help="passes over the data (default 20)")
-    parser.add_argument("--batch-size", type=int, default=32, help="examples per SGD step (default 32)")
-    parser.add_argument("--lr", type=float, default=0.1, help="initial learning rate (default 0.1)")
+    parser.add_argument("--epochs", type=count, default=None, help="passes over the data (default 20)")
+    parser.add_argument("--batch-size", type=count, default=32, help="examples per SGD step (default 32)")
+    parser.add_argument("--lr", type=rate, default=0.1, help="initial learning rate (default 0.1)")
     parser.add_argument(
         "--lr-schedule",
         choices=SCHEDULES,
@@ -94,6 +110,8 @@ def plot_filters(model: Any, x: np.ndarray, path: Path) -> str | None:
     from cnnkit.layers import backend_of
 
     first = model.layers[0]
+    if getattr(first, "weight", None) is None:
+        return f"the first layer ({type(first).__name__}) has no filters to draw; skipped {path.name}"
     w = backend_of(first.weight.data).to_numpy(first.weight.data)  # (K, C, *kernel)
     maps = model.layers[1].infer(first.infer(x[None]))  # after conv and its activation
     maps = np.asarray(backend_of(maps).to_numpy(maps))[0]  # (K, *spatial)
