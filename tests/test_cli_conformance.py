@@ -7,6 +7,7 @@ registry for one test (``Registry.register``); each implements ``relu`` only.
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import numpy as np
@@ -277,3 +278,12 @@ def test_bad_dtype_is_an_argparse_error(capsys):
         cli.main(["conformance", "--dtype", "int8"])
     assert info.value.code == 2
     assert "invalid choice: 'int8'" in capsys.readouterr().err
+
+
+def test_one_thread_each_restores_the_environment(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")
+    with conformance_cmd.one_thread_each():
+        assert os.environ["OMP_NUM_THREADS"] == "1"
+        assert os.environ["MKL_NUM_THREADS"] == "3"  # the user's choice stands
+    assert "OMP_NUM_THREADS" not in os.environ and os.environ["MKL_NUM_THREADS"] == "3"

@@ -15,13 +15,14 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import json
 import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -33,6 +34,8 @@ HELP = "run the conformance suite: op x backend matrix with pass/fail counts and
 
 #: Items per task sent to a worker process.
 CHUNK = 64
+#: Thread-count variables of the OpenMP/BLAS pools that backends (torch, NumPy's BLAS) start.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -87,7 +90,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=1,
         metavar="N",
-        help="worker processes (default 1; 0: one per CPU). Workers load plugins from entry points",
+        help="worker processes (default 1; 0: one per CPU), one thread each unless OMP_NUM_THREADS "
+        "is set. Workers load plugins from entry points",
     )
     add("--failures", type=int, default=5, metavar="N", help="failures shown in full (default 5)")
 
@@ -134,9 +138,30 @@ def select(
 _WORKER_ITEMS: list[runner.Item] = []
 
 
+@contextlib.contextmanager
+def one_thread_each() -> Iterator[None]:
+    """Thread pools created inside start with one thread, unless the user set their size.
+
+    The cases are small arrays: a pool of several threads only waits on its
+    barriers, and on a loaded machine that made the torch backend several times
+    slower. A pool that already exists (the backend imported before) keeps its
+    size. The environment is restored on the way out.
+    """
+    saved = {k: os.environ.get(k) for k in THREAD_VARIABLES}
+    for k in THREAD_VARIABLES:
+        os.environ.setdefault(k, "1")
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _worker_init(plan_args: dict[str, Any]) -> None:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one process per core: no thread oversubscription
-    _WORKER_ITEMS[:] = select(**plan_args)
+    _WORKER_ITEMS[:] = select(**plan_args)  # the thread variables came with the environment
 
 
 def _worker_run(start: int, stop: int) -> list[tuple[str, runner.Outcome]]:
@@ -198,17 +223,18 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs < 0:
         print(f"cnnkit: error: --jobs must be >= 0, got {args.jobs}", file=sys.stderr)
         return 2
-    try:
-        items = select(**plan_args)
-    except ValueError as exc:
-        print(f"cnnkit: error: {exc}", file=sys.stderr)
-        return 2
-    if not items:
-        print("cnnkit: error: no conformance item matches the selection", file=sys.stderr)
-        return 1
-    jobs = args.jobs or os.cpu_count() or 1
-    t0 = time.perf_counter()
-    outcomes = _outcomes(items, plan_args, jobs)
+    with one_thread_each():
+        try:
+            items = select(**plan_args)
+        except ValueError as exc:
+            print(f"cnnkit: error: {exc}", file=sys.stderr)
+            return 2
+        if not items:
+            print("cnnkit: error: no conformance item matches the selection", file=sys.stderr)
+            return 1
+        jobs = args.jobs or os.cpu_count() or 1
+        t0 = time.perf_counter()
+        outcomes = _outcomes(items, plan_args, jobs)
     report = runner.collect(items, outcomes, xfail)
     seconds = time.perf_counter() - t0
     known = known_failures(items, report, xfail) if xfail is not None else []
