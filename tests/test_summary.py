@@ -36,6 +36,22 @@ def test_digits_cnn_by_hand():
     assert sum(r["params"] for r in rows) == 6090
 
 
+def test_digits_cnn_wide_by_hand():
+    # the same geometry with 32 and 64 filters: 1·32·9+32 = 320, 32·64·9+64 = 18496, 256·10+10 = 2570
+    rows = summarize(build_model("digits-cnn-wide"), (1, 8, 8))
+    assert [(r["output_shape"], r["params"], r["receptive_field"]) for r in rows] == [
+        ((1, 32, 8, 8), 320, "3x3"),
+        ((1, 32, 8, 8), 0, "3x3"),
+        ((1, 32, 4, 4), 0, "4x4"),
+        ((1, 64, 4, 4), 18496, "8x8"),
+        ((1, 64, 4, 4), 0, "8x8"),
+        ((1, 64, 2, 2), 0, "10x10"),
+        ((1, 256), 0, "all"),
+        ((1, 10), 2570, "all"),
+    ]
+    assert sum(r["params"] for r in rows) == 21386
+
+
 def test_timeseries_cnn1d_by_hand():
     # conv 7: r 7, j 1 | pool 2: r 8, j 2 | conv 5: r 8+4·2 = 16 | global pool: all
     # parameters: 1·16·7+16 = 128, 16·32·5+32 = 2592, 32·4+4 = 132

@@ -302,14 +302,16 @@ def test_conv1d_learns_the_time_series():
 
 
 def test_cnnkit_train_default_run_reaches_97_percent(tmp_path, capsys):
-    """The README's main job with default arguments: NumPy, digits-cnn, 20 epochs, cosine from 0.1."""
+    """The README's main job with default arguments: NumPy, digits-cnn-wide, 20 epochs, cosine from 0.1."""
     pytest.importorskip("matplotlib")
     from cnnkit import io as cio
     from cnnkit.cli import main
 
     assert main(["train", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("cnnkit train: digits-cnn (6090 parameters) on digits (1347 train / 450 held out)")
+    assert out.startswith(
+        "cnnkit train: digits-cnn-wide (21386 parameters) on digits (1347 train / 450 held out)"
+    )
     assert "backend numpy, 20 epochs, seed 0" in out
     assert "epoch 20/20" in out and "lr 0.1 " in out
     record = json.loads((tmp_path / "history.json").read_text())

@@ -27,7 +27,7 @@ NAME = "train"
 HELP = "train a CNN on the 8x8 digits (or a synthetic time series) and save it"
 
 #: Per task: the architecture and the default epochs.
-TASKS = {"digits": ("digits-cnn", 20), "timeseries": ("timeseries-cnn1d", 20)}
+TASKS = {"digits": ("digits-cnn-wide", 20), "timeseries": ("timeseries-cnn1d", 20)}
 
 
 def _positive(kind: type) -> Any:
