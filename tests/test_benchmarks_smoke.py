@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,3 +128,45 @@ def test_markdown_and_printout(report):
     assert md.count("\n| ") == 1 + len(report["results"])  # header + one row each
     assert "NumPy conv fwd+bwd / native" in md and "target " in md
     assert md in report["_stdout"]
+
+
+# -- the fast routes the benchmarks exercise compute the right gradients ---------------------------
+
+# (id, input shape, weight shape, stride, padding, dilation): each reaches one shape-chosen route of
+# the torch backend's conv backward (fold for dx / unfold for dW with few channels and many filters,
+# one GEMM per tap for strided dW, the padded-grid GEMM for stride 1) or the NumPy padded grid
+ROUTES = [
+    ("few-channels-many-filters", (2, 3, 7, 6), (16, 3, 3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),
+    ("few-channels-strided", (2, 1, 9, 8), (16, 1, 3, 2), (2, 3), ((1, 1), (0, 0)), (1, 1)),
+    ("strided-many-channels", (2, 8, 9, 8), (4, 8, 3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1)),
+    ("strided-dilated-asym", (2, 8, 9, 10), (3, 8, 2, 3), (2, 3), ((2, 0), (1, 2)), (2, 1)),
+    ("stride1-many-channels", (2, 8, 6, 7), (5, 8, 3, 2), (1, 1), ((1, 1), (0, 1)), (1, 2)),
+    ("conv1d-stride1", (2, 8, 17), (4, 8, 7), (1,), ((3, 3),), (1,)),
+]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("route", ROUTES, ids=[r[0] for r in ROUTES])
+def test_conv_fast_routes_match_native_autograd(route, backend):
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+
+    import cnnkit
+
+    _, x_shape, w_shape, stride, padding, dilation = route
+    gen = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(s, generator=gen, dtype=torch.float64) for s in (x_shape, w_shape, w_shape[:1]))
+    conv = F.conv1d if len(stride) == 1 else F.conv2d
+    flat_pad = [v for lo_hi in reversed(padding) for v in lo_hi]
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    y = conv(F.pad(leaves[0], flat_pad), leaves[1], leaves[2], stride, 0, dilation)
+    dy = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    y.backward(dy)
+    fn = cnnkit.functional.conv1d if len(stride) == 1 else cnnkit.functional.conv2d
+    args = (x, w, b) if backend == "torch" else (x.numpy(), w.numpy(), b.numpy())
+    attrs = {"stride": stride, "padding": padding, "dilation": dilation, "backend": backend}
+    ours, pullback = cnnkit.vjp(fn, *args, **attrs)
+    grads = pullback(dy if backend == "torch" else dy.numpy())
+    np.testing.assert_allclose(np.asarray(ours), y.detach().numpy(), rtol=1e-10, atol=1e-10)
+    for got, leaf in zip(grads, leaves):
+        np.testing.assert_allclose(np.asarray(got), leaf.grad.numpy(), rtol=1e-10, atol=1e-10)

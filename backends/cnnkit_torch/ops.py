@@ -241,9 +241,15 @@ def _conv_input_grad(
         n + 2 * p - ((o - 1) * s + dl * (f - 1) + 1)
         for n, p, o, s, f, dl in zip(full, sym, dy.shape[2:], stride, w.shape[2:], dilation)
     )
+    k, cg = w.shape[:2]
+    if d == 2 and groups == 1 and cg <= 4 and k >= 16 and not any(lo or hi for lo, hi in rest):
+        # few input channels, many filters: each δ times each tap of W (one matmul), then the
+        # scatter per kernel offset (fold, col2im) - oneDNN's conv is slow with <= 4 outputs
+        n = dy.shape[0]
+        dcol = torch.matmul(w.reshape(k, -1).t(), dy.reshape(n, k, -1))  # (N, C·ΠF, ΠO)
+        return F.fold(dcol, tuple(size), tuple(w.shape[2:]), tuple(dilation), sym, tuple(stride))
     if all(s == 1 for s in stride) and w.shape[1] * groups <= 4 and not any(extra):
         # few input channels: the plain conv of δ with rot180(W), channels swapped, is faster
-        k, cg = w.shape[:2]
         w_rot = w.flip(_spatial(w)).view(groups, k // groups, cg, *w.shape[2:]).transpose(1, 2)
         w_rot = w_rot.reshape(groups * cg, k // groups, *w.shape[2:])
         full_pads = [(dl * (f - 1) - p, dl * (f - 1) - p) for f, dl, p in zip(w.shape[2:], dilation, sym)]
@@ -289,6 +295,39 @@ def _conv_weight_grad_gemm(
     return dw.movedim(-1, 1)
 
 
+def _conv_weight_grad_taps(
+    x: torch.Tensor,
+    dy: torch.Tensor,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    pads: Pads,
+    dilation: Sequence[int],
+) -> torch.Tensor:
+    """``dW[:, :, m] = δ (K, N·ΠO) @ y_pad[:, :, S·i + D·m] (N·ΠO, C)``, one GEMM per kernel offset
+    ``m`` (groups = 1): the input units offset ``m`` meets, gathered channels-last; for strided
+    convs, where no strided view of the input is a matrix."""
+    c, k, out = x.shape[1], dy.shape[1], dy.shape[2:]
+    y = _pad(x, pads).movedim(1, -1).contiguous()  # (N, *P, C)
+    delta = dy.movedim(1, 0).reshape(k, -1)  # (K, N·ΠO)
+    dw = x.new_empty((k, *kernel, c))
+    for m in itertools.product(*(range(f) for f in kernel)):
+        taps = tuple(
+            slice(dl * mm, dl * mm + s * (o - 1) + 1, s) for mm, s, dl, o in zip(m, stride, dilation, out)
+        )
+        torch.mm(delta, y[(slice(None), *taps)].reshape(-1, c), out=dw[(slice(None), *m)])
+    return dw.movedim(-1, 1)
+
+
+def _conv_weight_grad_unfold(
+    x: torch.Tensor, dy: torch.Tensor, kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int]
+) -> torch.Tensor:
+    """``dW = Σ_n δ[n] (K, ΠO) @ columns[n]ᵀ (ΠO, C·ΠF)`` (2-D, groups = 1, symmetric padding):
+    the lecture's cross-correlation as one batched matmul over the im2col columns."""
+    n, k = dy.shape[:2]
+    cols = F.unfold(x, tuple(kernel), 1, tuple(pad), tuple(stride))  # (N, C·ΠF, ΠO)
+    return torch.bmm(dy.reshape(n, k, -1), cols.transpose(1, 2)).sum(0).view(k, x.shape[1], *kernel)
+
+
 def _conv_weight_grad_conv(
     x: torch.Tensor,
     dy: torch.Tensor,
@@ -322,8 +361,21 @@ def _conv_weight_grad(
     dilation: Sequence[int],
     groups: int,
 ) -> torch.Tensor:
-    if groups == 1 and len(set(stride)) == 1 and x.shape[1] >= 8:
-        return _conv_weight_grad_gemm(x, dy, kernel, stride[0], pads, dilation)
+    # the fastest route by shape (measured on CPU, see benchmarks/README.md); all are y ⋆ δ
+    c, k = x.shape[1], dy.shape[1]
+    if groups == 1 and c >= 8:
+        if all(s == 1 for s in stride):
+            return _conv_weight_grad_gemm(x, dy, kernel, 1, pads, dilation)
+        return _conv_weight_grad_taps(x, dy, kernel, stride, pads, dilation)
+    sym, rest = _split_padding(pads)
+    if (
+        groups == 1
+        and len(kernel) == 2
+        and k >= 16
+        and all(v == 1 for v in dilation)
+        and not any(lo or hi for lo, hi in rest)
+    ):
+        return _conv_weight_grad_unfold(x, dy, kernel, stride, sym)
     return _conv_weight_grad_conv(x, dy, kernel, stride, pads, dilation, groups)
 
 
