@@ -105,7 +105,18 @@ def _final(stdout: str) -> float:
 
 @pytest.mark.slow
 def test_two_processes_reach_the_one_process_accuracy_and_save_a_loadable_model(tmp_path, capsys):
-    common = ["train", "--backend", "torch", "--epochs", "4", "--no-plot", "--seed", "0"]
+    common = [
+        "train",
+        "--backend",
+        "torch",
+        "--arch",
+        "digits-cnn",
+        "--epochs",
+        "4",
+        "--no-plot",
+        "--seed",
+        "0",
+    ]
     assert main([*common, "--out", str(tmp_path / "one")]) == 0
     one = capsys.readouterr().out
     proc = subprocess.run(
