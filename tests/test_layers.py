@@ -220,3 +220,15 @@ def test_window_feeds_the_receptive_field():
     assert L.MaxPool2d(2).window() == ((2, 2, 0, 1), (2, 2, 0, 1))
     assert L.ReLU().window() is None
     assert L.Flatten().window() == () and L.Linear(2, 2).window() == ()
+
+
+def test_to_moves_parameters_and_backend_of_names_foreign_arrays():
+    lin = L.Linear(3, 2, seed=0)
+    w32 = lin.weight.data.copy()
+    lin.weight.grad = np.ones_like(w32)
+    assert lin.to("numpy", dtype="float64") is lin
+    assert lin.weight.data.dtype == np.float64 and lin.weight.grad is None
+    np.testing.assert_array_equal(lin.weight.data, w32.astype(np.float64))
+    assert L.backend_of(np.zeros(2)).name == "numpy"
+    with pytest.raises(TypeError, match=r"no installed cnnkit backend holds arrays of type builtins\.list"):
+        L.backend_of([1.0, 2.0])
