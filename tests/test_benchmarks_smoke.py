@@ -133,8 +133,9 @@ def test_markdown_and_printout(report):
 # -- the fast routes the benchmarks exercise compute the right gradients ---------------------------
 
 # (id, input shape, weight shape, stride, padding, dilation): each reaches one shape-chosen route of
-# the torch backend's conv backward (fold for dx / unfold for dW with few channels and many filters,
-# one GEMM per tap for strided dW, the padded-grid GEMM for stride 1) or the NumPy padded grid
+# the torch backend's conv backward (im2col columns + batched matmuls for few channels and many
+# filters, one GEMM per tap for strided dW, the padded-grid GEMM and the rotated-kernel conv for
+# stride 1) and of the NumPy backend (strided windows or the padded grid)
 ROUTES = [
     ("few-channels-many-filters", (2, 3, 7, 6), (16, 3, 3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),
     ("few-channels-strided", (2, 1, 9, 8), (16, 1, 3, 2), (2, 3), ((1, 1), (0, 0)), (1, 1)),

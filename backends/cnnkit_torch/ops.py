@@ -229,8 +229,9 @@ def _conv_input_grad(
     """``δ_prev = δ ⋆_full rot180(W)``: the full cross-correlation of the stride-dilated deltas
     with the 180°-rotated kernel, cropped to the input (padding removed).
 
-    ``conv_transpose`` with ``W`` computes exactly that: it inserts ``S-1`` zeros between the
-    deltas, pads them by ``D(F-1)`` and correlates with ``rot180(W)`` channel-swapped.
+    Stride 1: exactly that, one conv of ``δ`` (padded by ``D(F-1) - P``) with ``rot180(W)``,
+    its in and out channels swapped. Stride > 1: ``conv_transpose`` with ``W``, which
+    computes the same sum without building the zero-filled (stride-dilated) deltas.
     """
     d = len(stride)
     size = x_shape[2:]
@@ -242,14 +243,8 @@ def _conv_input_grad(
         for n, p, o, s, f, dl in zip(full, sym, dy.shape[2:], stride, w.shape[2:], dilation)
     )
     k, cg = w.shape[:2]
-    if d == 2 and groups == 1 and cg <= 4 and k >= 16 and not any(lo or hi for lo, hi in rest):
-        # few input channels, many filters: each δ times each tap of W (one matmul), then the
-        # scatter per kernel offset (fold, col2im) - oneDNN's conv is slow with <= 4 outputs
-        n = dy.shape[0]
-        dcol = torch.matmul(w.reshape(k, -1).t(), dy.reshape(n, k, -1))  # (N, C·ΠF, ΠO)
-        return F.fold(dcol, tuple(size), tuple(w.shape[2:]), tuple(dilation), sym, tuple(stride))
-    if all(s == 1 for s in stride) and w.shape[1] * groups <= 4 and not any(extra):
-        # few input channels: the plain conv of δ with rot180(W), channels swapped, is faster
+    if all(s == 1 for s in stride) and not any(extra):
+        # stride 1: the lecture's formula as it stands, a conv of δ with rot180(W), channels swapped
         w_rot = w.flip(_spatial(w)).view(groups, k // groups, cg, *w.shape[2:]).transpose(1, 2)
         w_rot = w_rot.reshape(groups * cg, k // groups, *w.shape[2:])
         full_pads = [(dl * (f - 1) - p, dl * (f - 1) - p) for f, dl, p in zip(w.shape[2:], dilation, sym)]
@@ -318,16 +313,6 @@ def _conv_weight_grad_taps(
     return dw.movedim(-1, 1)
 
 
-def _conv_weight_grad_unfold(
-    x: torch.Tensor, dy: torch.Tensor, kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int]
-) -> torch.Tensor:
-    """``dW = Σ_n δ[n] (K, ΠO) @ columns[n]ᵀ (ΠO, C·ΠF)`` (2-D, groups = 1, symmetric padding):
-    the lecture's cross-correlation as one batched matmul over the im2col columns."""
-    n, k = dy.shape[:2]
-    cols = F.unfold(x, tuple(kernel), 1, tuple(pad), tuple(stride))  # (N, C·ΠF, ΠO)
-    return torch.bmm(dy.reshape(n, k, -1), cols.transpose(1, 2)).sum(0).view(k, x.shape[1], *kernel)
-
-
 def _conv_weight_grad_conv(
     x: torch.Tensor,
     dy: torch.Tensor,
@@ -362,21 +347,59 @@ def _conv_weight_grad(
     groups: int,
 ) -> torch.Tensor:
     # the fastest route by shape (measured on CPU, see benchmarks/README.md); all are y ⋆ δ
-    c, k = x.shape[1], dy.shape[1]
-    if groups == 1 and c >= 8:
+    if groups == 1 and x.shape[1] >= 8:
         if all(s == 1 for s in stride):
             return _conv_weight_grad_gemm(x, dy, kernel, 1, pads, dilation)
         return _conv_weight_grad_taps(x, dy, kernel, stride, pads, dilation)
-    sym, rest = _split_padding(pads)
-    if (
-        groups == 1
-        and len(kernel) == 2
-        and k >= 16
-        and all(v == 1 for v in dilation)
-        and not any(lo or hi for lo, hi in rest)
-    ):
-        return _conv_weight_grad_unfold(x, dy, kernel, stride, sym)
     return _conv_weight_grad_conv(x, dy, kernel, stride, pads, dilation, groups)
+
+
+def _conv_grads_im2col(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    dy: torch.Tensor,
+    stride: Sequence[int],
+    pads: Pads,
+    dilation: Sequence[int],
+    need_x: bool,
+    need_w: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``dW`` and ``δ_prev`` (groups = 1) as the NumPy backend computes them, over the im2col
+    columns ``[n, (c, m), i] = y_pad[n, c, S·i + D·m]``:
+
+    ``dW = Σ_n δ[n] @ columns[n]ᵀ`` (one batched matmul) and ``δ_prev`` is ``Wᵀ @ δ``
+    scattered back with one strided add per kernel offset ``m``. Used for few input
+    channels, where the columns are small and oneDNN's conv with <= 4 output channels is slow.
+    """
+    n, c, *size = x.shape
+    k, kernel = w.shape[0], w.shape[2:]
+    out = dy.shape[2:]
+    delta = dy.reshape(n, k, -1)  # (N, K, ΠO)
+    x_pad = _pad(x, pads).contiguous()
+    row = x_pad.stride()[2:]
+    dx = dw = None
+    if need_w:
+        win = x_pad.as_strided(
+            (n, c, *kernel, *out),
+            (
+                *x_pad.stride()[:2],
+                *(dl * r for dl, r in zip(dilation, row)),
+                *(s * r for s, r in zip(stride, row)),
+            ),
+        )
+        cols = win.reshape(n, c * math.prod(kernel), -1)  # (N, C·ΠF, ΠO), one copy
+        dw = torch.bmm(delta, cols.transpose(1, 2)).sum(0).view(w.shape)
+    if need_x:
+        w_t = w.reshape(k, -1).t().expand(n, -1, -1)  # (N, C·ΠF, K)
+        dcol = torch.bmm(w_t, delta).view(n, c, -1, *out)  # (N, C, ΠF, *O)
+        dx_pad = torch.zeros_like(x_pad)
+        for j, m in enumerate(itertools.product(*(range(f) for f in kernel))):
+            taps = (
+                slice(dl * mm, dl * mm + s * (o - 1) + 1, s) for mm, s, dl, o in zip(m, stride, dilation, out)
+            )
+            dx_pad[(slice(None), slice(None), *taps)] += dcol[:, :, j]
+        dx = _crop(dx_pad, pads, size)
+    return dx, dw
 
 
 def _conv_forward(x, w, b, stride, padding, dilation, groups, flip):
@@ -409,11 +432,15 @@ class Conv(Function):
         spatial = _spatial(w)
         w_used = w.flip(spatial) if flip else w
         dx = dw = db = None
-        if need_x:
-            dx = _conv_input_grad(dy, w_used, x.shape, stride, padding, dilation, groups)
-        if need_w:
-            dw = _conv_weight_grad(x, dy, w.shape[2:], stride, padding, dilation, groups)
-            dw = dw.flip(spatial) if flip else dw
+        if groups == 1 and x.shape[1] <= 4 and w.shape[0] >= 16:
+            dx, dw = _conv_grads_im2col(x, w_used, dy, stride, padding, dilation, need_x, need_w)
+        else:
+            if need_x:
+                dx = _conv_input_grad(dy, w_used, x.shape, stride, padding, dilation, groups)
+            if need_w:
+                dw = _conv_weight_grad(x, dy, w.shape[2:], stride, padding, dilation, groups)
+        if dw is not None and flip:
+            dw = dw.flip(spatial)
         if need_b:
             db = dy.sum((0, *spatial))
         return dx, dw, db, None, None, None, None, None
