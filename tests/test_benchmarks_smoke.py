@@ -134,8 +134,8 @@ def test_markdown_and_printout(report):
 
 # (id, input shape, weight shape, stride, padding, dilation): each reaches one shape-chosen route of
 # the torch backend's conv backward (im2col columns + batched matmuls for few channels and many
-# filters, one GEMM per tap for strided dW, the padded-grid GEMM and the rotated-kernel conv for
-# stride 1) and of the NumPy backend (strided windows or the padded grid)
+# filters; one GEMM over channels-last columns for strided dW; the padded-grid GEMM and the
+# rotated-kernel conv for stride 1) and of the NumPy backend (strided windows or the padded grid)
 ROUTES = [
     ("few-channels-many-filters", (2, 3, 7, 6), (16, 3, 3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),
     ("few-channels-strided", (2, 1, 9, 8), (16, 1, 3, 2), (2, 3), ((1, 1), (0, 0)), (1, 1)),

@@ -290,7 +290,7 @@ def _conv_weight_grad_gemm(
     return dw.movedim(-1, 1)
 
 
-def _conv_weight_grad_taps(
+def _conv_weight_grad_columns(
     x: torch.Tensor,
     dy: torch.Tensor,
     kernel: Sequence[int],
@@ -298,19 +298,20 @@ def _conv_weight_grad_taps(
     pads: Pads,
     dilation: Sequence[int],
 ) -> torch.Tensor:
-    """``dW[:, :, m] = δ (K, N·ΠO) @ y_pad[:, :, S·i + D·m] (N·ΠO, C)``, one GEMM per kernel offset
-    ``m`` (groups = 1): the input units offset ``m`` meets, gathered channels-last; for strided
-    convs, where no strided view of the input is a matrix."""
-    c, k, out = x.shape[1], dy.shape[1], dy.shape[2:]
+    """``dW = δ (K, N·ΠO) @ columns (N·ΠO, ΠF·C)``, one GEMM (groups = 1): the lecture's
+    ``y ⋆ δ`` over channels-last im2col columns ``[(n, i), (m, c)] = y_pad[n, c, S·i + D·m]``,
+    gathered in one copy; for strided convs, where no strided view of the input is a matrix."""
+    n, c = x.shape[:2]
+    k, out = dy.shape[1], dy.shape[2:]
     y = _pad(x, pads).movedim(1, -1).contiguous()  # (N, *P, C)
+    s_n, *s_sp, s_c = y.stride()
+    win = y.as_strided(
+        (n, *out, *kernel, c),
+        (s_n, *(s * r for s, r in zip(stride, s_sp)), *(dl * r for dl, r in zip(dilation, s_sp)), s_c),
+    )
+    columns = win.reshape(-1, math.prod(kernel) * c)  # (N·ΠO, ΠF·C)
     delta = dy.movedim(1, 0).reshape(k, -1)  # (K, N·ΠO)
-    dw = x.new_empty((k, *kernel, c))
-    for m in itertools.product(*(range(f) for f in kernel)):
-        taps = tuple(
-            slice(dl * mm, dl * mm + s * (o - 1) + 1, s) for mm, s, dl, o in zip(m, stride, dilation, out)
-        )
-        torch.mm(delta, y[(slice(None), *taps)].reshape(-1, c), out=dw[(slice(None), *m)])
-    return dw.movedim(-1, 1)
+    return (delta @ columns).view(k, *kernel, c).movedim(-1, 1)
 
 
 def _conv_weight_grad_conv(
@@ -350,7 +351,7 @@ def _conv_weight_grad(
     if groups == 1 and x.shape[1] >= 8:
         if all(s == 1 for s in stride):
             return _conv_weight_grad_gemm(x, dy, kernel, 1, pads, dilation)
-        return _conv_weight_grad_taps(x, dy, kernel, stride, pads, dilation)
+        return _conv_weight_grad_columns(x, dy, kernel, stride, pads, dilation)
     return _conv_weight_grad_conv(x, dy, kernel, stride, pads, dilation, groups)
 
 
