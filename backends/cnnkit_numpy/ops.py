@@ -223,10 +223,10 @@ def conv_forward(x, weight, bias=None, *, stride, padding, dilation, groups, fli
         np.matmul(W_mat, col, out=a_c.reshape(nb, groups, k // groups, p))
         if a_grid is None:
             a[n0:n1] = a_c[_on_grid(geo)]
+        if bias is not None:  # while this chunk of a is still in cache
+            a[n0:n1] += bias.reshape(k, *(1,) * len(out))
         if keep:
             cols.append(col)
-    if bias is not None:
-        a += bias.reshape(k, *(1,) * len(out))
     ctx = (x, W, W_mat, flip, bias is not None, geo, cols if keep else None)
     return a, ctx
 
