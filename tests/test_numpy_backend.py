@@ -42,6 +42,8 @@ CONV_CASES = [
     ("2d-s1-dil-asym-groups2", (2, 4, 7, 6), (4, 2, 3, 2), (1, 1), pads((2, 1), (0, 3)), (2, 1), 2),
     ("2d-s1-wide-kernel", (2, 1, 6, 9), (3, 1, 2, 5), (1, 1), pads((0, 0), (2, 2)), (1, 2), 1),
     ("3d-s1-dil", (1, 2, 4, 5, 4), (3, 2, 2, 2, 3), (1, 1, 1), pads((1, 0), (0, 1), (2, 1)), (2, 1, 1), 1),
+    # stride 1 with more filters than input taps (K > C·ΠF): the strided-window path
+    ("2d-s1-many-filters", (2, 2, 5, 6), (20, 2, 2, 2), (1, 1), pads((1, 0), (0, 1)), (1, 1), 1),
 ]
 
 

@@ -106,10 +106,11 @@ def _chunks(n: int, bytes_per_sample: int) -> Iterator[tuple[int, int]]:
 # -- convolution -----------------------------------------------------------------------
 
 
-def _conv_geometry(x_shape, kernel, stride, padding, dilation, groups) -> dict:
+def _conv_geometry(x_shape, k, kernel, stride, padding, dilation, groups) -> dict:
     """Sizes shared by conv forward and backward; ``grid`` is where outputs are computed.
 
-    With stride 1 on every axis, outputs are computed on the *padded grid*
+    With stride 1 on every axis (and more input taps ``C·ΠF`` than filters ``K``),
+    outputs are computed on the *padded grid*
     ``(O_1, P_2, ..., P_d)`` (``P`` the padded sizes): the window of output ``i``
     then starts at flat offset ``i`` of the padded input, so every kernel tap
     ``m`` reads one contiguous run ``x_flat[off_m : off_m + Π grid]`` and the
@@ -119,7 +120,9 @@ def _conv_geometry(x_shape, kernel, stride, padding, dilation, groups) -> dict:
     spatial = x_shape[2:]
     out = tuple(_out_size(*a) for a in zip(spatial, kernel, stride, padding, dilation))
     padded = tuple(n + b + a for n, (b, a) in zip(spatial, padding))
-    flat = all(S == 1 for S in stride) and all(o > 0 for o in out)
+    # the grid's extra outputs cost an output-sized copy: worth it when the columns are the
+    # bigger buffer (more input taps C·ΠF than filters K), as in every conv with many channels
+    flat = all(S == 1 for S in stride) and all(o > 0 for o in out) and x_shape[1] * math.prod(kernel) > k
     grid = (out[0], *padded[1:]) if flat else out
     rows = [math.prod(padded[a + 1 :]) for a in range(len(padded))]  # flat stride of each axis
     return {
@@ -207,7 +210,7 @@ def conv_forward(x, weight, bias=None, *, stride, padding, dilation, groups, fli
     W = _rot180(weight) if flip else weight
     n, c = x.shape[:2]
     k, kernel = W.shape[0], W.shape[2:]
-    geo = _conv_geometry(x.shape, kernel, stride, padding, dilation, groups)
+    geo = _conv_geometry(x.shape, k, kernel, stride, padding, dilation, groups)
     out, grid = geo["out"], geo["grid"]
     W_mat = np.ascontiguousarray(W.reshape(groups, k // groups, -1))  # (G, K/G, C/G·ΠF)
     p = math.prod(grid)
