@@ -181,10 +181,14 @@ def _col2im(dcol: np.ndarray, dx: np.ndarray, geo: dict) -> None:
     dcol = dcol.reshape(nb, c, *kernel, math.prod(grid))  # (nb, C, *F, Π grid)
     if geo["flat"]:  # tap m adds to the contiguous run starting at off_m
         size, n_grid = math.prod(geo["padded"]), math.prod(grid)
-        dx_flat = np.zeros((nb, c, size + geo["slack"]), dtype=dx.dtype)
-        for m in np.ndindex(*kernel):
+        dx_flat = np.empty((nb, c, size + geo["slack"]), dtype=dx.dtype)
+        for j, m in enumerate(np.ndindex(*kernel)):
             off = sum(t * mi for t, mi in zip(geo["tap_step"], m))
-            dx_flat[..., off : off + n_grid] += dcol[(slice(None), slice(None), *m)]
+            if j == 0:  # offset 0 covers the first Π grid units: set them, zero the rest
+                dx_flat[..., :n_grid] = dcol[(slice(None), slice(None), *m)]
+                dx_flat[..., n_grid:] = 0
+            else:
+                dx_flat[..., off : off + n_grid] += dcol[(slice(None), slice(None), *m)]
         dx[...] = dx_flat[..., :size].reshape(nb, c, *geo["padded"])[_inner(tuple(spatial), geo["padding"])]
         return
     dx_pad = np.zeros((nb, c, *geo["padded"]), dtype=dx.dtype)
