@@ -150,27 +150,33 @@ def _flat_padded(x: np.ndarray, geo: dict) -> np.ndarray:
 
 
 def _im2col(x: np.ndarray, geo: dict) -> np.ndarray:
-    """Columns ``(nb, G, C/G·ΠF, Π grid)``: ``[n, g, (c, m), i] = x_pad[n, g·C/G + c, S·i + D·m]``.
+    """Columns ``(nb, G, C/G·ΠF [+ 1], Π grid)``: ``[n, g, (c, m), i] = x_pad[n, g·C/G + c, S·i + D·m]``.
 
     One copy of the windows, sample-major, so that ``W @ columns`` lands in the
     output's own layout ``(nb, K, *grid)`` and ``δ`` needs no transpose in backward.
+    With a bias, one more row of ones: the bias is the weight of a constant input 1,
+    so the matmul adds ``b`` and backward's ``δ @ columnsᵀ`` sums ``δ`` into ``dE/db``.
     """
     nb, c = x.shape[:2]
-    kernel, grid = geo["kernel"], geo["grid"]
-    col = np.empty((nb, c, *kernel, math.prod(grid)), dtype=x.dtype)  # (nb, C, *F, Π grid)
+    kernel, grid, groups = geo["kernel"], geo["grid"], geo["groups"]
+    rows, p = c // groups * math.prod(kernel), math.prod(grid)
+    col = np.empty((nb, groups, rows + geo["ones"], p), dtype=x.dtype)
+    taps = col[:, :, :rows].reshape(nb, groups, c // groups, *kernel, *grid)  # a view of col
     if geo["flat"]:  # tap m reads the contiguous run starting at off_m = Σ D·m·row
         x_flat = _flat_padded(x, geo)
         s_n, s_c, s_i = x_flat.strides
         steps = tuple(s_i * t for t in geo["tap_step"])
-        win = as_strided(x_flat, col.shape, (s_n, s_c, *steps, s_i), writeable=False)
-        np.copyto(col, win)
+        win = as_strided(x_flat, (nb, c, *kernel, p), (s_n, s_c, *steps, s_i), writeable=False)
+        np.copyto(taps, win.reshape(taps.shape))
     else:
         d = x.ndim - 2
         x_pad = _pad(x, geo["padding"])
         win = _windows(x_pad, kernel, geo["stride"], geo["dilation"], grid)  # (nb, C, *O, *F)
-        col_nd = col.reshape(nb, c, *kernel, *grid)
-        np.copyto(col_nd, win.transpose(0, 1, *range(2 + d, 2 + 2 * d), *range(2, 2 + d)))
-    return col.reshape(nb, geo["groups"], -1, math.prod(grid))
+        win = win.transpose(0, 1, *range(2 + d, 2 + 2 * d), *range(2, 2 + d))  # (nb, C, *F, *O)
+        np.copyto(taps, win.reshape(taps.shape))
+    if geo["ones"]:
+        col[:, :, rows] = 1
+    return col
 
 
 def _col2im(dcol: np.ndarray, dx: np.ndarray, geo: dict) -> None:
@@ -208,15 +214,19 @@ def conv_forward(x, weight, bias=None, *, stride, padding, dilation, groups, fli
     """``a[n, k, i] = b[k] + Σ_c Σ_m W[k, c, m] · x_pad[n, g·C/G + c, S·i + D·m]`` (``flip``: rot180(W)).
 
     Shapes: x ``(N, C, *spatial)``, W ``(K, C/G, *F)``, b ``(K,)`` -> a ``(N, K, *O)``.
-    The windows become columns ``(nb, G, C/G·ΠF, Π grid)`` one batch chunk at a
-    time, and the sum over ``c, m`` is one matmul ``W (G, K/G, C/G·ΠF) @ columns``.
+    The windows become columns ``(nb, G, C/G·ΠF [+ 1], Π grid)`` one batch chunk at a
+    time, and the sum over ``c, m`` (and ``+ b``) is one matmul ``[W | b] @ columns``.
     """
     W = _rot180(weight) if flip else weight
     n, c = x.shape[:2]
     k, kernel = W.shape[0], W.shape[2:]
     geo = _conv_geometry(x.shape, k, kernel, stride, padding, dilation, groups)
+    geo["ones"] = int(bias is not None)
     out, grid = geo["out"], geo["grid"]
-    W_mat = np.ascontiguousarray(W.reshape(groups, k // groups, -1))  # (G, K/G, C/G·ΠF)
+    W_mat = W.reshape(groups, k // groups, -1)  # (G, K/G, C/G·ΠF)
+    if bias is not None:  # b as one more column of W, the weight of the columns' row of ones
+        W_mat = np.concatenate((W_mat, bias.reshape(groups, k // groups, 1).astype(x.dtype)), axis=2)
+    W_mat = np.ascontiguousarray(W_mat)
     p = math.prod(grid)
     a = np.empty((n, k, *out), dtype=x.dtype)
     a_grid = a if grid == out else None
@@ -230,8 +240,6 @@ def conv_forward(x, weight, bias=None, *, stride, padding, dilation, groups, fli
         np.matmul(W_mat, col, out=a_c.reshape(nb, groups, k // groups, p))
         if a_grid is None:
             a[n0:n1] = a_c[_on_grid(geo)]
-        if bias is not None:  # while this chunk of a is still in cache
-            a[n0:n1] += bias.reshape(k, *(1,) * len(out))
         if keep:
             cols.append(col)
     ctx = (x, W, W_mat, flip, bias is not None, geo, cols if keep else None)
@@ -248,9 +256,10 @@ def conv_backward(ctx, grad_output):
     k = W.shape[0]
     groups, out, grid = geo["groups"], geo["out"], geo["grid"]
     p = math.prod(grid)
-    dW = np.zeros(W_mat.shape, dtype=x.dtype)  # (G, K/G, C/G·ΠF)
+    rows = W_mat.shape[2] - geo["ones"]  # C/G·ΠF
+    dW = np.zeros(W_mat.shape, dtype=x.dtype)  # (G, K/G, C/G·ΠF [+ 1]): [dE/dW | dE/db]
     dx = np.empty_like(x)
-    W_t = W_mat.transpose(0, 2, 1)  # (G, C/G·ΠF, K/G)
+    W_t = W_mat[:, :, :rows].transpose(0, 2, 1)  # (G, C/G·ΠF, K/G)
     col_bytes = c * math.prod(W.shape[2:]) * p * x.itemsize
     for j, (n0, n1) in enumerate(_chunks(n, col_bytes)):
         nb = n1 - n0
@@ -261,14 +270,14 @@ def conv_backward(ctx, grad_output):
             d_c[_on_grid(geo)] = delta[n0:n1]
         d_c = d_c.reshape(nb, groups, k // groups, p)  # δ in the columns' layout
         col = cols[j] if cols is not None else _im2col(x[n0:n1], geo)
-        # Σ over (n, i): the cross-correlation of y with δ
+        # Σ over (n, i): the cross-correlation of y with δ (and Σ δ against the row of ones)
         dW += np.matmul(d_c, col.transpose(0, 1, 3, 2)).sum(axis=0)
         dcol = np.matmul(W_t, d_c)  # (nb, G, C/G·ΠF, Π grid): each δ times each rotated-kernel tap
         _col2im(dcol, dx[n0:n1], geo)  # the scatter = full correlation with rot180(W)
-    dW = dW.reshape(W.shape)
+    db = dW[:, :, rows].reshape(k) if has_bias else None  # Σ_n Σ_i δ[n, k, i]
+    dW = np.ascontiguousarray(dW[:, :, :rows]).reshape(W.shape)
     if flip:
         dW = np.ascontiguousarray(_rot180(dW))
-    db = delta.sum(axis=(0, *range(2, delta.ndim))) if has_bias else None
     return dx, dW, db
 
 
