@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["free_port", "launch", "run_cli", "shard", "standard_grad_strides", "train_step"]
+__all__ = ["free_port", "launch", "run_cli", "shard", "train_step"]
 
 
 def free_port() -> int:
@@ -93,27 +93,6 @@ def train_step(
     if scale == 0.0:
         return 0.0, 0
     return float(loss_sum.detach()), int((logits.detach().argmax(1) == yb).sum())
-
-
-def standard_grad_strides(net: Any) -> Any:
-    """Make every gradient reaching ``net``'s parameters have the parameter's own strides.
-
-    DistributedDataParallel copies gradients into flat buckets and warns (and
-    copies slowly) when a gradient's strides differ from its parameter's, which
-    the conv weight gradient's do when a weight axis has size 1 (``(16, 1, 3, 3)``).
-    A hook re-lays such a gradient out once, before it is accumulated. Returns ``net``.
-    """
-    import torch
-
-    def hook_for(p: Any) -> Callable[[Any], Any]:
-        def hook(g: Any) -> Any:
-            return g if g.stride() == p.stride() else g.clone(memory_format=torch.contiguous_format)
-
-        return hook
-
-    for p in net.parameters():
-        p.register_hook(hook_for(p))
-    return net
 
 
 # -- process group ------------------------------------------------------------------------------
@@ -205,7 +184,7 @@ def _train(rank: int, world_size: int, device: Any, args: argparse.Namespace) ->
     be = get_backend("torch", **({"dtype": args.dtype} if args.dtype else {}))
     split = load_task(args.task, seed=args.seed)
     model = build_model(arch_name, seed=args.seed, backend=be)  # the 1-process run's initial weights
-    net = standard_grad_strides(from_cnnkit(model, device=device))
+    net = from_cnnkit(model, device=device)
     ddp = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.SGD(
         ddp.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay

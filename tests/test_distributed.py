@@ -51,7 +51,7 @@ def _two_steps(net, world, rank):
 def _step_worker(rank, world, device, path):  # runs in each spawned process
     from torch.nn.parallel import DistributedDataParallel
 
-    net = distributed.standard_grad_strides(_net_and_data()[0])
+    net = _net_and_data()[0]
     out, params = _two_steps(DistributedDataParallel(net), world, rank)
     if rank == 0:
         np.savez(path, losses=np.array([o[0] for o in out]), **params)

@@ -518,3 +518,15 @@ def test_lecture_golden_examples():
     k = torch.tensor([[[[-1.0, -2, -1], [0, 0, 0], [1, 2, 1]]]], dtype=torch.float64)
     s = cf.conv2d(x, k, padding="same", flip=True, backend="torch")
     assert s[0, 0].tolist() == [[-13.0, -20.0, -17.0], [-18.0, -24.0, -18.0], [13.0, 20.0, 17.0]]
+
+
+@pytest.mark.parametrize("shape", [(16, 1, 3, 3), (1, 3, 3, 3), (8, 4, 1, 1)])
+def test_weight_gradient_is_laid_out_like_the_weight(shape):
+    """DistributedDataParallel's gradient buckets expect dW with W's strides, size-1 axes included."""
+    x = torch.randn(4, shape[1], 8, 8, requires_grad=True)
+    w = torch.randn(*shape, requires_grad=True)
+    cf.conv2d(x, w, stride=2, backend="torch").sum().backward()
+    assert w.grad.stride() == w.stride()
+    ref = leaf(w)
+    F.conv2d(x.detach(), ref, stride=2).sum().backward()
+    close(w.grad, ref.grad, torch.float32)

@@ -442,6 +442,9 @@ class Conv(Function):
                 dw = _conv_weight_grad(x, dy, w.shape[2:], stride, padding, dilation, groups)
         if dw is not None and flip:
             dw = dw.flip(spatial)
+        if dw is not None and dw.stride() != w.stride():
+            # laid out like W (a size-1 axis can leave other strides): DDP's buckets expect it
+            dw = torch.empty_strided(w.shape, w.stride(), dtype=dw.dtype, device=dw.device).copy_(dw)
         if need_b:
             db = dy.sum((0, *spatial))
         return dx, dw, db, None, None, None, None, None
