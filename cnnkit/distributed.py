@@ -32,14 +32,12 @@ describes in ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import sys
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -169,10 +167,9 @@ def _train(rank: int, world_size: int, device: Any, args: argparse.Namespace) ->
     from cnnkit_torch.nn import copy_to_cnnkit, from_cnnkit
     from torch.nn.parallel import DistributedDataParallel
 
-    from cnnkit import io
-    from cnnkit.cli.train import TASKS, epoch_line, plot_filters
+    from cnnkit.cli.train import TASKS, epoch_line, finish
     from cnnkit.data import load_task
-    from cnnkit.models import ARCHITECTURES, build_model
+    from cnnkit.models import build_model
     from cnnkit.optim import make_scheduler
     from cnnkit.registry import get_backend
     from cnnkit.training import History
@@ -189,8 +186,7 @@ def _train(rank: int, world_size: int, device: Any, args: argparse.Namespace) ->
     optimizer = torch.optim.SGD(
         ddp.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
     )
-    lr_schedule = getattr(args, "lr_schedule", "constant")
-    scheduler = make_scheduler(lr_schedule, _TorchLR(optimizer), epochs)  # fit's schedule, per epoch
+    scheduler = make_scheduler(args.lr_schedule, _TorchLR(optimizer), epochs)  # fit's schedule, per epoch
     dtype = next(net.parameters()).dtype
     X = torch.from_numpy(np.asarray(split.X_train)).to(device=device, dtype=dtype)
     y = torch.from_numpy(np.asarray(split.y_train, dtype=np.int64)).to(device)
@@ -236,48 +232,20 @@ def _train(rank: int, world_size: int, device: Any, args: argparse.Namespace) ->
             print(epoch_line(epoch, epochs, history), flush=True)
     wall = time.perf_counter() - start_all
     if lead:
-        final = history.test_acc[-1]
-        print(
-            f"final test accuracy: {100 * final:.2f}% on {len(y_test)} held-out examples ({wall:.1f}s)",
-            flush=True,
-        )
         copy_to_cnnkit(net, model)
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "arch": arch_name,
-            "task": args.task,
-            "input_shape": list(ARCHITECTURES[arch_name].input_shape),
-        }
-        io.save(model, out / "model.npz", metadata=meta)
-        record = {
-            "arch": arch_name,
-            "task": args.task,
-            "backend": be.name,
-            "backend_options": {k: str(v) for k, v in be.options.items()},
-            "device": str(device.type),
-            "epochs": epochs,
-            "batch_size": args.batch_size,
-            "lr": args.lr,
-            "lr_schedule": lr_schedule,
-            "momentum": args.momentum,
-            "weight_decay": args.weight_decay,
-            "seed": args.seed,
-            "nproc": world_size,
-            "dist_backend": dist.get_backend(),
-            "final_test_acc": final,
-            "wall_seconds": wall,
-            "history": history.as_dict(),
-        }
-        (out / "history.json").write_text(json.dumps(record, indent=2) + "\n")
-        written = [str(out / "model.npz"), str(out / "history.json")]
-        if not args.no_plot:
-            note = plot_filters(model, split.X_test[0], out / "filters.png")
-            if note:
-                print(f"note: {note}")
-            else:
-                written.append(str(out / "filters.png"))
-        print("wrote " + ", ".join(written), flush=True)
+        finish(
+            args,
+            model,
+            split,
+            arch_name,
+            be,
+            epochs,
+            history,
+            wall,
+            device=str(device.type),
+            nproc=world_size,
+            dist_backend=dist.get_backend(),
+        )
     dist.barrier()
 
 

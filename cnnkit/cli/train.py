@@ -144,14 +144,68 @@ def plot_filters(model: Any, x: np.ndarray, path: Path) -> str | None:
     return None
 
 
+def finish(
+    args: argparse.Namespace,
+    model: Any,
+    split: Any,
+    arch_name: str,
+    be: Any,
+    epochs: int,
+    history: Any,
+    wall: float,
+    **record_extra: Any,
+) -> None:
+    """Print the final accuracy and write ``model.npz``, ``history.json`` and ``filters.png`` to ``--out``.
+
+    Shared by the one-process run and rank 0 of :mod:`cnnkit.distributed`; ``record_extra``
+    (``nproc``, ``device``, ...) goes into ``history.json``.
+    """
+    from cnnkit import io
+    from cnnkit.models import ARCHITECTURES
+
+    final = history.test_acc[-1]
+    print(f"final test accuracy: {100 * final:.2f}% on {len(split.y_test)} held-out examples ({wall:.1f}s)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"arch": arch_name, "task": args.task, "input_shape": list(ARCHITECTURES[arch_name].input_shape)}
+    io.save(model, out / "model.npz", metadata=meta)
+    record = {
+        "arch": arch_name,
+        "task": args.task,
+        "backend": be.name,
+        "backend_options": {k: str(v) for k, v in be.options.items()},
+        "epochs": epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "lr_schedule": args.lr_schedule,
+        "momentum": args.momentum,
+        "weight_decay": args.weight_decay,
+        "seed": args.seed,
+        "nproc": 1,
+        **record_extra,
+        "final_test_acc": final,
+        "wall_seconds": wall,
+        "history": history.as_dict(),
+    }
+    (out / "history.json").write_text(json.dumps(record, indent=2) + "\n")
+    written = [str(out / "model.npz"), str(out / "history.json")]
+    if not args.no_plot:
+        note = plot_filters(model, split.X_test[0], out / "filters.png")
+        if note:
+            print(f"note: {note}")
+        else:
+            written.append(str(out / "filters.png"))
+    print("wrote " + ", ".join(written))
+    sys.stdout.flush()
+
+
 def run(args: argparse.Namespace) -> int:
     if args.nproc > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from cnnkit.distributed import run_cli
 
         return run_cli(args)
-    from cnnkit import io
     from cnnkit.data import load_task
-    from cnnkit.models import ARCHITECTURES, build_model
+    from cnnkit.models import build_model
     from cnnkit.registry import get_backend
     from cnnkit.training import fit
 
@@ -182,38 +236,5 @@ def run(args: argparse.Namespace) -> int:
         progress=args.progress,
         on_epoch=lambda e, h: print(epoch_line(e, epochs, h), flush=True),
     )
-    wall = time.perf_counter() - start
-    final = history.test_acc[-1]
-    print(f"final test accuracy: {100 * final:.2f}% on {len(split.y_test)} held-out examples ({wall:.1f}s)")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"arch": arch_name, "task": args.task, "input_shape": list(ARCHITECTURES[arch_name].input_shape)}
-    io.save(model, out / "model.npz", metadata=meta)
-    record = {
-        "arch": arch_name,
-        "task": args.task,
-        "backend": be.name,
-        "backend_options": {k: str(v) for k, v in be.options.items()},
-        "epochs": epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "lr_schedule": args.lr_schedule,
-        "momentum": args.momentum,
-        "weight_decay": args.weight_decay,
-        "seed": args.seed,
-        "nproc": 1,
-        "final_test_acc": final,
-        "wall_seconds": wall,
-        "history": history.as_dict(),
-    }
-    (out / "history.json").write_text(json.dumps(record, indent=2) + "\n")
-    written = [str(out / "model.npz"), str(out / "history.json")]
-    if not args.no_plot:
-        note = plot_filters(model, split.X_test[0], out / "filters.png")
-        if note:
-            print(f"note: {note}")
-        else:
-            written.append(str(out / "filters.png"))
-    print("wrote " + ", ".join(written))
-    sys.stdout.flush()
+    finish(args, model, split, arch_name, be, epochs, history, time.perf_counter() - start)
     return 0
