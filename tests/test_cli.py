@@ -8,28 +8,17 @@ import sys
 
 import numpy as np
 import pytest
+from cnnkit_numpy.backend import NumpyBackend
 
 import cnnkit
 from cnnkit import cli
-from cnnkit.backend import Backend, BackendInfo
+from cnnkit.backend import BackendInfo
 from cnnkit.cli import plugins as plugins_cmd
 from cnnkit.hookspecs import hookimpl
 from cnnkit.registry import Kernel
 
 
-class HostBackend(Backend):
-    def is_native(self, x):
-        return isinstance(x, np.ndarray)
-
-    def asarray(self, x, dtype=None):
-        return np.asarray(x, dtype=dtype)
-
-    def to_numpy(self, x):
-        return np.asarray(x)
-
-    def dtype_name(self, x):
-        return x.dtype.name
-
+class HostBackend(NumpyBackend):
     def devices(self):
         return ["cpu", "abacus:0"]
 

@@ -14,19 +14,7 @@ from cnnkit.layers import Conv1d, Flatten, GlobalAvgPool, LeakyReLU, Linear, Seq
 from cnnkit.models import build_model
 from cnnkit.training import fit, predict
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread is fastest, and spinning threads starve a shared machine."""
-    try:
-        import torch
-    except ImportError:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cnnkit_numpy.backend import NumpyBackend
 
 import cnnkit
 from cnnkit import registry as registry_mod
-from cnnkit.backend import Backend, BackendInfo
+from cnnkit.backend import BackendInfo
 from cnnkit.errors import (
     BackendNotFoundError,
     BackendUnavailableError,
@@ -30,20 +31,8 @@ from cnnkit.ops import ActivationSpec
 from cnnkit.registry import Kernel, Registry
 
 
-class ListBackend(Backend):
+class ListBackend(NumpyBackend):
     """A throwaway backend whose arrays are NumPy arrays."""
-
-    def is_native(self, x):
-        return isinstance(x, np.ndarray)
-
-    def asarray(self, x, dtype=None):
-        return np.asarray(x, dtype=dtype)
-
-    def to_numpy(self, x):
-        return np.asarray(x)
-
-    def dtype_name(self, x):
-        return x.dtype.name
 
 
 def _marker_kernel(value):
