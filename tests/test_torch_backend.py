@@ -222,6 +222,52 @@ def test_conv_random_configs_match_native_autograd(device, dtype):
             close(a, e, dtype)
 
 
+def random_route_case(rng, route):
+    """A random geometry with the channels (and strides) that send Conv.backward down ``route``."""
+    c = random_conv_case(rng)
+    n, d = c["x_shape"][0], c["d"]
+    if route == "im2col":  # few input channels, many filters
+        cin, k = int(rng.integers(1, 5)), int(rng.integers(16, 19))
+    else:  # many input channels: gemm at stride 1, strided columns otherwise
+        cin, k = int(rng.integers(8, 11)), int(rng.integers(1, 4))
+        if route == "gemm":
+            c["stride"] = [1] * d
+        elif all(s == 1 for s in c["stride"]):
+            c["stride"][int(rng.integers(0, d))] = 2
+    c.update(x_shape=(n, cin, *c["x_shape"][2:]), w_shape=(k, cin, *c["w_shape"][2:]), groups=1)
+    return c
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("route", ["im2col", "gemm", "columns"])
+def test_conv_fast_routes_on_random_configs_match_native_autograd(route, dtype, device, monkeypatch):
+    """The routes Conv.backward takes for many filters or many channels, on random geometry."""
+    rng = np.random.default_rng({"im2col": 21, "gemm": 22, "columns": 23}[route])
+    name = {"im2col": "_conv_grads_im2col", "gemm": "_conv_weight_grad_gemm"}.get(
+        route, "_conv_weight_grad_columns"
+    )
+    taken = []
+    real = getattr(ops, name)
+    monkeypatch.setattr(ops, name, lambda *a, **k: taken.append(1) or real(*a, **k))
+    for case in range(12):
+        c = random_route_case(rng, route)
+        g = torch.Generator().manual_seed(100 + case)
+        x = torch.randn(c["x_shape"], generator=g, dtype=dtype).to(device)
+        w = torch.randn(c["w_shape"], generator=g, dtype=dtype).to(device)
+        b = torch.randn(c["w_shape"][0], generator=g, dtype=dtype).to(device) if c["bias"] else None
+        attrs = dict(stride=c["stride"], padding=c["padding"], dilation=c["dilation"], flip=c["flip"])
+        ours = [leaf(x), leaf(w), None if b is None else leaf(b)]
+        y = getattr(cf, f"conv{c['d']}d")(*ours, **attrs, backend="torch")
+        pads = resolve_padding(c["padding"], c["w_shape"][2:], c["stride"], c["dilation"], c["x_shape"][2:])
+        theirs = [leaf(x), leaf(w), None if b is None else leaf(b)]
+        y_ref = conv_reference(*theirs, c["stride"], pads, c["dilation"], 1, c["flip"])
+        close(y, y_ref, dtype)
+        for a, e in zip(grads(y, ours), grads(y_ref, theirs)):
+            close(a, e, dtype)
+        assert len(taken) == case + 1, (route, c)
+
+
 def random_pool_case(rng, kind):
     d = int(rng.integers(1, 4))
     kernel = [int(rng.integers(1, 4)) for _ in range(d)]
@@ -239,6 +285,11 @@ def random_pool_case(rng, kind):
         dilation=dilation,
         ceil_mode=bool(rng.integers(0, 2)),
     )
+    for n, f, s, (lo, hi), dl in zip(size, kernel, stride, padding, dilation):
+        o = pool_output_size(n, f, s, (lo, hi), dl, attrs["ceil_mode"])
+        taps = np.arange(o)[:, None] * s - lo + dl * np.arange(f)[None, :]
+        if not ((taps >= 0) & (taps < n)).any(1).all():  # a window of padding only: the core refuses it
+            return random_pool_case(rng, kind)
     extra = None
     if kind == "avg":
         extra = bool(rng.integers(0, 2))
@@ -413,7 +464,62 @@ GRADCHECKS = {
         lambda x: cf.cross_entropy(x, torch.tensor([1, 0]), "none", backend="torch"),
         [(2, 3)],
     ),
+    # every route of Conv.backward (see _CONV_ROUTES), and the stride-1 input gradient
+    "conv2d_im2col_route": (
+        lambda x, w, b: cf.conv2d(x, w, b, (1, 2), ((1, 0), (0, 2)), (2, 1), flip=True, backend="torch"),
+        [(2, 2, 6, 5), (16, 2, 2, 2), (16,)],
+    ),
+    "conv2d_gemm_route": (
+        lambda x, w, b: cf.conv2d(x, w, b, 1, ((0, 1), (2, 1)), (1, 2), flip=True, backend="torch"),
+        [(2, 8, 5, 6), (2, 8, 2, 3), (2,)],
+    ),
+    "conv2d_columns_route": (
+        lambda x, w: cf.conv2d(x, w, None, (2, 3), 1, (2, 1), backend="torch"),
+        [(1, 8, 7, 7), (3, 8, 2, 2)],
+    ),
+    "conv2d_depthwise_stride1": (
+        lambda x, w, b: cf.conv2d(x, w, b, 1, "same", 1, 3, backend="torch"),
+        [(2, 3, 5, 5), (6, 1, 3, 2), (6,)],
+    ),
+    "conv3d_stride1_flip_dilation": (
+        lambda x, w, b: cf.conv3d(x, w, b, 1, (1, 0, 1), (1, 2, 1), 1, True, backend="torch"),
+        [(1, 2, 4, 5, 3), (2, 2, 2, 2, 2), (2,)],
+    ),
+    "max_pool2d_torch_route": (
+        lambda x: cf.max_pool2d(x, 3, 2, 1, 1, True, backend="torch"),
+        [(1, 2, 6, 7)],
+    ),
+    "avg_pool2d_count_include_pad": (
+        lambda x: cf.avg_pool2d(x, 3, 2, ((1, 1), (0, 1)), (1, 2), True, True, backend="torch"),
+        [(1, 2, 6, 7)],
+    ),
+    "avg_pool1d_torch_route": (
+        lambda x: cf.avg_pool1d(x, 3, 2, 1, 1, True, True, backend="torch"),
+        [(2, 1, 8)],
+    ),
+    "lp_pool3d_p1": (lambda x: cf.lp_pool3d(x, 1.0, 2, 1, backend="torch"), [(1, 1, 3, 3, 3)]),
+    "lp_pool2d_p2_ceil": (
+        lambda x: cf.lp_pool2d(x, 2.0, 2, 2, 0, 1, True, backend="torch"),
+        [(1, 2, 5, 5)],
+    ),
+    "global_max_pool": (lambda x: cf.global_max_pool(x, backend="torch"), [(2, 3, 3, 4)]),
+    "global_avg_pool": (lambda x: cf.global_avg_pool(x, backend="torch"), [(2, 3, 5)]),
+    "global_lp_pool": (lambda x: cf.global_lp_pool(x, 3.0, backend="torch"), [(1, 2, 2, 2, 3)]),
+    "cross_entropy_sum": (
+        lambda x: cf.cross_entropy(x, torch.tensor([2, 0, 2]), "sum", backend="torch"),
+        [(3, 4)],
+    ),
 }
+
+#: Conv.backward's routes by shape (the fast ones are chosen by measurement): each must be run
+#: by some GRADCHECKS entry, so gradcheck and the no-aten-backward test see every one of them.
+_CONV_ROUTES = (
+    "_conv_grads_im2col",
+    "_conv_weight_grad_gemm",
+    "_conv_weight_grad_columns",
+    "_conv_weight_grad_conv",
+    "_conv_input_grad",
+)
 
 
 @pytest.mark.parametrize("name", list(GRADCHECKS))
@@ -486,6 +592,101 @@ def test_backward_calls_no_aten_backward_op(name):
     with _OpLog() as log:
         torch.autograd.grad(y, inputs, torch.ones_like(y))
     assert log.names and not [n for n in log.names if "backward" in n], log.names
+
+
+def test_gradchecks_cover_every_conv_route_and_every_op(monkeypatch):
+    hits = dict.fromkeys(_CONV_ROUTES, 0)
+
+    def spy(name):
+        real = getattr(ops, name)
+
+        def counted(*args, **kwargs):
+            hits[name] += 1
+            return real(*args, **kwargs)
+
+        return counted
+
+    for name in _CONV_ROUTES:
+        monkeypatch.setattr(ops, name, spy(name))
+    for fn, shapes in GRADCHECKS.values():
+        inputs = [_g(*s, seed=i) for i, s in enumerate(shapes)]
+        y = fn(*inputs)
+        torch.autograd.grad(y, inputs, torch.ones_like(y))
+    assert all(hits.values()), hits
+    assert {op for op in ops.KERNELS if any(key.startswith(op) for key in GRADCHECKS)} == set(ops.KERNELS)
+
+
+@pytest.mark.parametrize("name", ["conv2d", "relu", "max_pool2d", "lp_pool2d", "linear", "cross_entropy"])
+def test_double_backward_raises_a_clear_error(name):
+    """once_differentiable: a gradient built with create_graph=True cannot be differentiated again,
+    and says so, even when the incoming gradient itself needs no gradient."""
+    fn, shapes = GRADCHECKS[name]
+    inputs = [_g(*s, seed=i) for i, s in enumerate(shapes)]
+    (dx,) = torch.autograd.grad(fn(*inputs).sum(), inputs[0], create_graph=True)
+    assert dx.requires_grad
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        dx.pow(2).sum().backward()
+
+
+class _Readers(TorchDispatchMode):
+    """Records which of ``watched`` (by storage) every aten op reads."""
+
+    def __init__(self, **watched):
+        super().__init__()
+        self.ptrs = {name: t.untyped_storage().data_ptr() for name, t in watched.items()}
+        self.read = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        for a in itertools.chain(args, (kwargs or {}).values()):
+            for t in a if isinstance(a, (list, tuple)) else [a]:
+                if isinstance(t, torch.Tensor) and func is not torch.ops.aten.detach.default:
+                    ptr = t.untyped_storage().data_ptr()
+                    self.read |= {name for name, p in self.ptrs.items() if p == ptr}
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "stride", "groups"),
+    [
+        ((2, 3, 6, 6), (16, 3, 3, 3), 1, 1),  # im2col route
+        ((2, 8, 6, 6), (4, 8, 3, 3), 1, 1),  # gemm route
+        ((2, 8, 6, 6), (4, 8, 3, 3), 2, 1),  # strided columns route
+        ((2, 4, 6, 6), (4, 2, 3, 3), 2, 2),  # conv route
+    ],
+    ids=["im2col", "gemm", "columns", "groups"],
+)
+def test_backward_reads_only_what_the_asked_gradient_needs(x_shape, w_shape, stride, groups, flip):
+    """needs_input_grad: dE/dx needs W, not y; dE/dW needs y, not W; dE/db needs neither."""
+    for need, may_read in [("x", {"w"}), ("w", {"x"}), ("b", set())]:
+        x, w, b = torch.randn(x_shape), torch.randn(w_shape), torch.randn(w_shape[0])
+        named = dict(x=x, w=w, b=b)
+        named[need].requires_grad_(True)
+        y = cf.conv2d(x, w, b, stride, 1, 1, groups, flip, backend="torch")
+        with _Readers(x=x, w=w) as log:
+            (g,) = torch.autograd.grad(y, named[need], torch.ones_like(y))
+        assert g.shape == named[need].shape
+        assert log.read <= may_read, (need, log.read)
+
+
+@pytest.mark.parametrize("name", list(GRADCHECKS))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_every_op_runs_in_half_precision_on_cpu(name, dtype):
+    """Forward and backward in float16/bfloat16 agree loosely with float32; gradients keep the dtype."""
+    fn, shapes = GRADCHECKS[name]
+    base = [torch.randn(s, generator=torch.Generator().manual_seed(i)) for i, s in enumerate(shapes)]
+    low = [t.to(dtype).requires_grad_(True) for t in base]
+    ref = [t.to(dtype).float().requires_grad_(True) for t in base]
+    y, y_ref = fn(*low), fn(*ref)
+    assert y.dtype == dtype and y_ref.dtype == torch.float32
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(9))
+    grads_low = torch.autograd.grad(y, low, g.to(dtype))
+    grads_ref = torch.autograd.grad(y_ref, ref, g)
+    tol = dict(rtol=0.05, atol=0.05) if dtype == torch.bfloat16 else dict(rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(y.float(), y_ref, **tol)
+    for a, e in zip(grads_low, grads_ref):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.float(), e, **tol)
 
 
 @pytest.mark.parametrize("device", DEVICES)

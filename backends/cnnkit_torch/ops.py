@@ -25,6 +25,7 @@ no ``.cpu()``, no NumPy.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch._C import _functions as _autograd_functions
 from torch.autograd.function import Function, once_differentiable
 
 from cnnkit.geometry import pool_padding
@@ -98,13 +100,18 @@ def _ones_kernel(x: torch.Tensor, kernel: Sequence[int]) -> torch.Tensor:
     return x.new_ones((1, 1, *kernel))
 
 
+def _avg_pool_runs(x: torch.Tensor) -> bool:
+    """torch's CPU ``avg_pool3d`` has no float16/bfloat16 kernel; a conv with ones does."""
+    return not (x.dim() == 5 and x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16))
+
+
 def _window_sum(
     x_pad: torch.Tensor, kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int]
 ) -> torch.Tensor:
     """``s[i] = Σ_m x_pad[S·i + D·m]`` per channel: the sum of each (already padded) window."""
     n, c, *size = x_pad.shape
     d = len(kernel)
-    if all(v == 1 for v in dilation):
+    if all(v == 1 for v in dilation) and _avg_pool_runs(x_pad):
         if d == 1:
             return F.avg_pool2d(
                 x_pad.unsqueeze(2), (1, kernel[0]), (1, stride[0]), divisor_override=1
@@ -167,6 +174,42 @@ def _window_count(
         count = c if count is None else count * c
     assert count is not None
     return count
+
+
+# -- once differentiable, and saying so ----------------------------------------------------------
+
+
+def _first_order_only(fn: Any) -> Any:
+    """``once_differentiable``, and a clear error on every double backward.
+
+    torch's decorator runs ``backward`` without building a graph but attaches the node that
+    raises "trying to differentiate twice" only when the incoming gradient itself requires
+    grad. With ``create_graph=True`` and a plain incoming gradient (``grad(loss, x,
+    create_graph=True)``, a gradient penalty) the gradients came back as constants, so a second
+    differentiation failed with an unrelated message or silently dropped this op's part. Here
+    the error node is attached whenever ``backward`` runs with ``create_graph=True``.
+    """
+    inner = once_differentiable(fn)
+    message = (
+        f"cnnkit_torch.ops.{fn.__qualname__}: trying to differentiate twice a function that was "
+        "marked with @once_differentiable (cnnkit's hand-derived gradients are first order only)"
+    ).encode()
+
+    @functools.wraps(fn)
+    def backward(ctx: Any, *grad_outputs: Any) -> Any:
+        grads = inner(ctx, *grad_outputs)
+        if not torch.is_grad_enabled():  # no create_graph: nothing will differentiate these
+            return grads
+        many = isinstance(grads, tuple)
+        grads_ = grads if many else (grads,)
+        if any(isinstance(g, torch.Tensor) and g.requires_grad for g in grads_):
+            return grads  # torch's decorator attached the error node already
+        fake = [g.detach().requires_grad_(True) if isinstance(g, torch.Tensor) else g for g in grads_]
+        out = _autograd_functions.DelayedError(message, len(fake))(*fake)
+        out = out if isinstance(out, tuple) else (out,)
+        return out if many else out[0]
+
+    return backward
 
 
 # -- the plain context used by cnnkit.vjp ------------------------------------------------------
@@ -376,10 +419,11 @@ def _conv_grads_im2col(
     k, kernel = w.shape[0], w.shape[2:]
     out = dy.shape[2:]
     delta = dy.reshape(n, k, -1)  # (N, K, ΠO)
-    x_pad = _pad(x, pads).contiguous()
-    row = x_pad.stride()[2:]
+    full = [p + lo + hi for p, (lo, hi) in zip(size, pads)]
     dx = dw = None
     if need_w:
+        x_pad = _pad(x, pads).contiguous()
+        row = x_pad.stride()[2:]
         win = x_pad.as_strided(
             (n, c, *kernel, *out),
             (
@@ -393,7 +437,7 @@ def _conv_grads_im2col(
     if need_x:
         w_t = w.reshape(k, -1).t().expand(n, -1, -1)  # (N, C·ΠF, K)
         dcol = torch.bmm(w_t, delta).view(n, c, -1, *out)  # (N, C, ΠF, *O)
-        dx_pad = torch.zeros_like(x_pad)
+        dx_pad = dy.new_zeros((n, c, *full))
         for j, m in enumerate(itertools.product(*(range(f) for f in kernel))):
             taps = (
                 slice(dl * mm, dl * mm + s * (o - 1) + 1, s) for mm, s, dl, o in zip(m, stride, dilation, out)
@@ -424,16 +468,16 @@ class Conv(Function):
         ctx.attrs = (stride, padding, dilation, groups, flip)
 
     @staticmethod
-    @once_differentiable
+    @_first_order_only
     def backward(ctx, dy):
         # dE/dW = y ⋆ δ (δ stride-dilated);  δ_prev = δ ⋆_full rot180(W);  dE/db = Σ_ij δ
         x, w = ctx.saved_tensors
         stride, padding, dilation, groups, flip = ctx.attrs
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         spatial = _spatial(w)
-        w_used = w.flip(spatial) if flip else w
+        w_used = w.flip(spatial) if flip and need_x else w  # rot180(W) is read by δ_prev only
         dx = dw = db = None
-        if groups == 1 and x.shape[1] <= 4 and w.shape[0] >= 16:
+        if groups == 1 and x.shape[1] <= 4 and w.shape[0] >= 16 and (need_x or need_w):
             dx, dw = _conv_grads_im2col(x, w_used, dy, stride, padding, dilation, need_x, need_w)
         else:
             if need_x:
@@ -498,7 +542,7 @@ class MaxPool(Function):
         ctx.pads = None if fits else _read_padding(x, kernel_size, stride, padding, dilation, ceil_mode)
 
     @staticmethod
-    @once_differentiable
+    @_first_order_only
     def backward(ctx, dy, _didx):
         # δ_prev[winner(i)] += δ[i]; every unit that did not win gets 0
         (idx,) = ctx.saved_tensors
@@ -517,7 +561,7 @@ class MaxPool(Function):
 
 def _avg_pool_forward(x, kernel, stride, padding, dilation, ceil_mode, count_include_pad):
     d = x.dim() - 2
-    if _torch_pool_fits(x, kernel, padding, dilation):
+    if _torch_pool_fits(x, kernel, padding, dilation) and _avg_pool_runs(x):
         return _AVG_POOL[d](x, kernel, stride, [lo for lo, _ in padding], ceil_mode, count_include_pad)
     pads = _read_padding(x, kernel, stride, padding, dilation, ceil_mode)
     s = _window_sum(_pad(x, pads), kernel, stride, dilation)
@@ -539,7 +583,7 @@ class AvgPool(Function):
         ctx.attrs = attrs
 
     @staticmethod
-    @once_differentiable
+    @_first_order_only
     def backward(ctx, dy):
         # δ_prev[u] = Σ_{windows i ∋ u} δ[i] / |window_i|
         if not ctx.needs_input_grad[0]:
@@ -577,7 +621,7 @@ class LpPool(Function):
         ctx.attrs = attrs
 
     @staticmethod
-    @once_differentiable
+    @_first_order_only
     def backward(ctx, dy):
         # δ_prev[u] = Σ_{windows i ∋ u} δ[i] · a[i]^(1-p) · |y[u]|^(p-1) · sign(y[u])  (0 where a[i] = 0)
         if not ctx.needs_input_grad[0]:
@@ -612,7 +656,7 @@ class ReLU(Function):
         ctx.save_for_backward(output)
 
     @staticmethod
-    @once_differentiable
+    @_first_order_only
     def backward(ctx, dy):
         # δ_prev = f'(a) ⊙ δ,  f'(a) = 1 where a > 0, else 0
         (y,) = ctx.saved_tensors
@@ -633,7 +677,7 @@ class LeakyReLU(Function):
         ctx.negative_slope = negative_slope
 
     @staticmethod
-    @once_differentiable
+    @_first_order_only
     def backward(ctx, dy):
         # δ_prev = f'(a) ⊙ δ,  f'(a) = 1 where a > 0, else negative_slope
         (x,) = ctx.saved_tensors
@@ -654,7 +698,7 @@ class Sigmoid(Function):
         ctx.save_for_backward(output)
 
     @staticmethod
-    @once_differentiable
+    @_first_order_only
     def backward(ctx, dy):
         # δ_prev = f'(a) ⊙ δ,  f'(a) = σ(a)(1 - σ(a))
         (y,) = ctx.saved_tensors
@@ -673,7 +717,7 @@ class Tanh(Function):
         ctx.save_for_backward(output)
 
     @staticmethod
-    @once_differentiable
+    @_first_order_only
     def backward(ctx, dy):
         # δ_prev = f'(a) ⊙ δ,  f'(a) = 1 - tanh(a)^2
         (y,) = ctx.saved_tensors
@@ -697,7 +741,7 @@ class Flatten(Function):
         ctx.x_shape = inputs[0].shape
 
     @staticmethod
-    @once_differentiable
+    @_first_order_only
     def backward(ctx, dy):
         # δ_prev = δ reshaped back to the input's shape
         return (dy.reshape(ctx.x_shape) if ctx.needs_input_grad[0] else None), None, None
@@ -716,7 +760,7 @@ class Linear(Function):
         ctx.save_for_backward(x, w)
 
     @staticmethod
-    @once_differentiable
+    @_first_order_only
     def backward(ctx, dy):
         # δ_prev = δ W;  dE/dW = δᵀ y;  dE/db = Σ_n δ
         x, w = ctx.saved_tensors
@@ -746,7 +790,7 @@ class CrossEntropy(Function):
         ctx.reduction = reduction
 
     @staticmethod
-    @once_differentiable
+    @_first_order_only
     def backward(ctx, dy):
         # δ_prev = (softmax(a) - onehot(t)) · δ   (÷ N for the mean)
         if not ctx.needs_input_grad[0]:
