@@ -41,8 +41,10 @@ def _convert(backend: Backend, spec: OpSpec, name: str, x: Any) -> Any:
     if x is None or backend.is_native(x):
         return x
     if isinstance(x, (list, tuple, numbers.Number)):
-        if name in spec.integer_inputs:
-            x = np.asarray(x, dtype=np.int64)
+        if name in spec.integer_inputs:  # class indices: ints stay int64, [0, 1.5] stays float and fails
+            x = np.asarray(x)
+            if x.size == 0 or x.dtype.kind in "iu":
+                x = x.astype(np.int64)
         else:
             x = np.asarray(x, dtype=backend.options.get("dtype") or np.float64)
     return backend.asarray(x)

@@ -21,7 +21,7 @@ Example:
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,10 +44,27 @@ def effective_kernel(kernel_size: int, dilation: int = 1) -> int:
 
 
 def _pair(padding: int | Sequence[int]) -> PadPair:
-    if isinstance(padding, int):
-        return padding, padding
-    before, after = padding
-    return int(before), int(after)
+    if _is_int(padding):
+        before = after = padding
+    elif isinstance(padding, Sequence) and len(padding) == 2 and all(_is_int(v) for v in padding):
+        before, after = padding
+    else:
+        raise TypeError(f"padding must be an int or a (before, after) pair of ints, got {padding!r}")
+    return _nonneg(before, "padding", ""), _nonneg(after, "padding", "")
+
+
+def _check_axis(input_size: Any, kernel_size: Any, stride: Any, dilation: Any) -> None:
+    """Sizes of one axis: ints with ``N >= 0`` and ``F, S, D >= 1`` (a clear error, not ZeroDivisionError)."""
+    for name, v, low in (
+        ("input_size", input_size, 0),
+        ("kernel_size", kernel_size, 1),
+        ("stride", stride, 1),
+        ("dilation", dilation, 1),
+    ):
+        if not _is_int(v):
+            raise TypeError(f"{name} must be an int, got {v!r} ({type(v).__name__})")
+        if v < low:
+            raise ValueError(f"{name} must be >= {low}, got {v}")
 
 
 def conv_output_size(
@@ -80,6 +97,7 @@ def conv_output_size(
         >>> [conv_output_size(7, 3, stride=s) for s in (1, 2)]
         [5, 3]
     """
+    _check_axis(input_size, kernel_size, stride, dilation)
     before, after = _pair(padding)
     span = input_size + before + after - effective_kernel(kernel_size, dilation)
     if span < 0:
@@ -115,6 +133,7 @@ def pool_output_size(
         >>> pool_output_size(5, 2, 2), pool_output_size(5, 2, 2, ceil_mode=True)
         (2, 3)
     """
+    _check_axis(input_size, kernel_size, stride, dilation)
     before, after = _pair(padding)
     span = input_size + before + after - effective_kernel(kernel_size, dilation)
     if span < 0:
@@ -178,6 +197,7 @@ def resolve_padding(
         if mode == "same":
             pads = []
             for n, f, s, d in zip(input_size, kernel_size, stride, dilation):
+                _check_axis(n, f, s, d)
                 out = -(-n // s)
                 total = max((out - 1) * s + effective_kernel(f, d) - n, 0)
                 pads.append((total // 2, total - total // 2))
@@ -185,7 +205,7 @@ def resolve_padding(
         raise ValueError(f"{prefix}{name} must be an int, a tuple, 'valid' or 'same', got {padding!r}")
     if _is_int(padding):
         return ((_nonneg(padding, name, prefix),) * 2,) * dims
-    if isinstance(padding, Iterable):
+    if isinstance(padding, Iterable) and not isinstance(padding, (Mapping, Set)):
         items = list(padding)
         if len(items) != dims:
             raise ValueError(

@@ -37,6 +37,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+
 from cnnkit import geometry
 from cnnkit.hookspecs import hookimpl
 
@@ -101,6 +103,8 @@ def as_int_tuple(value: Any, n: int, name: str, where: str, *, minimum: int = 1)
 
 
 def _as_bool(value: Any, name: str, where: str) -> bool:
+    if isinstance(value, np.bool_):  # np.True_, e.g. read from a saved config
+        return bool(value)
     if not isinstance(value, bool):
         raise TypeError(f"{where}: {name} must be True or False, got {value!r}")
     return value
@@ -223,9 +227,20 @@ def _spatial_dims(where: str, attrs: dict[str, Any], info: TensorInfo) -> int:
     dims = attrs.pop("dims", None)
     if dims is None:
         dims = info.ndim - 2
-        if dims < 1:
-            raise ValueError(f"{where}: input must be batched (N, C, *spatial), got shape {info.shape}")
+        if not 1 <= dims <= 3:
+            raise ValueError(
+                f"{where}: input must be batched (N, C, *spatial) with 1 to 3 spatial axes, "
+                f"got shape {info.shape}"
+            )
     return dims
+
+
+def _check_spatial_nonempty(where: str, info: TensorInfo) -> None:
+    """A spatial axis of length 0 has no units to slide a window over (padding alone is not an input)."""
+    if 0 in info.shape[2:]:
+        raise ValueError(
+            f"{where}: input must have at least 1 unit along every spatial axis, got shape {info.shape}"
+        )
 
 
 class ConvSpec(OpSpec):
@@ -254,6 +269,7 @@ class ConvSpec(OpSpec):
         layout = "(N, C, " + ", ".join("DHW"[3 - dims :]) + ")"
         _check_ndim(where, "input", x, dims + 2, layout)
         _check_ndim(where, "weight", w, dims + 2, "(K, C/groups, " + ", ".join("DHW"[3 - dims :]) + ")")
+        _check_spatial_nonempty(where, x)
         stride = as_int_tuple(attrs["stride"], dims, "stride", where)
         dilation = as_int_tuple(attrs["dilation"], dims, "dilation", where)
         groups = attrs["groups"]
@@ -265,6 +281,8 @@ class ConvSpec(OpSpec):
         _n, c = x.shape[:2]
         k, cg = w.shape[:2]
         kernel = w.shape[2:]
+        if k < 1:
+            raise ValueError(f"{where}: weight must have at least 1 filter, got weight {w.shape}")
         if c % groups:
             raise ValueError(
                 f"{where}: groups={groups} does not divide the {c} input channels (input {x.shape})"
@@ -327,6 +345,7 @@ class PoolSpec(OpSpec):
         (x,) = infos
         dims = _spatial_dims(where, attrs, x)
         _check_ndim(where, "input", x, dims + 2, "(N, C, " + ", ".join("DHW"[3 - dims :]) + ")")
+        _check_spatial_nonempty(where, x)
         kernel = as_int_tuple(attrs["kernel_size"], dims, "kernel_size", where)
         stride = kernel if attrs["stride"] is None else as_int_tuple(attrs["stride"], dims, "stride", where)
         dilation = as_int_tuple(attrs["dilation"], dims, "dilation", where)
@@ -346,12 +365,24 @@ class PoolSpec(OpSpec):
                     f"{where}: kernel_size (extent {ext}) is larger than the padded input along "
                     f"spatial axis {axis} ({size} + padding {p}) (input {x.shape})"
                 )
+        ceil_mode = _as_bool(attrs["ceil_mode"], "ceil_mode", where)
+        for axis, (size, f, s, p, d) in enumerate(zip(x.shape[2:], kernel, stride, padding, dilation)):
+            # with dilation the taps can step over the whole input: then a window reads padding only
+            o = geometry.pool_output_size(size, f, s, p, d, ceil_mode)
+            first = s * np.arange(o)[:, None] + d * np.arange(f)[None, :] - p[0]  # input index of each tap
+            empty = ~((first >= 0) & (first < size)).any(axis=1)
+            if empty.any():
+                raise ValueError(
+                    f"{where}: window {int(np.argmax(empty))} along spatial axis {axis} reads only padding "
+                    f"(kernel_size {f}, stride {s}, padding {p}, dilation {d}, input length {size}); "
+                    f"every window must hold an input unit: use less padding or dilation"
+                )
         out = {
             "kernel_size": kernel,
             "stride": stride,
             "padding": padding,
             "dilation": dilation,
-            "ceil_mode": _as_bool(attrs["ceil_mode"], "ceil_mode", where),
+            "ceil_mode": ceil_mode,
         }
         if "count_include_pad" in attrs:
             out["count_include_pad"] = _as_bool(attrs["count_include_pad"], "count_include_pad", where)

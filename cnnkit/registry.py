@@ -285,9 +285,14 @@ class Registry:
         Raises:
             BackendNotFoundError: no such backend; the message lists those that exist.
             BackendUnavailableError: its dependencies are missing; the message says what to install.
-            TypeError: an option the backend does not take.
+            TypeError: ``name`` is not a str, or an option the backend does not take.
         """
         infos = self.backend_infos()
+        if not isinstance(name, str):
+            raise TypeError(
+                f"backend must be a backend name (str) or a cnnkit Backend, got {name!r} "
+                f"({type(name).__name__}); installed backends: {', '.join(sorted(infos)) or 'none'}"
+            )
         if name not in infos:
             raise BackendNotFoundError(
                 f"unknown backend {name!r}; installed backends: {', '.join(sorted(infos)) or 'none'}"
@@ -452,9 +457,17 @@ def get_backend(backend: str | Backend | None = None, **options: Any) -> Backend
     if backend is not None:
         return get_registry().backend(backend, **options)
     choice = _CONTEXT_CHOICE.get() or _GLOBAL_CHOICE
-    if choice is None:
-        choice = (os.environ.get("CNNKIT_BACKEND") or DEFAULT_BACKEND, {})
-    return get_registry().backend(choice[0], **choice[1])
+    if choice is not None:
+        return get_registry().backend(choice[0], **choice[1])
+    name = os.environ.get("CNNKIT_BACKEND") or DEFAULT_BACKEND
+    try:
+        return get_registry().backend(name)
+    except BackendNotFoundError as exc:
+        if "CNNKIT_BACKEND" not in os.environ:
+            raise
+        raise BackendNotFoundError(
+            f"{exc} (the name comes from the CNNKIT_BACKEND environment variable)"
+        ) from exc
 
 
 def list_backends() -> list[str]:

@@ -179,6 +179,59 @@ def test_channel_mismatch_with_groups():
             TypeError,
             "max_pool: missing required attribute(s) ['kernel_size']",
         ),
+        # found in review: each of these crashed inside NumPy or was silently accepted
+        (
+            lambda: F.conv2d(x4, np.zeros((0, 3, 3, 3))),
+            ValueError,
+            "conv2d: weight must have at least 1 filter, got weight (0, 3, 3, 3)",
+        ),
+        (
+            lambda: F.conv2d(np.zeros((2, 3, 0, 8)), w4, padding=2),
+            ValueError,
+            "conv2d: input must have at least 1 unit along every spatial axis, got shape (2, 3, 0, 8)",
+        ),
+        (
+            lambda: F.avg_pool1d(np.zeros((1, 1, 0)), 1, padding=0),
+            ValueError,
+            "avg_pool1d: input must have at least 1 unit along every spatial axis",
+        ),
+        (
+            lambda: F.global_avg_pool(np.zeros((1, 1, 0))),
+            ValueError,
+            "global_avg_pool: input must have at least 1 unit along every spatial axis",
+        ),
+        (
+            lambda: F.global_max_pool(np.zeros((1, 1, 2, 2, 2, 2))),
+            ValueError,
+            "global_max_pool: input must be batched (N, C, *spatial) with 1 to 3 spatial axes, "
+            "got shape (1, 1, 2, 2, 2, 2)",
+        ),
+        (
+            lambda: F.max_pool1d(np.zeros((1, 1, 2)), 2, 1, 2, 4),
+            ValueError,
+            "max_pool1d: window 0 along spatial axis 0 reads only padding (kernel_size 2, stride 1, "
+            "padding (2, 2), dilation 4, input length 2)",
+        ),
+        (
+            lambda: F.avg_pool1d(np.zeros((1, 1, 2)), 2, 1, 1, 3, count_include_pad=False),
+            ValueError,
+            "avg_pool1d: window 0 along spatial axis 0 reads only padding",
+        ),
+        (
+            lambda: F.cross_entropy(np.zeros((3, 4)), [0, 1.5, 2]),
+            TypeError,
+            "cross_entropy: target must hold integers (class indices), got dtype float64",
+        ),
+        (
+            lambda: F.conv2d(x4, w4, padding={1: 2, 3: 4}),
+            TypeError,
+            "conv2d: padding must be an int, a tuple, 'valid' or 'same', got dict",
+        ),
+        (
+            lambda: F.relu(x4, backend=3),
+            TypeError,
+            "backend must be a backend name (str) or a cnnkit Backend, got 3 (int)",
+        ),
     ],
 )
 def test_bad_calls_raise_clear_errors(call, error, message):
@@ -228,3 +281,28 @@ def test_vjp_accepts_an_op_name():
     y, pullback = cnnkit.vjp("relu", np.array([-1.0, 2.0]))
     (dx,) = pullback(np.array([5.0, 7.0]))
     assert y.tolist() == [0.0, 2.0] and dx.tolist() == [0.0, 7.0]
+
+
+def test_class_indices_from_a_list_are_read_as_int64():
+    assert F.cross_entropy(np.zeros((3, 4)), [0, 1, 3]) == pytest.approx(np.log(4))
+    assert F.cross_entropy(np.zeros((0, 4)), [], reduction="sum") == 0
+
+
+def test_numpy_bools_are_accepted_as_flags():
+    x = np.arange(25.0).reshape(1, 1, 5, 5)
+    assert F.max_pool2d(x, 2, ceil_mode=np.True_).shape == (1, 1, 3, 3)
+    w = np.zeros((1, 1, 3, 3))
+    w[0, 0, 0, 0] = 1.0
+    assert F.conv2d(x, w, flip=np.True_)[0, 0].tolist() == F.conv2d(x, w[..., ::-1, ::-1])[0, 0].tolist()
+
+
+def test_a_bad_cnnkit_backend_variable_is_named(monkeypatch):
+    monkeypatch.setenv("CNNKIT_BACKEND", "jax")
+    with pytest.raises(cnnkit.BackendNotFoundError, match="from the CNNKIT_BACKEND environment variable"):
+        F.relu(np.zeros(3))
+
+
+def test_a_window_that_reaches_the_input_through_dilation_is_accepted():
+    # padding 1 before, taps at -1 and 2 (window 0) and at 0 and 3 (window 1): each holds one input unit
+    y = F.max_pool1d(np.array([[[1.0, 5.0, 3.0]]]), 2, 1, 1, 3)
+    assert y.tolist() == [[[3.0, 1.0]]]

@@ -1,8 +1,12 @@
 """cnnkit.geometry: the lecture's output-size table, padding forms, receptive fields."""
 
+import re
+
+import numpy as np
 import pytest
 
 from cnnkit import geometry
+from cnnkit.geometry import conv_output_size, pool_output_size, resolve_padding
 
 
 @pytest.mark.parametrize(("stride", "expected"), [(1, 5), (2, 3)])
@@ -113,3 +117,41 @@ def test_receptive_field_of_a_stack():
 def test_receptive_field_with_dilation():
     rfs = geometry.receptive_field([(3, 1, 0, 2), (3, 1, 0, 4)])
     assert [rf.size for rf in rfs] == [5, 13]
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: conv_output_size(7, 3, stride=0), ValueError, "stride must be >= 1, got 0"),
+        (lambda: pool_output_size(5, 2, 0), ValueError, "stride must be >= 1, got 0"),
+        (lambda: conv_output_size(7, 0), ValueError, "kernel_size must be >= 1, got 0"),
+        (lambda: conv_output_size(7, 3, dilation=0), ValueError, "dilation must be >= 1, got 0"),
+        (lambda: conv_output_size(-1, 3), ValueError, "input_size must be >= 0, got -1"),
+        (lambda: conv_output_size(7.5, 3), TypeError, "input_size must be an int, got 7.5 (float)"),
+        (lambda: conv_output_size(7, 3, stride=True), TypeError, "stride must be an int, got True (bool)"),
+        (lambda: conv_output_size(7, 3, padding=-1), ValueError, "padding must be >= 0, got -1"),
+        (
+            lambda: conv_output_size(7, 3, padding=(1, 2, 3)),
+            TypeError,
+            "padding must be an int or a (before, after) pair of ints, got (1, 2, 3)",
+        ),
+        (
+            lambda: resolve_padding("same", (3,), (0,), (1,), (5,)),
+            ValueError,
+            "stride must be >= 1, got 0",
+        ),
+        (
+            lambda: resolve_padding({1: 2}, (3,), (1,), (1,), (5,)),
+            TypeError,
+            "padding must be an int, a tuple, 'valid' or 'same', got dict",
+        ),
+    ],
+)
+def test_geometry_helpers_reject_bad_sizes_by_name(call, error, message):
+    # public helpers: a clear error, never a ZeroDivisionError or a silently wrong size
+    with pytest.raises(error, match=re.escape(message)):
+        call()
+
+
+def test_geometry_helpers_take_numpy_ints():
+    assert conv_output_size(np.int64(7), np.int32(3), np.int64(2), (np.int64(1), 1)) == 4
