@@ -262,6 +262,10 @@ def test_training_with_torch_optim_sgd_matches_native_torch_nn():
         (lambda: cnn.AvgPool3d((2, 2)), "kernel_size"),
         (lambda: cnn.Linear(0, 3), "in_features"),
         (lambda: cnn.CrossEntropyLoss("avg"), "reduction"),
+        (lambda: cnn.LPPool2d(0, 2), "norm_type"),
+        (lambda: cnn.LPPool1d(-1.5, 2), "norm_type"),
+        (lambda: cnn.LPPool3d(float("inf"), 2), "norm_type"),
+        (lambda: cnn.GlobalLPPool(0), "norm_type"),
     ],
 )
 def test_bad_constructor_arguments_raise_value_error_naming_them(make, match):
@@ -274,6 +278,17 @@ def test_bad_types_raise_type_error():
         cnn.Conv2d(3, 4, 2.5)
     with pytest.raises(TypeError, match="bias"):
         cnn.Conv2d(3, 4, 3, bias="yes")
+    for make, name in [
+        (lambda: cnn.LPPool2d("2", 2), "norm_type"),
+        (lambda: cnn.GlobalLPPool(None), "norm_type"),
+        (lambda: cnn.LeakyReLU("0.1"), "negative_slope"),
+        (lambda: cnn.Flatten(1.5), "start_dim"),
+        (lambda: cnn.Flatten(1, "-1"), "end_dim"),
+        (lambda: cnn.ReLU(inplace="no"), "inplace"),
+        (lambda: cnn.LeakyReLU(0.1, inplace=1), "inplace"),
+    ]:
+        with pytest.raises(TypeError, match=f"{name} must be"):
+            make()
 
 
 def test_bad_input_gets_the_cores_error():

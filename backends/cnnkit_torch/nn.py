@@ -31,6 +31,7 @@ weights; :func:`copy_to_cnnkit` writes trained weights back for
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -90,6 +91,26 @@ def _flag(value: Any, name: str, where: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{where}: {name} must be True or False, got {value!r}")
     return value
+
+
+def _number(value: Any, name: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{where}: {name} must be a number, got {value!r}")
+    return value
+
+
+def _norm_type(value: Any, where: str) -> float:
+    """``p`` of an Lp pool, checked when the module is built: a finite number > 0."""
+    p = _number(value, "norm_type", where)
+    if not (math.isfinite(p) and p > 0):
+        raise ValueError(f"{where}: norm_type must be a finite number > 0, got {value!r}")
+    return p
+
+
+def _dim(value: Any, name: str, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{where}: {name} must be an int, got {value!r}")
+    return int(value)
 
 
 # -- convolution -------------------------------------------------------------------------------
@@ -237,7 +258,7 @@ _POOL_DOC = """{d}-D {what} pooling as ``torch.nn.{cls}{d}d``, on cnnkit's ops: 
         ``O = floor((N + P_before + P_after - D*(F-1) - 1) / S) + 1`` (``ceil`` with ``ceil_mode``).
 
     Raises:
-        ValueError: sizes < 1, negative padding.
+        ValueError: sizes < 1, negative padding{raises_extra}.
         TypeError: non-integer sizes.
 
     Example:
@@ -375,7 +396,7 @@ class _LPPoolNd(_PoolNd):
         super().__init__()
         self._check(kernel_size, stride, padding, dilation, ceil_mode)
         self.stride = stride  # torch.nn.LPPool keeps None (the window's own size)
-        self.norm_type = norm_type
+        self.norm_type = _norm_type(norm_type, type(self).__name__)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         fn = (CF.lp_pool1d, CF.lp_pool2d, CF.lp_pool3d)[self.dims - 1]
@@ -431,6 +452,7 @@ _POOL_KINDS = {
         "Backward: ``dE/dx = δ · sign(x)|x|^(p-1) / y^(p-1)``.",
         extra="\n        norm_type: ``p`` > 0.",
         ex_args="2, ",
+        raises_extra=", a ``norm_type`` that is not a finite number > 0",
     ),
 }
 
@@ -440,7 +462,7 @@ for _d in (1, 2, 3):
         d=_d, axes=_AXES[_d], out_axes=_OUT_AXES[_d], kernel=", ".join(["F"] * _d), ex=_ex
     )
     for _kind, _info in _POOL_KINDS.items():
-        _info = {"extra": "", "more": "", "ex_args": "", **_info}
+        _info = {"extra": "", "more": "", "ex_args": "", "raises_extra": "", **_info}
         globals()[f"{_info['cls']}{_d}d"].__doc__ = _POOL_DOC.format(
             d=_d,
             what=_kind,
@@ -494,6 +516,10 @@ class GlobalLPPool(torch.nn.Module):
     Shape:
         input ``(N, C, *spatial)`` -> output ``(N, C, 1, ..., 1)``.
 
+    Raises:
+        ValueError: ``norm_type`` not a finite number > 0.
+        TypeError: ``norm_type`` not a number.
+
     Example:
         >>> import torch
         >>> GlobalLPPool(2)(torch.tensor([[[3.0, -4.0]]])).flatten().tolist()
@@ -502,7 +528,7 @@ class GlobalLPPool(torch.nn.Module):
 
     def __init__(self, norm_type: float) -> None:
         super().__init__()
-        self.norm_type = norm_type
+        self.norm_type = _norm_type(norm_type, "GlobalLPPool")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return CF.global_lp_pool(input, self.norm_type, backend=_BACKEND)
@@ -529,7 +555,7 @@ class ReLU(torch.nn.Module):
 
     def __init__(self, inplace: bool = False) -> None:
         super().__init__()
-        self.inplace = inplace
+        self.inplace = _flag(inplace, "inplace", "ReLU")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return CF.relu(input, backend=_BACKEND)
@@ -553,8 +579,8 @@ class LeakyReLU(torch.nn.Module):
 
     def __init__(self, negative_slope: float = 0.01, inplace: bool = False) -> None:
         super().__init__()
-        self.negative_slope = negative_slope
-        self.inplace = inplace
+        self.negative_slope = _number(negative_slope, "negative_slope", "LeakyReLU")
+        self.inplace = _flag(inplace, "inplace", "LeakyReLU")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return CF.leaky_relu(input, self.negative_slope, backend=_BACKEND)
@@ -603,7 +629,8 @@ class Flatten(torch.nn.Module):
 
     def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
         super().__init__()
-        self.start_dim, self.end_dim = start_dim, end_dim
+        self.start_dim = _dim(start_dim, "start_dim", "Flatten")
+        self.end_dim = _dim(end_dim, "end_dim", "Flatten")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return CF.flatten(input, self.start_dim, self.end_dim, backend=_BACKEND)
