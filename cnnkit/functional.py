@@ -187,13 +187,13 @@ _POOL_DOC = """{d}-D {what} pooling: {formula}
         The pooled output, in the input's dtype.
 
     Raises:
-        ValueError: wrong number of dimensions, sizes < 1, too much padding,
-            a window larger than the padded input.
+        ValueError: wrong number of dimensions, sizes < 1, too much padding
+            (a window that reads padding only), a window larger than the padded input.
         TypeError: non-integer sizes, a non-floating input.
 
     Example:
         >>> import numpy as np
-        >>> x = np.array([[[[1.0, 1, 2, 4], [5, 6, 7, 8], [3, 2, 1, 0], [1, 2, 3, 4]]]])
+        >>> x = {example_input}
         >>> {example}
     """
 
@@ -203,7 +203,11 @@ _POOL_KINDS = {
         "gradient to the window's winning unit (the first maximum\n    in row-major order); "
         "every other unit gets zero.",
         pad_note="Padding never wins: it acts as -inf.",
-        example="max_pool2d(x, 2)[0, 0].tolist()\n        [[6.0, 8.0], [3.0, 4.0]]",
+        example={
+            1: "max_pool1d(x, 2).tolist()\n        [[[3.0, 4.0]]]",
+            2: "max_pool2d(x, 2)[0, 0].tolist()\n        [[6.0, 8.0], [3.0, 4.0]]",
+            3: "max_pool3d(x, 2).ravel().tolist()\n        [7.0]",
+        },
     ),
     "avg": dict(
         formula="the mean of each window.\n\n    The backward pass spreads each gradient "
@@ -211,7 +215,11 @@ _POOL_KINDS = {
         pad_note="Padding counts as zeros (see ``count_include_pad``).",
         cip="\n        count_include_pad: divide by the whole window, padding included "
         "(default),\n            or only by the input units it covers.",
-        example="avg_pool2d(x, 2)[0, 0].tolist()\n        [[3.25, 5.25], [2.0, 2.0]]",
+        example={
+            1: "avg_pool1d(x, 2).tolist()\n        [[[2.0, 3.0]]]",
+            2: "avg_pool2d(x, 2)[0, 0].tolist()\n        [[3.25, 5.25], [2.0, 2.0]]",
+            3: "avg_pool3d(x, 2).ravel().tolist()\n        [3.5]",
+        },
     ),
     "lp": dict(
         formula="the Lp norm ``(Σ|x|^p)^(1/p)`` of each window\n    "
@@ -219,17 +227,33 @@ _POOL_KINDS = {
         "this is the true norm: the absolute value is taken.",
         pad_note="Padding counts as zeros.",
         extra_args="\n        norm_type: ``p`` > 0.",
-        example="lp_pool2d(x, 1, 2)[0, 0].tolist()\n        [[13.0, 21.0], [8.0, 8.0]]",
+        example={
+            1: "lp_pool1d(x, 1, 2).tolist()\n        [[[4.0, 6.0]]]",
+            2: "lp_pool2d(x, 1, 2)[0, 0].tolist()\n        [[13.0, 21.0], [8.0, 8.0]]",
+            3: "lp_pool3d(x, 1, 2).ravel().tolist()\n        [28.0]",
+        },
     ),
+}
+
+
+_POOL_EXAMPLE_INPUT = {
+    1: "np.array([[[1.0, 3, 2, 4, 0]]])",
+    2: "np.array([[[[1.0, 1, 2, 4], [5, 6, 7, 8], [3, 2, 1, 0], [1, 2, 3, 4]]]])",
+    3: "np.arange(8.0).reshape(1, 1, 2, 2, 2)",
 }
 
 
 def _pool_doc(kind: str, dims: int) -> str:
     info = {"extra_args": "", "cip": "", **_POOL_KINDS[kind]}
-    doc = _POOL_DOC.format(d=dims, what=kind, axes=_AXES[dims], out_axes=_OUT_AXES[dims], **info)
-    if dims != 2:  # the 2-D example is the one that runs; others point to it
-        doc = doc[: doc.index("    Example:")] + f"    Example:\n        See ``{kind}_pool2d``.\n    "
-    return doc
+    info["example"] = info["example"][dims]
+    return _POOL_DOC.format(
+        d=dims,
+        what=kind,
+        axes=_AXES[dims],
+        out_axes=_OUT_AXES[dims],
+        example_input=_POOL_EXAMPLE_INPUT[dims],
+        **info,
+    )
 
 
 def _pool(op: str, dims: int, input, backend, **attrs):
@@ -470,8 +494,19 @@ def _spatial_shape(input: Any, where: str) -> tuple[int, ...]:
 def global_max_pool(input: Any, *, backend: BackendArg = None) -> Any:
     """The largest unit of each channel: ``max_pool`` with the whole input as its window.
 
+    Args:
+        input: ``(N, C, *spatial)`` with 1 to 3 spatial axes.
+        backend: the backend to run on (default: the active one).
+
     Shape:
         input ``(N, C, *spatial)`` -> output ``(N, C, 1, ..., 1)``.
+
+    Returns:
+        One value per sample and channel, in the input's dtype, spatial axes kept as size 1.
+
+    Raises:
+        ValueError: fewer than 1 or more than 3 spatial axes, an empty spatial axis.
+        TypeError: a non-floating input.
 
     Example:
         >>> import numpy as np
@@ -485,8 +520,19 @@ def global_max_pool(input: Any, *, backend: BackendArg = None) -> Any:
 def global_avg_pool(input: Any, *, backend: BackendArg = None) -> Any:
     """The mean of each channel: ``avg_pool`` with the whole input as its window.
 
+    Args:
+        input: ``(N, C, *spatial)`` with 1 to 3 spatial axes.
+        backend: the backend to run on (default: the active one).
+
     Shape:
         input ``(N, C, *spatial)`` -> output ``(N, C, 1, ..., 1)``.
+
+    Returns:
+        One value per sample and channel, in the input's dtype, spatial axes kept as size 1.
+
+    Raises:
+        ValueError: fewer than 1 or more than 3 spatial axes, an empty spatial axis.
+        TypeError: a non-floating input.
 
     Example:
         >>> import numpy as np
@@ -500,8 +546,21 @@ def global_avg_pool(input: Any, *, backend: BackendArg = None) -> Any:
 def global_lp_pool(input: Any, norm_type: float, *, backend: BackendArg = None) -> Any:
     """The Lp norm ``(Σ|x|^p)^(1/p)`` of each channel.
 
+    Args:
+        input: ``(N, C, *spatial)`` with 1 to 3 spatial axes.
+        norm_type: ``p`` > 0, finite.
+        backend: the backend to run on (default: the active one).
+
     Shape:
         input ``(N, C, *spatial)`` -> output ``(N, C, 1, ..., 1)``.
+
+    Returns:
+        One value per sample and channel, in the input's dtype, spatial axes kept as size 1.
+
+    Raises:
+        ValueError: fewer than 1 or more than 3 spatial axes, an empty spatial axis.
+            A ``norm_type`` <= 0 or not finite.
+        TypeError: a non-floating input.
 
     Example:
         >>> import numpy as np
@@ -520,6 +579,19 @@ def global_lp_pool(input: Any, norm_type: float, *, backend: BackendArg = None) 
 def relu(input: Any, *, backend: BackendArg = None) -> Any:
     """``max(0, x)`` element-wise; the gradient passes where ``x > 0``.
 
+    Args:
+        input: any shape.
+        backend: the backend to run on (default: the active one).
+
+    Shape:
+        output: the input's shape.
+
+    Returns:
+        The activation, element-wise, in the input's dtype.
+
+    Raises:
+        TypeError: a non-floating input.
+
     Example:
         >>> import numpy as np
         >>> relu(np.array([-1.0, 0.0, 2.0])).tolist()
@@ -530,6 +602,20 @@ def relu(input: Any, *, backend: BackendArg = None) -> Any:
 
 def leaky_relu(input: Any, negative_slope: float = 0.01, *, backend: BackendArg = None) -> Any:
     """``x`` where ``x > 0``, else ``negative_slope · x``.
+
+    Args:
+        input: any shape.
+        negative_slope: the slope for ``x <= 0`` (default 0.01).
+        backend: the backend to run on (default: the active one).
+
+    Shape:
+        output: the input's shape.
+
+    Returns:
+        The activation, element-wise, in the input's dtype.
+
+    Raises:
+        TypeError: a non-floating input, a non-numeric ``negative_slope``.
 
     Example:
         >>> import numpy as np
@@ -542,6 +628,19 @@ def leaky_relu(input: Any, negative_slope: float = 0.01, *, backend: BackendArg 
 def sigmoid(input: Any, *, backend: BackendArg = None) -> Any:
     """``1 / (1 + e^-x)``; its derivative is ``σ(x)(1 - σ(x))``.
 
+    Args:
+        input: any shape.
+        backend: the backend to run on (default: the active one).
+
+    Shape:
+        output: the input's shape.
+
+    Returns:
+        The activation, element-wise, in the input's dtype.
+
+    Raises:
+        TypeError: a non-floating input.
+
     Example:
         >>> import numpy as np
         >>> sigmoid(np.array([0.0])).tolist()
@@ -552,6 +651,19 @@ def sigmoid(input: Any, *, backend: BackendArg = None) -> Any:
 
 def tanh(input: Any, *, backend: BackendArg = None) -> Any:
     """``tanh(x)``; its derivative is ``1 - tanh(x)^2``.
+
+    Args:
+        input: any shape.
+        backend: the backend to run on (default: the active one).
+
+    Shape:
+        output: the input's shape.
+
+    Returns:
+        The activation, element-wise, in the input's dtype.
+
+    Raises:
+        TypeError: a non-floating input.
 
     Example:
         >>> import numpy as np
@@ -564,8 +676,21 @@ def tanh(input: Any, *, backend: BackendArg = None) -> Any:
 def flatten(input: Any, start_dim: int = 1, end_dim: int = -1, *, backend: BackendArg = None) -> Any:
     """Merge dims ``start_dim..end_dim`` into one (the step from feature maps to the dense layer).
 
+    Args:
+        input: any shape.
+        start_dim: the first dim to merge (negative counts from the end; default 1).
+        end_dim: the last dim to merge, inclusive (default -1, the last).
+        backend: the backend to run on (default: the active one).
+
     Shape:
         ``(N, C, H, W)`` -> ``(N, C·H·W)`` with the defaults.
+
+    Returns:
+        The input with those dims merged, same dtype and values.
+
+    Raises:
+        ValueError: a dim out of range, ``start_dim`` after ``end_dim``.
+        TypeError: a non-integer dim, a non-floating input.
 
     Example:
         >>> import numpy as np
@@ -582,12 +707,18 @@ def linear(input: Any, weight: Any, bias: Any = None, *, backend: BackendArg = N
         input: ``(*, in_features)``.
         weight: ``(out_features, in_features)``.
         bias: ``(out_features,)`` or ``None``.
+        backend: the backend to run on (default: the active one).
 
     Shape:
         output ``(*, out_features)``.
 
+    Returns:
+        ``y``, in the input's dtype.
+
     Raises:
-        ValueError: the feature counts of input and weight differ.
+        ValueError: a weight that is not 2-D, feature counts of input and weight
+            that differ, a bias of the wrong shape.
+        TypeError: non-floating or mismatched dtypes.
 
     Example:
         >>> import numpy as np
@@ -607,13 +738,18 @@ def cross_entropy(input: Any, target: Any, reduction: str = "mean", *, backend: 
         input: logits ``(N, classes)``.
         target: class indices ``(N,)``, integers in ``[0, classes)``.
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+        backend: the backend to run on (default: the active one).
 
     Shape:
         a scalar ``()``, or ``(N,)`` with ``reduction="none"``.
 
+    Returns:
+        The loss, in the logits' dtype.
+
     Raises:
-        ValueError: shapes that do not match, an empty batch with ``"mean"``.
-        TypeError: a non-integer target.
+        ValueError: shapes that do not match, a class index outside ``[0, classes)``,
+            an empty batch with ``"mean"``, an unknown ``reduction``.
+        TypeError: a non-integer target, non-floating logits.
 
     Example:
         >>> import numpy as np

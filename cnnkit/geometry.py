@@ -39,7 +39,19 @@ PadPair = tuple[int, int]
 
 
 def effective_kernel(kernel_size: int, dilation: int = 1) -> int:
-    """The extent of a dilated kernel: ``D*(F-1) + 1``."""
+    """The extent of a dilated kernel: ``D*(F-1) + 1``.
+
+    Args:
+        kernel_size: ``F``, the number of taps.
+        dilation: ``D``, their spacing.
+
+    Returns:
+        How many input units the kernel spans.
+
+    Example:
+        >>> effective_kernel(3, dilation=2)
+        5
+    """
     return dilation * (kernel_size - 1) + 1
 
 
@@ -129,6 +141,16 @@ def pool_output_size(
     rounds up, so a last, partial window is kept, except that a window may not
     start inside the right padding (PyTorch's and ONNX's rule).
 
+    Args:
+        input_size, kernel_size, stride, padding, dilation: as for :func:`conv_output_size`.
+        ceil_mode: round up instead of down.
+
+    Returns:
+        The number of windows.
+
+    Raises:
+        ValueError, TypeError: as for :func:`conv_output_size`.
+
     Example:
         >>> pool_output_size(5, 2, 2), pool_output_size(5, 2, 2, ceil_mode=True)
         (2, 3)
@@ -159,6 +181,20 @@ def pool_padding(
     ``extra`` is what the last ``ceil_mode`` window hangs past the declared
     padding. Backends pad by this much; the extra units never count as
     padding for ``count_include_pad``.
+
+    Args:
+        input_size, kernel_size, stride, padding, dilation, ceil_mode: as for
+            :func:`pool_output_size`.
+
+    Returns:
+        ``(P_before, P_after + extra)``.
+
+    Raises:
+        ValueError, TypeError: as for :func:`conv_output_size`.
+
+    Example:
+        >>> pool_padding(5, 2, 2, ceil_mode=True)  # the third window reads one unit past the input
+        (0, 1)
     """
     before, after = _pair(padding)
     out = pool_output_size(input_size, kernel_size, stride, (before, after), dilation, ceil_mode)
@@ -184,9 +220,25 @@ def resolve_padding(
     ``"same"``: output size ``ceil(N / S)``, the odd unit of padding going
     after (ONNX's SAME_UPPER), for any stride.
 
+    Args:
+        padding: the padding in any accepted form.
+        kernel_size, stride, dilation, input_size: one int per spatial axis
+            (``"same"`` needs them; the other forms only count the axes).
+        name: the argument name used in error messages.
+        where: the caller's name, the prefix of error messages.
+
+    Returns:
+        One ``(before, after)`` pair per spatial axis.
+
     Raises:
         ValueError / TypeError: naming ``name`` (and ``where``, the caller), with
             what was expected and what came.
+
+    Example:
+        >>> resolve_padding("same", kernel_size=(4,), stride=(1,), dilation=(1,), input_size=(6,))
+        ((1, 2),)
+        >>> resolve_padding(((0, 1), 2), (3, 3), stride=(1, 1), dilation=(1, 1), input_size=(5, 5))
+        ((0, 1), (2, 2))
     """
     dims = len(kernel_size)
     prefix = f"{where}: " if where else ""

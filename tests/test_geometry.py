@@ -155,3 +155,14 @@ def test_geometry_helpers_reject_bad_sizes_by_name(call, error, message):
 
 def test_geometry_helpers_take_numpy_ints():
     assert conv_output_size(np.int64(7), np.int32(3), np.int64(2), (np.int64(1), 1)) == 4
+
+
+def test_docstring_examples_of_geometry_and_functional_run():
+    # pytest is not configured with --doctest-modules: this keeps the documented examples true
+    import doctest
+
+    from cnnkit import functional
+
+    for module in (geometry, functional):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
