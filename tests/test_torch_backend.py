@@ -628,6 +628,37 @@ def test_double_backward_raises_a_clear_error(name):
         dx.pow(2).sum().backward()
 
 
+@pytest.mark.parametrize("name", list(GRADCHECKS))
+def test_no_host_reads_and_no_tensor_made_off_the_inputs_device(name):
+    """On the meta device tensors have no data: any ``.item()``, ``bool(t)``, ``.tolist()`` or
+    ``.numpy()`` raises, and so does mixing in a tensor made on a hard-coded CPU device.
+    (cross_entropy's targets stay on the CPU: the core reads them to check the class range.)"""
+    fn, shapes = GRADCHECKS[name]
+    inputs = [torch.empty(s, device="meta", dtype=torch.float64, requires_grad=True) for s in shapes]
+    y = fn(*inputs)
+    grads_ = torch.autograd.grad(y, inputs, torch.ones_like(y))
+    assert [g.device.type for g in grads_] == ["meta"] * len(inputs)
+    assert [tuple(g.shape) for g in grads_] == [tuple(s) for s in shapes]
+
+
+@pytest.mark.parametrize("name", list(GRADCHECKS))
+def test_context_keeps_tensors_only_through_save_for_backward(name):
+    fn, shapes = GRADCHECKS[name]
+    y = fn(*[_g(*s, seed=i) for i, s in enumerate(shapes)])
+    ctx = y.grad_fn
+    assert type(ctx)._forward_cls.__module__ == "cnnkit_torch.ops"
+
+    def tensors(v):
+        if isinstance(v, torch.Tensor):
+            return 1
+        if isinstance(v, (list, tuple)):
+            return sum(tensors(item) for item in v)
+        return sum(tensors(item) for item in v.values()) if isinstance(v, dict) else 0
+
+    assert not [k for k, v in vars(ctx).items() if tensors(v)], vars(ctx)
+    assert ctx.saved_tensors is not None  # readable: nothing saved was modified in place
+
+
 class _Readers(TorchDispatchMode):
     """Records which of ``watched`` (by storage) every aten op reads."""
 
