@@ -6,8 +6,9 @@ A real plugin is the same class (or module) exposed through an entry point in
 the ``cnnkit`` group of its own ``pyproject.toml`` (see ``plugins/README.md``);
 here it is registered by hand so the example needs no install. It adds the op
 ``hardtanh`` (y = min(max(x, -1), 1)) with its spec, a NumPy kernel carrying the
-hand-derived gradient, a layer, and a conformance case, then runs the shared
-conformance checks on it.
+hand-derived gradient, a layer, and two conformance cases, then runs the shared
+conformance checks on them. If an installed plugin (``cnnkit-hardtanh`` built
+from ``plugins/README.md``) already registers ``hardtanh``, it stops and says so.
 """
 
 import numpy as np
@@ -67,6 +68,11 @@ class HardtanhPlugin:
         register(Case("hardtanh-random", "hardtanh", (Random((2, 3, 5, 5), low=-0.9, high=0.9),)))
 
 
+if "hardtanh" in cnnkit.get_registry().ops():
+    raise SystemExit(
+        "op 'hardtanh' is already registered by an installed plugin (cnnkit-hardtanh from "
+        "plugins/README.md?): pip uninstall it, or run with CNNKIT_DISABLE_PLUGIN_AUTOLOAD=1"
+    )
 name = cnnkit.get_registry().register(HardtanhPlugin(), name="hardtanh-example")
 
 x = np.array([[-3.0, -0.5, 0.25, 2.0]])
