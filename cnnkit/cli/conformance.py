@@ -230,7 +230,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"cnnkit: error: {exc}", file=sys.stderr)
             return 2
         if not items:
-            print("cnnkit: error: no conformance item matches the selection", file=sys.stderr)
+            print(
+                "cnnkit: error: no conformance item matches the selection (an op a plugin adds has "
+                "cases only if the plugin registers some with the cnnkit_conformance_cases hook)",
+                file=sys.stderr,
+            )
             return 1
         jobs = args.jobs or os.cpu_count() or 1
         t0 = time.perf_counter()
