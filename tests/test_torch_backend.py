@@ -574,6 +574,31 @@ def test_max_pool_indices_are_not_differentiable():
     assert y.requires_grad and not idx.requires_grad and idx.dtype == torch.int64
 
 
+def test_backward_source_uses_no_autograd():
+    """The hand-derived backwards never hand the work back to autograd or to torch.nn.grad."""
+    import inspect
+    import io
+    import re
+    import tokenize
+
+    def code(source):  # the module's code without strings and comments, tokens joined
+        skip = (tokenize.STRING, tokenize.COMMENT)
+        tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+        return "".join(t.string for t in tokens if t.type not in skip)
+
+    banned = [
+        r"autograd\.grad\b",
+        r"enable_grad",
+        r"torch\.func\b",
+        r"\.backward\((?!ctx,)",  # a tensor's .backward(); fn.backward(ctx, ...) is cnnkit's own
+        r"nn\.grad\b",
+        r"aten\.\w*_backward",
+    ]
+    assert [p for p in banned if re.search(p, code(inspect.getsource(ops)))] == []
+    probe = code("torch.autograd.grad(y, x)\ny.backward(g)\ntorch.nn.grad.conv2d_input(s, w, d)\n")
+    assert [p for p in banned if re.search(p, probe)] == [banned[0], banned[3], banned[4]]
+
+
 class _OpLog(TorchDispatchMode):
     def __init__(self):
         super().__init__()
