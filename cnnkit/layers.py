@@ -52,6 +52,7 @@ __all__ = [
     "Conv3d",
     "Flatten",
     "GlobalAvgPool",
+    "GlobalLPPool",
     "GlobalMaxPool",
     "LPPool1d",
     "LPPool2d",
@@ -615,6 +616,41 @@ class GlobalAvgPool(Layer):
         return ()
 
 
+class GlobalLPPool(Layer):
+    """The Lp norm ``(Σ|x|^p)^(1/p)`` of each channel, over all spatial axes (1-D, 2-D or 3-D input).
+
+    Args:
+        norm_type: ``p`` > 0, finite.
+
+    Shape:
+        input ``(N, C, *spatial)`` -> output ``(N, C, 1, ..., 1)``.
+
+    Returns:
+        ``forward(x)`` returns the pooled output; follow it with ``Flatten()``.
+
+    Raises:
+        ValueError: ``norm_type`` not a finite number > 0 (on the first call).
+
+    Example:
+        >>> import numpy as np
+        >>> GlobalLPPool(2)(np.array([[[3.0, -4.0], [0.0, 0.0]]])).ravel().tolist()
+        [5.0, 0.0]
+    """
+
+    def __init__(self, norm_type: float) -> None:
+        super().__init__()
+        self.norm_type = float(norm_type)
+
+    def function(self, x):
+        return F.global_lp_pool(x, self.norm_type)
+
+    def config(self):
+        return {"norm_type": self.norm_type}
+
+    def window(self):
+        return ()
+
+
 # -- activations, flatten, linear ------------------------------------------------------------
 
 
@@ -901,6 +937,7 @@ BUILTIN_LAYERS: tuple[type[Layer], ...] = (
     LPPool3d,
     GlobalMaxPool,
     GlobalAvgPool,
+    GlobalLPPool,
     ReLU,
     LeakyReLU,
     Sigmoid,

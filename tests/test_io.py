@@ -10,7 +10,7 @@ import pytest
 
 from cnnkit import io
 from cnnkit.data import load_task
-from cnnkit.layers import Conv1d, Flatten, GlobalAvgPool, LeakyReLU, Linear, Sequential
+from cnnkit.layers import Conv1d, Flatten, GlobalAvgPool, GlobalLPPool, LeakyReLU, Linear, Sequential
 from cnnkit.models import build_model
 from cnnkit.training import fit, predict
 
@@ -81,6 +81,15 @@ def test_round_trip_of_other_layers_and_float64(tmp_path):
     x = np.random.default_rng(0).normal(size=(5, 2, 9))
     np.testing.assert_array_equal(loaded.infer(x), model.infer(x))
     assert loaded.metadata == {}
+
+
+def test_round_trip_of_global_lp_pool(tmp_path):
+    model = Sequential(Conv1d(2, 4, 3, seed=0), GlobalLPPool(3), Flatten(), Linear(4, 3, seed=1))
+    loaded = io.load(io.save(model, tmp_path / "m.npz"), "numpy")
+    assert repr(loaded) == repr(model)
+    assert loaded.layers[1].norm_type == 3.0
+    x = np.random.default_rng(0).normal(size=(5, 2, 9)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.infer(x), model.infer(x))
 
 
 # -- bad files -----------------------------------------------------------------------------------

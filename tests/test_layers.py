@@ -73,6 +73,7 @@ LAYERS = {
     "lppool3d-p2": (lambda: L.LPPool3d(2, 2), (1, 1, 4, 4, 4)),
     "globalmax": (lambda: L.GlobalMaxPool(), (2, 3, 4, 4)),
     "globalavg": (lambda: L.GlobalAvgPool(), (2, 3, 5)),
+    "globallp-p3": (lambda: L.GlobalLPPool(3), (2, 3, 4, 4)),
     "relu": (lambda: L.ReLU(), (3, 7)),
     "leakyrelu": (lambda: L.LeakyReLU(0.2), (3, 7)),
     "sigmoid": (lambda: L.Sigmoid(), (3, 7)),
