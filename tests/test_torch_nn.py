@@ -301,6 +301,31 @@ def test_bad_input_gets_the_cores_error():
         cnn.Linear(3, 2)(torch.zeros(2, 4))
 
 
+def test_from_cnnkit_converts_every_parameterless_layer():
+    from cnnkit import layers as L
+
+    model = L.Sequential(
+        L.Conv2d(2, 3, 3, padding=1, seed=0),
+        L.LeakyReLU(0.1),
+        L.MaxPool2d(2),
+        L.Tanh(),
+        L.AvgPool2d(1),
+        L.Sigmoid(),
+        L.LPPool2d(2, 1),
+        L.ReLU(),
+        L.GlobalLPPool(3),
+        L.GlobalMaxPool(),
+        L.GlobalAvgPool(),
+        L.Flatten(),
+        L.Linear(3, 2, seed=1),
+    )
+    net = cnn.from_cnnkit(model, dtype=torch.float64)
+    assert [type(m).__name__ for m in net] == [type(layer).__name__ for layer in model.layers]
+    x = np.random.default_rng(0).normal(size=(2, 2, 6, 6))
+    want = model.infer(x.astype(np.float32))
+    np.testing.assert_allclose(net(torch.from_numpy(x)).detach().numpy(), want, rtol=1e-4, atol=1e-5)
+
+
 def test_from_cnnkit_gives_the_same_model_and_copy_back():
     model = build_model("timeseries-cnn1d", seed=3, backend="numpy")
     net = cnn.from_cnnkit(model, dtype=torch.float64)

@@ -788,7 +788,16 @@ def from_cnnkit(layer: Any, *, device: Any = None, dtype: Any = None) -> torch.n
         else:
             k, s, p, d = (cfg[key] for key in ("kernel_size", "stride", "padding", "dilation"))
             module = cls(k, s, p, d, False, cfg["ceil_mode"])
-    elif type(layer) in (L.GlobalMaxPool, L.GlobalAvgPool, L.ReLU, L.Sigmoid, L.Tanh, L.LeakyReLU, L.Flatten):
+    elif type(layer) in (
+        L.GlobalMaxPool,
+        L.GlobalAvgPool,
+        L.GlobalLPPool,
+        L.ReLU,
+        L.Sigmoid,
+        L.Tanh,
+        L.LeakyReLU,
+        L.Flatten,
+    ):
         module = globals()[name](**cfg)
     else:
         raise TypeError(f"from_cnnkit: no cnnkit_torch.nn module for layer {name}")
