@@ -131,6 +131,9 @@ def _spawned(
     _join(rank, world_size, dev, f"tcp://127.0.0.1:{port}")
     try:
         fn(rank, world_size, dev, *args)
+        # no rank tears its connections down while another still uses them: gloo aborts the
+        # process ("terminate called without an active exception") when a peer vanishes early
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
