@@ -787,3 +787,14 @@ def test_weight_gradient_is_laid_out_like_the_weight(shape):
     ref = leaf(w)
     F.conv2d(x.detach(), ref, stride=2).sum().backward()
     close(w.grad, ref.grad, torch.float32)
+
+
+def test_strided_weight_gradient_is_the_same_in_batch_chunks(monkeypatch):
+    """The columns route sums dW over batch chunks; chunks of one sample give native's dW."""
+    x = torch.randn(5, 8, 9, 9, dtype=torch.float64)
+    w = torch.randn(4, 8, 3, 3, dtype=torch.float64, requires_grad=True)
+    monkeypatch.setattr(ops, "COLUMNS_CHUNK_BYTES", 1)  # one sample per chunk
+    cf.conv2d(x, w, stride=2, padding=1, backend="torch").sum().backward()
+    ref = leaf(w)
+    F.conv2d(x, ref, stride=2, padding=1).sum().backward()
+    close(w.grad, ref.grad, torch.float64)

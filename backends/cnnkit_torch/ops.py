@@ -60,6 +60,8 @@ _CONV = {1: torch.conv1d, 2: torch.conv2d, 3: torch.conv3d}
 _CONV_T = {1: torch.conv_transpose1d, 2: torch.conv_transpose2d, 3: torch.conv_transpose3d}
 _MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 _AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+#: Bytes of im2col columns per batch chunk of the strided weight gradient (measured on W5).
+COLUMNS_CHUNK_BYTES = 4 * 2**20
 
 
 # -- shared geometry helpers ---------------------------------------------------------------
@@ -341,20 +343,28 @@ def _conv_weight_grad_columns(
     pads: Pads,
     dilation: Sequence[int],
 ) -> torch.Tensor:
-    """``dW = δ (K, N·ΠO) @ columns (N·ΠO, ΠF·C)``, one GEMM (groups = 1): the lecture's
-    ``y ⋆ δ`` over channels-last im2col columns ``[(n, i), (m, c)] = y_pad[n, c, S·i + D·m]``,
-    gathered in one copy; for strided convs, where no strided view of the input is a matrix."""
+    """``dW = Σ_chunks δ (K, n·ΠO) @ columns (n·ΠO, ΠF·C)`` (groups = 1): the lecture's ``y ⋆ δ``
+    over channels-last im2col columns ``[(n, i), (m, c)] = y_pad[n, c, S·i + D·m]``, for strided
+    convs, where no strided view of the input is a matrix. The batch goes in chunks of about
+    :data:`COLUMNS_CHUNK_BYTES` of columns, so the buffers stay small and are reused instead of
+    page-faulted in afresh on every call."""
     n, c = x.shape[:2]
     k, out = dy.shape[1], dy.shape[2:]
-    y = _pad(x, pads).movedim(1, -1).contiguous()  # (N, *P, C)
-    s_n, *s_sp, s_c = y.stride()
-    win = y.as_strided(
-        (n, *out, *kernel, c),
-        (s_n, *(s * r for s, r in zip(stride, s_sp)), *(dl * r for dl, r in zip(dilation, s_sp)), s_c),
-    )
-    columns = win.reshape(-1, math.prod(kernel) * c)  # (N·ΠO, ΠF·C)
-    delta = dy.movedim(1, 0).reshape(k, -1)  # (K, N·ΠO)
-    return (delta @ columns).view(k, *kernel, c).movedim(-1, 1)
+    units, width = math.prod(out), math.prod(kernel) * c  # columns per sample: rows, row length
+    delta = dy.movedim(1, 0).reshape(k, n * units)  # (K, N·ΠO)
+    step = max(1, COLUMNS_CHUNK_BYTES // (units * width * x.element_size()))
+    dw = None
+    for n0 in range(0, n, step):
+        y = _pad(x[n0 : n0 + step], pads).movedim(1, -1).contiguous()  # (n, *P, C)
+        s_n, *s_sp, s_c = y.stride()
+        win = y.as_strided(
+            (y.shape[0], *out, *kernel, c),
+            (s_n, *(s * r for s, r in zip(stride, s_sp)), *(dl * r for dl, r in zip(dilation, s_sp)), s_c),
+        )
+        columns = win.reshape(-1, width)  # (n·ΠO, ΠF·C)
+        d = delta[:, n0 * units : (n0 + y.shape[0]) * units]
+        dw = d @ columns if dw is None else dw.addmm_(d, columns)
+    return dw.view(k, *kernel, c).movedim(-1, 1)
 
 
 def _conv_weight_grad_conv(
