@@ -52,6 +52,8 @@ __all__ = [
     "OpSpec",
     "PoolSpec",
     "TensorInfo",
+    "as_bool",
+    "as_float",
     "as_int_tuple",
 ]
 
@@ -102,7 +104,12 @@ def as_int_tuple(value: Any, n: int, name: str, where: str, *, minimum: int = 1)
     return out
 
 
-def _as_bool(value: Any, name: str, where: str) -> bool:
+def as_bool(value: Any, name: str, where: str) -> bool:
+    """``value`` as a bool (``True``/``False`` or a NumPy bool).
+
+    Raises:
+        TypeError: anything else, naming ``where`` and ``name``.
+    """
     if isinstance(value, np.bool_):  # np.True_, e.g. read from a saved config
         return bool(value)
     if not isinstance(value, bool):
@@ -110,7 +117,12 @@ def _as_bool(value: Any, name: str, where: str) -> bool:
     return value
 
 
-def _as_float(value: Any, name: str, where: str) -> float:
+def as_float(value: Any, name: str, where: str) -> float:
+    """``value`` (a real number, not a bool) as a float.
+
+    Raises:
+        TypeError: anything else, naming ``where`` and ``name``.
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{where}: {name} must be a number, got {value!r}")
     return float(value)
@@ -277,7 +289,7 @@ class ConvSpec(OpSpec):
             raise TypeError(f"{where}: groups must be an int, got {groups!r}")
         if groups < 1:
             raise ValueError(f"{where}: groups must be >= 1, got {groups}")
-        flip = _as_bool(attrs["flip"], "flip", where)
+        flip = as_bool(attrs["flip"], "flip", where)
         _n, c = x.shape[:2]
         k, cg = w.shape[:2]
         kernel = w.shape[2:]
@@ -365,7 +377,7 @@ class PoolSpec(OpSpec):
                     f"{where}: kernel_size (extent {ext}) is larger than the padded input along "
                     f"spatial axis {axis} ({size} + padding {p}) (input {x.shape})"
                 )
-        ceil_mode = _as_bool(attrs["ceil_mode"], "ceil_mode", where)
+        ceil_mode = as_bool(attrs["ceil_mode"], "ceil_mode", where)
         for axis, (size, f, s, p, d) in enumerate(zip(x.shape[2:], kernel, stride, padding, dilation)):
             # with dilation the taps can step over the whole input: then a window reads padding only
             o = geometry.pool_output_size(size, f, s, p, d, ceil_mode)
@@ -385,9 +397,9 @@ class PoolSpec(OpSpec):
             "ceil_mode": ceil_mode,
         }
         if "count_include_pad" in attrs:
-            out["count_include_pad"] = _as_bool(attrs["count_include_pad"], "count_include_pad", where)
+            out["count_include_pad"] = as_bool(attrs["count_include_pad"], "count_include_pad", where)
         if "norm_type" in attrs:
-            p = _as_float(attrs["norm_type"], "norm_type", where)
+            p = as_float(attrs["norm_type"], "norm_type", where)
             if not (p > 0 and math.isfinite(p)):
                 raise ValueError(f"{where}: norm_type must be a finite number > 0, got {p}")
             out["norm_type"] = p
@@ -412,7 +424,7 @@ class ActivationSpec(OpSpec):
         self.defaults = dict(defaults or {})
 
     def check(self, where, infos, attrs):
-        return {k: _as_float(v, k, where) for k, v in attrs.items()}
+        return {k: as_float(v, k, where) for k, v in attrs.items()}
 
     def output_shape(self, infos, attrs):
         return infos[0].shape

@@ -39,7 +39,7 @@ import torch
 from torch.nn import init
 
 from cnnkit import functional as CF
-from cnnkit.ops import as_int_tuple
+from cnnkit.ops import as_bool, as_float, as_int_tuple
 from cnnkit_torch.backend import TorchBackend
 
 __all__ = [
@@ -87,24 +87,12 @@ def _padding(padding: Any, dims: int, where: str) -> Any:
     return as_int_tuple(padding, dims, "padding", where, minimum=0)
 
 
-def _flag(value: Any, name: str, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{where}: {name} must be True or False, got {value!r}")
-    return value
-
-
-def _number(value: Any, name: str, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{where}: {name} must be a number, got {value!r}")
-    return value
-
-
-def _norm_type(value: Any, where: str) -> float:
+def _norm_type(value: Any, where: str) -> Any:
     """``p`` of an Lp pool, checked when the module is built: a finite number > 0."""
-    p = _number(value, "norm_type", where)
+    p = as_float(value, "norm_type", where)
     if not (math.isfinite(p) and p > 0):
         raise ValueError(f"{where}: norm_type must be a finite number > 0, got {value!r}")
-    return p
+    return value  # kept as given, as torch.nn.LPPool does (its repr shows it)
 
 
 def _dim(value: Any, name: str, where: str) -> int:
@@ -185,11 +173,11 @@ class _ConvNd(torch.nn.Module):
         self.stride = as_int_tuple(stride, self.dims, "stride", where)
         self.dilation = as_int_tuple(dilation, self.dims, "dilation", where)
         self.padding = _padding(padding, self.dims, where)
-        self.flip = _flag(flip, "flip", where)
+        self.flip = as_bool(flip, "flip", where)
         factory = {"device": device, "dtype": dtype}
         shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
         self.weight = torch.nn.Parameter(torch.empty(shape, **factory))
-        if _flag(bias, "bias", where):
+        if as_bool(bias, "bias", where):
             self.bias = torch.nn.Parameter(torch.empty(self.out_channels, **factory))
         else:
             self.register_parameter("bias", None)
@@ -283,7 +271,7 @@ class _PoolNd(torch.nn.Module):
             as_int_tuple(stride, self.dims, "stride", where)
         _padding(padding, self.dims, where)
         as_int_tuple(dilation, self.dims, "dilation", where)
-        _flag(ceil_mode, "ceil_mode", where)
+        as_bool(ceil_mode, "ceil_mode", where)
         # kept as given, like torch.nn (its repr and state are the same)
         self.kernel_size = kernel_size
         self.stride = stride if stride is not None else kernel_size
@@ -345,7 +333,7 @@ class _AvgPoolNd(_PoolNd):
     ) -> None:
         super().__init__()
         self._check(kernel_size, stride, padding, dilation, ceil_mode)
-        self.count_include_pad = _flag(count_include_pad, "count_include_pad", type(self).__name__)
+        self.count_include_pad = as_bool(count_include_pad, "count_include_pad", type(self).__name__)
         if self.dims == 1:  # torch.nn.AvgPool1d keeps 1-tuples
             one = as_int_tuple
             self.kernel_size = one(self.kernel_size, 1, "kernel_size", "AvgPool1d")
@@ -555,7 +543,7 @@ class ReLU(torch.nn.Module):
 
     def __init__(self, inplace: bool = False) -> None:
         super().__init__()
-        self.inplace = _flag(inplace, "inplace", "ReLU")
+        self.inplace = as_bool(inplace, "inplace", "ReLU")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return CF.relu(input, backend=_BACKEND)
@@ -579,8 +567,8 @@ class LeakyReLU(torch.nn.Module):
 
     def __init__(self, negative_slope: float = 0.01, inplace: bool = False) -> None:
         super().__init__()
-        self.negative_slope = _number(negative_slope, "negative_slope", "LeakyReLU")
-        self.inplace = _flag(inplace, "inplace", "LeakyReLU")
+        self.negative_slope = as_float(negative_slope, "negative_slope", "LeakyReLU")
+        self.inplace = as_bool(inplace, "inplace", "LeakyReLU")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return CF.leaky_relu(input, self.negative_slope, backend=_BACKEND)
@@ -673,7 +661,7 @@ class Linear(torch.nn.Module):
         (self.out_features,) = as_int_tuple(out_features, 1, "out_features", "Linear")
         factory = {"device": device, "dtype": dtype}
         self.weight = torch.nn.Parameter(torch.empty((self.out_features, self.in_features), **factory))
-        if _flag(bias, "bias", "Linear"):
+        if as_bool(bias, "bias", "Linear"):
             self.bias = torch.nn.Parameter(torch.empty(self.out_features, **factory))
         else:
             self.register_parameter("bias", None)
