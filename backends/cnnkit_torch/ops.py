@@ -249,7 +249,7 @@ def _kernel(fn: type[Function], n_inputs: int, attrs: tuple[str, ...], n_outputs
         return (out[0] if n_outputs > 1 else out), ctx
 
     def backward(ctx: _Ctx, grad_output: Any) -> tuple[Any, ...]:
-        with torch.no_grad():
+        with torch.no_grad():  # cnnkit's own hand-written Function.backward, called directly
             grads = fn.backward(ctx, grad_output, *([None] * (n_outputs - 1)))
         return tuple(grads[:n_inputs])
 
