@@ -1,12 +1,19 @@
 """cnnkit: convolutional-network layers as the lecture's math, on NumPy or PyTorch.
 
 This module only re-exports; the architecture is explained in
-:mod:`cnnkit.hookspecs` (the plugin contract), :mod:`cnnkit.ops` (the op
-specs) and :mod:`cnnkit.registry` (discovery and backend selection).
+:mod:`cnnkit.hookspecs` (the plugin contract), :mod:`cnnkit.spec` (what an op
+record declares), :mod:`cnnkit.ops` (the records, a module per family) and
+:mod:`cnnkit.registry` (discovery and backend selection). ``docs/architecture.md``
+walks through the house.
+
+Everything a plugin touches is importable from here: :data:`hookimpl`,
+:class:`OpSpec`, :class:`TensorInfo`, :class:`Kernel`, :class:`Backend`,
+:class:`BackendInfo`, :class:`Case`, :class:`Random`, :class:`Layer`.
 """
 
 from cnnkit import functional, geometry
 from cnnkit.backend import Backend, BackendInfo
+from cnnkit.conformance.cases import Case, Random
 from cnnkit.dispatch import call, vjp
 from cnnkit.errors import (
     BackendNotFoundError,
@@ -16,7 +23,7 @@ from cnnkit.errors import (
     PluginError,
 )
 from cnnkit.hookspecs import hookimpl
-from cnnkit.ops import OpSpec, TensorInfo
+from cnnkit.layer import Layer
 from cnnkit.registry import (
     Kernel,
     get_backend,
@@ -25,6 +32,7 @@ from cnnkit.registry import (
     set_backend,
     use_backend,
 )
+from cnnkit.spec import OpSpec, TensorInfo
 
 __version__ = "0.1.0"
 
@@ -33,11 +41,14 @@ __all__ = [
     "BackendInfo",
     "BackendNotFoundError",
     "BackendUnavailableError",
+    "Case",
     "Kernel",
+    "Layer",
     "OpNotImplementedError",
     "OpSpec",
     "PluginConflictError",
     "PluginError",
+    "Random",
     "TensorInfo",
     "__version__",
     "call",

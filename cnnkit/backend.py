@@ -75,6 +75,9 @@ class BackendInfo:
         description: one line for ``cnnkit backends``.
         install_hint: what to install when ``factory`` raises ``ImportError``.
         options: the option names the factory accepts (for error messages).
+        data_parallel: ``data_parallel(args) -> exit code`` runs ``cnnkit train
+            --nproc N`` (the parsed arguments) on this backend, or ``None`` when it
+            has no data-parallel training.
     """
 
     name: str
@@ -83,3 +86,4 @@ class BackendInfo:
     description: str = ""
     install_hint: str = ""
     options: Sequence[str] = field(default_factory=tuple)
+    data_parallel: Callable[[Any], int] | None = None

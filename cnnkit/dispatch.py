@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from cnnkit.backend import Backend
-from cnnkit.ops import OpSpec, TensorInfo
 from cnnkit.registry import Kernel, get_backend, get_registry
+from cnnkit.spec import OpSpec, TensorInfo
 
 __all__ = ["call", "vjp"]
 
@@ -56,7 +56,7 @@ def call(
     """Run op ``op`` on the chosen backend.
 
     Args:
-        op: the op kind (``"conv"``, ``"max_pool"``, or one a plugin added).
+        op: the op kind: the name of a registered record (a core op or one a plugin added).
         inputs: the op's inputs in its spec's order (``None`` for an absent one).
         backend: a backend name or instance; ``None`` uses the active one.
         where: the public name used in error messages (default: ``op``).

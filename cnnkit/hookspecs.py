@@ -9,11 +9,26 @@ A plugin is any object (usually a module) with functions decorated by
 
 Each hook receives a ``register`` callback and calls it once per thing it
 adds. The built-in NumPy and PyTorch backends register through these very
-hooks, from their own entry points; nothing in the core names them.
+hooks, from their own entry points, and the core's own ops and layers from
+one built-in plugin module (:mod:`cnnkit.builtin`); nothing in the core names a
+backend.
 
-Hooks are called lazily and once per registry (``cnnkit_register_kernels`` once
-per backend, the first time that backend is used), so a plugin may import heavy
-dependencies (torch) inside a hook body, never at module import.
+Hooks are called through pluggy, so an implementation may declare only the
+arguments it uses (``def cnnkit_register_kernels(register)`` is fine). A
+plugin that implements a hook not declared here (a misspelled name such as
+``cnnkit_register_op``), or names a function after a hook without the
+:data:`hookimpl` marker, is reported as failed, naming the hook, and raises
+under ``CNNKIT_STRICT_PLUGINS=1``.
+
+When hooks run: lazily, the first time the registry needs what a hook
+registers (``cnnkit_register_ops`` at the first call of any op,
+``cnnkit_register_kernels`` once per backend name at its first use,
+``cnnkit_register_layers`` when a model is loaded or ``cnnkit plugins``
+lists them, ``cnnkit_conformance_cases`` when the suite plans); and again,
+all of them, after a plugin is registered or unregistered at run time
+(:meth:`cnnkit.registry.Registry.register`). A plugin therefore imports heavy
+dependencies (torch) inside a hook body, never at module import, and must
+register the same things each time it is called.
 """
 
 from __future__ import annotations
@@ -26,8 +41,8 @@ import pluggy
 if TYPE_CHECKING:
     from cnnkit.backend import BackendInfo
     from cnnkit.conformance.cases import Case
-    from cnnkit.ops import OpSpec
     from cnnkit.registry import Kernel
+    from cnnkit.spec import OpSpec
 
 __all__ = ["hookimpl", "hookspec"]
 
@@ -40,7 +55,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 @hookspec
 def cnnkit_register_ops(register: Callable[[OpSpec], None]) -> None:
-    """Add op kinds: ``register(spec)`` once per :class:`cnnkit.ops.OpSpec`.
+    """Add op kinds: ``register(spec)`` once per :class:`cnnkit.spec.OpSpec`.
 
     A spec declares the op's inputs, attributes, validation and output shape.
     Its name must be new: registering a name another plugin already declared is
@@ -92,5 +107,7 @@ def cnnkit_conformance_cases(register: Callable[[Case], None]) -> None:
     """Add conformance cases (:class:`cnnkit.conformance.cases.Case`).
 
     The suite runs every case against every backend that implements its op,
-    so cases a plugin adds for its own op are checked on every backend.
+    so cases a plugin adds for its own op are checked on every backend. An op
+    record may instead bring its cases itself (:meth:`cnnkit.spec.OpSpec.cases`);
+    this hook adds cases for ops declared elsewhere.
     """

@@ -43,7 +43,7 @@ from cnnkit.errors import (
     PluginConflictError,
     PluginError,
 )
-from cnnkit.ops import OpSpec
+from cnnkit.spec import OpSpec
 
 __all__ = [
     "Kernel",
@@ -58,8 +58,8 @@ __all__ = [
 
 DEFAULT_BACKEND = "numpy"
 ENTRY_POINT_GROUP = "cnnkit"
-#: Modules of the core that register through the hooks like any plugin.
-CORE_PLUGINS = ("cnnkit.ops", "cnnkit.layers", "cnnkit.conformance.cases")
+#: The core's own hook implementations: one built-in plugin module, registered like any plugin.
+CORE_PLUGINS = ("cnnkit.builtin",)
 _CORE_DIST = "cnnkit"
 
 
@@ -150,8 +150,9 @@ class Registry:
         with self._lock:
             name = self.pm.register(plugin, name=name)
             assert name is not None
-            self.records[name] = PluginRecord(name=name, dist=dist or name, version=version)
+            record = self.records[name] = PluginRecord(name=name, dist=dist or name, version=version)
             self._clear_caches()
+            self._check_hooks(record, plugin)
             return name
 
     def unregister(self, name: str) -> None:
@@ -199,9 +200,45 @@ class Registry:
                     raise PluginConflictError(
                         f"plugin name {ep.name!r} of distribution {dist!r} is already taken by {taken_by}"
                     )
-                self.pm.register(ep.load(), name=ep.name)
+                plugin = ep.load()
+                self.pm.register(plugin, name=ep.name)
             except Exception as exc:  # a broken plugin must not take the registry down
                 self._fail(record, f"import failed: {type(exc).__name__}: {exc}", exc)
+                continue
+            self._check_hooks(record, plugin)
+
+    def _check_hooks(self, record: PluginRecord, plugin: Any) -> None:
+        """Fail a plugin that implements a hook no specification declares (a misspelled name).
+
+        pluggy accepts such implementations until ``check_pending``; here the plugin is
+        unregistered and reported with the unknown name, and the others keep working.
+        """
+        specs = {name for name in dir(hookspecs) if name.startswith(f"{hookspecs.PROJECT}_")}
+        unknown = sorted(
+            name
+            for name, caller in vars(self.pm.hook).items()
+            if not name.startswith("_")
+            and getattr(caller, "spec", None) is None
+            and any(impl.plugin is plugin for impl in caller.get_hookimpls())
+        )
+        unmarked = sorted(
+            name
+            for name in dir(plugin)
+            if name in specs
+            and callable(getattr(plugin, name))
+            and self.pm.parse_hookimpl_opts(plugin, name) is None
+        )
+        if not unknown and not unmarked:
+            return
+        self.pm.unregister(plugin)
+        reasons = []
+        if unknown:
+            reasons.append(
+                f"implements unknown hook(s) {', '.join(unknown)}; the hooks are {', '.join(sorted(specs))}"
+            )
+        if unmarked:
+            reasons.append(f"{', '.join(unmarked)} lack(s) the @cnnkit.hookimpl marker")
+        self._fail(record, "; ".join(reasons), PluginError("; ".join(reasons)))
 
     def _fail(self, record: PluginRecord, reason: str, exc: BaseException) -> None:
         record.status, record.error = "failed", reason
@@ -217,13 +254,17 @@ class Registry:
         """Call ``hook`` plugin by plugin; return what each registered, failures isolated."""
         self.load()
         results = []
-        for impl in getattr(self.pm.hook, hook).get_hookimpls():
+        impls = getattr(self.pm.hook, hook).get_hookimpls()
+        for impl in impls:
             record = self._record(impl.plugin_name)
             if record.status == "failed":
                 continue
             staged: list[tuple] = []
+            # pluggy calls the implementation, passing only the arguments it declares
+            others = [other.plugin for other in impls if other.plugin is not impl.plugin]
+            caller = self.pm.subset_hook_caller(hook, remove_plugins=others)
             try:
-                impl.function(register=lambda *args, _s=staged: _s.append(args), **kwargs)
+                caller(register=lambda *args, _s=staged: _s.append(args), **kwargs)
             except Exception as exc:
                 self._fail(record, f"{hook} failed: {type(exc).__name__}: {exc}", exc)
                 continue
@@ -369,10 +410,11 @@ class Registry:
             return {name: cls for name, (cls, _) in self._layers.items()}
 
     def conformance_cases(self) -> list[Any]:
-        """Every conformance case registered by the core and by plugins."""
+        """Every conformance case: those of each op's record, then those registered through the hook."""
         with self._lock:
             if self._cases is None:
-                self._cases = [
+                self._cases = [case for spec in self.ops().values() for case in spec.cases()]
+                self._cases += [
                     case
                     for _, staged in self._collect("cnnkit_conformance_cases", "case")
                     for (case,) in staged
@@ -409,7 +451,7 @@ def get_registry() -> Registry:
 # -- backend selection --------------------------------------------------------------
 
 _Choice = tuple[str, dict[str, Any]]
-_CONTEXT_CHOICE: ContextVar[_Choice | None] = ContextVar("cnnkit_backend", default=None)
+_CONTEXT_CHOICE: ContextVar[_Choice | Backend | None] = ContextVar("cnnkit_backend", default=None)
 _GLOBAL_CHOICE: _Choice | None = None
 
 
@@ -428,8 +470,8 @@ def set_backend(name: str, **options: Any) -> Backend:
 
 
 @contextlib.contextmanager
-def use_backend(name: str, **options: Any) -> Iterator[Backend]:
-    """Use backend ``name`` inside a ``with`` block (this thread / task only).
+def use_backend(name: str | Backend, **options: Any) -> Iterator[Backend]:
+    """Use backend ``name`` (or a :class:`Backend` instance) in a ``with`` block (this thread / task only).
 
     Example:
         >>> import cnnkit
@@ -437,8 +479,8 @@ def use_backend(name: str, **options: Any) -> Iterator[Backend]:
         ...     be.name
         'numpy'
     """
-    backend = get_registry().backend(name, **options)
-    token = _CONTEXT_CHOICE.set((name, dict(options)))
+    backend = name if isinstance(name, Backend) else get_registry().backend(name, **options)
+    token = _CONTEXT_CHOICE.set(backend if isinstance(name, Backend) else (name, dict(options)))
     try:
         yield backend
     finally:
@@ -457,6 +499,8 @@ def get_backend(backend: str | Backend | None = None, **options: Any) -> Backend
     if backend is not None:
         return get_registry().backend(backend, **options)
     choice = _CONTEXT_CHOICE.get() or _GLOBAL_CHOICE
+    if isinstance(choice, Backend):
+        return choice
     if choice is not None:
         return get_registry().backend(choice[0], **choice[1])
     name = os.environ.get("CNNKIT_BACKEND") or DEFAULT_BACKEND

@@ -185,7 +185,7 @@ def test_plugins_table_lists_the_core_and_a_failed_plugin_with_its_reason(capsys
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split() == ["plugin", "distribution", "version", "status", "registered"]
-    ops_row = next(line for line in lines if line.startswith("cnnkit.ops "))
+    ops_row = next(line for line in lines if line.startswith("cnnkit.builtin "))
     assert ops_row.split()[1:4] == ["cnnkit", cnnkit.__version__, "loaded"]
     failing_row = next(line for line in lines if line.startswith("clitest-failing "))
     assert failing_row.split()[1:4] == ["failing-dist", "0.0.7", "failed"]
@@ -213,7 +213,7 @@ def test_plugins_check_passes_when_nothing_failed(capsys):
     code, out, _ = run_cli(capsys, "plugins", "--json", "--check")
     assert code == 0, [r for r in json.loads(out) if r["status"] == "failed"]
     rows = {r["name"]: r for r in json.loads(out)}
-    assert rows["cnnkit.ops"]["builtin"] and "op conv" in rows["cnnkit.ops"]["registered"]
+    assert rows["cnnkit.builtin"]["builtin"] and "op conv" in rows["cnnkit.builtin"]["registered"]
     assert "backend numpy" in rows["numpy"]["registered"]
 
 

@@ -21,9 +21,10 @@ pytest.importorskip("torch.distributed")
 if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
     pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
 
+from cnnkit_torch import distributed  # noqa: E402
 from cnnkit_torch.nn import from_cnnkit  # noqa: E402
 
-from cnnkit import distributed, io  # noqa: E402
+from cnnkit import io  # noqa: E402
 from cnnkit.cli import main  # noqa: E402
 from cnnkit.data import digits_split  # noqa: E402
 from cnnkit.models import build_model  # noqa: E402

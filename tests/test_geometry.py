@@ -157,12 +157,35 @@ def test_geometry_helpers_take_numpy_ints():
     assert conv_output_size(np.int64(7), np.int32(3), np.int64(2), (np.int64(1), 1)) == 4
 
 
-def test_docstring_examples_of_geometry_and_functional_run():
-    # pytest is not configured with --doctest-modules: this keeps the documented examples true
+def test_docstring_examples_of_the_library_run():
+    # pytest is not configured with --doctest-modules: this keeps every documented example true
     import doctest
+    import importlib
+    import pkgutil
 
-    from cnnkit import functional
+    import cnnkit_numpy
 
-    for module in (geometry, functional):
-        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-        assert result.attempted > 0 and result.failed == 0, module.__name__
+    import cnnkit
+
+    packages = [cnnkit, cnnkit_numpy]
+    if importlib.util.find_spec("torch") is not None:
+        import cnnkit_torch
+
+        packages.append(cnnkit_torch)
+    attempted = {}
+    for package in packages:
+        for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
+            if info.name.endswith(("distributed", "pytest_plugin", "test_suite")):
+                continue  # spawn processes / need a pytest session
+            module = importlib.import_module(info.name)
+            result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+            assert result.failed == 0, info.name
+            attempted[info.name] = result.attempted
+    for name in (
+        "cnnkit.geometry",
+        "cnnkit.ops.convolution",
+        "cnnkit.ops.pooling",
+        "cnnkit.ops.activation",
+        "cnnkit.layers",
+    ):
+        assert attempted[name] > 0, name

@@ -218,6 +218,65 @@ def test_strict_mode_falsy_values(reg, monkeypatch, value):
     assert reg.records["failing"].status == "failed"
 
 
+# -- the plugin contract, enforced by pluggy --------------------------------------------
+
+
+def test_a_hook_taking_only_register_works(reg):
+    class Plugin:
+        @hookimpl
+        def cnnkit_register_kernels(self, register):  # no ``backend``: pluggy passes what is declared
+            register("relu", _marker_kernel(7.0))
+
+    reg.register(Plugin(), name="subset")
+    assert reg.records["subset"].status == "loaded"
+    assert "relu" in reg.kernels("anything")
+
+
+def test_a_misspelled_hook_fails_that_plugin_naming_the_hook(reg):
+    class Typo:
+        @hookimpl
+        def cnnkit_register_op(self, register):  # the spec is cnnkit_register_ops
+            register(ActivationSpec("never"))
+
+    reg.register(Typo(), name="typo", dist="typo-dist")
+    record = reg.records["typo"]
+    assert record.status == "failed"
+    assert "unknown hook(s) cnnkit_register_op" in record.error and "cnnkit_register_ops" in record.error
+    assert "never" not in reg.ops()  # unregistered: nothing it declares is used
+    assert reg.records["cnnkit.builtin"].status == "loaded"
+
+
+def test_a_misspelled_hook_raises_in_strict_mode(reg, monkeypatch):
+    monkeypatch.setenv("CNNKIT_STRICT_PLUGINS", "1")
+
+    class Typo:
+        @hookimpl
+        def cnnkit_register_layer(self, register):
+            pass
+
+    with pytest.raises(PluginError, match=r"plugin 'typo'.*unknown hook\(s\) cnnkit_register_layer"):
+        reg.register(Typo(), name="typo")
+
+
+def test_a_hook_without_the_marker_is_reported(reg):
+    class Unmarked:
+        def cnnkit_register_ops(self, register):
+            register(ActivationSpec("never"))
+
+    reg.register(Unmarked(), name="unmarked")
+    assert reg.records["unmarked"].status == "failed"
+    assert "cnnkit_register_ops lack(s) the @cnnkit.hookimpl marker" in reg.records["unmarked"].error
+
+
+def test_the_types_a_plugin_touches_come_from_one_place():
+    import cnnkit
+    from cnnkit.conformance.cases import Case
+    from cnnkit.spec import OpSpec
+
+    assert cnnkit.Case is Case and cnnkit.OpSpec is OpSpec and cnnkit.Kernel is Kernel
+    assert cnnkit.BackendInfo is BackendInfo and cnnkit.hookimpl is hookimpl
+
+
 def test_a_kernel_for_an_unknown_op_fails_that_plugin(reg):
     class Plugin:
         @hookimpl
@@ -263,7 +322,7 @@ def test_two_plugins_claiming_a_core_op_conflict(reg):
 
     reg.register(Shadow(), name="shadow", dist="shadow-dist")
     with pytest.raises(
-        PluginConflictError, match=r"op 'relu'.*'cnnkit.ops'.*'cnnkit'.*'shadow'.*'shadow-dist'"
+        PluginConflictError, match=r"op 'relu'.*'cnnkit.builtin'.*'cnnkit'.*'shadow'.*'shadow-dist'"
     ):
         reg.ops()
 

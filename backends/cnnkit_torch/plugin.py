@@ -20,6 +20,12 @@ def _make_backend(**options):
     return TorchBackend(**options)
 
 
+def _data_parallel(args) -> int:
+    from cnnkit_torch.distributed import run_cli  # imports torch
+
+    return run_cli(args)
+
+
 def _torch_version() -> str:
     try:
         return md.version("torch")
@@ -37,6 +43,7 @@ def cnnkit_register_backends(register):
             description="PyTorch: hand-derived gradients in autograd.Function, CPU or GPU",
             install_hint=INSTALL_HINT,
             options=("device", "dtype"),
+            data_parallel=_data_parallel,
         )
     )
 

@@ -5,8 +5,8 @@ to ``--out``: ``model.npz`` (:func:`cnnkit.io.save`), ``history.json`` and, when
 matplotlib is installed (``pip install 'cnnkit[plot]'``), ``filters.png`` with
 the first layer's filters and the feature maps they make of one test example.
 With ``--nproc N`` (PyTorch backend) it trains data-parallel in N processes
-(:mod:`cnnkit.distributed`); under ``torchrun`` it joins the process group
-the launcher set up.
+(the backend's data-parallel runner, ``cnnkit_torch.distributed``); under
+``torchrun`` it joins the process group the launcher set up.
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def finish(
 ) -> None:
     """Print the final accuracy and write ``model.npz``, ``history.json`` and ``filters.png`` to ``--out``.
 
-    Shared by the one-process run and rank 0 of :mod:`cnnkit.distributed`; ``record_extra``
+    Shared by the one-process run and rank 0 of a data-parallel run; ``record_extra``
     (``nproc``, ``device``, ...) goes into ``history.json``.
     """
     from cnnkit import io
@@ -199,11 +199,22 @@ def finish(
     sys.stdout.flush()
 
 
+def _data_parallel(args: argparse.Namespace) -> int:
+    """Hand the run to the backend that trains data-parallel (its ``BackendInfo.data_parallel``)."""
+    from cnnkit.registry import get_registry
+
+    infos = get_registry().backend_infos()
+    able = sorted(name for name, info in infos.items() if info.data_parallel is not None)
+    name = args.backend or (able[0] if able else None)
+    if name not in able:
+        runs_on = " or ".join(able) or "no installed"
+        raise ValueError(f"train: --nproc runs on the {runs_on} backend, got --backend {args.backend}")
+    return infos[name].data_parallel(args)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.nproc > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from cnnkit.distributed import run_cli
-
-        return run_cli(args)
+        return _data_parallel(args)
     from cnnkit.data import load_task
     from cnnkit.models import build_model
     from cnnkit.registry import get_backend

@@ -1,7 +1,7 @@
 """The conformance suite: the same cases, run against every registered backend.
 
-- :mod:`cnnkit.conformance.cases`: the cases as data (:class:`Case`, :class:`Random`).
-- :mod:`cnnkit.conformance.oracle`: expected outputs from the definitions.
+- :mod:`cnnkit.conformance.cases`: the cases as data (:class:`Case`, :class:`Random`);
+  each op's cases, properties and oracle live in its record (:mod:`cnnkit.ops`).
 - :mod:`cnnkit.conformance.runner`: plan, run and report (shared by pytest and the CLI).
 - :mod:`cnnkit.conformance.pytest_plugin`: the pytest options and the terminal report.
 
@@ -10,7 +10,7 @@ Point the suite at a backend in one line (see ``README.md`` beside this file)::
     pytest --pyargs cnnkit.conformance --cnnkit-backend mybackend -n 2
 """
 
-from cnnkit.conformance.cases import BUILTIN_CASES, Case, Random
+from cnnkit.conformance.cases import Case, Random
 from cnnkit.conformance.runner import (
     Item,
     Outcome,
@@ -27,7 +27,6 @@ from cnnkit.conformance.runner import (
 )
 
 __all__ = [
-    "BUILTIN_CASES",
     "Case",
     "Item",
     "Outcome",

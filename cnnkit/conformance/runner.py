@@ -10,17 +10,18 @@ checks:
 
 ``forward``
     the output's shape is the spec's output shape and its dtype the input's;
-    its values match the golden output (``Case.expected``), the oracle
-    (:mod:`cnnkit.conformance.oracle`) and the reference backend's output.
+    its values match the golden output (``Case.expected``), the op record's
+    oracle (:meth:`cnnkit.spec.OpSpec.oracle`) and the reference backend's output.
 ``backward``
     the manual gradients (through :func:`cnnkit.vjp`) have the inputs' shapes
     and dtypes and match central finite differences (float64, along random
     directions, to 1e-6 relative), the golden gradients and the reference
     backend's backward.
 ``properties``
-    what the lecture states: linearity of conv in x and in W, ``flip=True``
-    equals cross-correlation with ``rot180(W)``, translation equivariance of a
-    stride-1 conv, pooling invariants, NaN/inf propagation.
+    what the lecture states, as each op's record lists it
+    (:attr:`cnnkit.spec.OpSpec.properties`): linearity of a convolution in x
+    and in W, ``flip=True`` equals cross-correlation with ``rot180(W)``,
+    translation equivariance at stride 1, pooling invariants, NaN/inf propagation.
 ``raises``
     an error case raises the expected type, with the same message as on the
     reference backend.
@@ -37,7 +38,6 @@ import fnmatch
 import json
 import math
 import re
-import warnings
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -47,12 +47,11 @@ from typing import Any
 
 import numpy as np
 
-from cnnkit.conformance import oracle
 from cnnkit.conformance.cases import Case, Random
 from cnnkit.dispatch import call, vjp
 from cnnkit.errors import BackendUnavailableError
-from cnnkit.ops import OpSpec, TensorInfo
 from cnnkit.registry import Registry, get_registry
+from cnnkit.spec import OpSpec, PropertySkip, TensorInfo
 
 __all__ = [
     "CHECKS",
@@ -94,8 +93,7 @@ class CheckFailure(AssertionError):
         self.max_error = max_error
 
 
-class _Skip(Exception):
-    pass
+_Skip = PropertySkip  # a check that does not apply: the item is skipped
 
 
 # -- cases -------------------------------------------------------------------------------------
@@ -165,17 +163,27 @@ class Item:
         return f"{self.target.id}-{self.case.id}::{self.check}"
 
 
-def checks_for(case: Case) -> tuple[str, ...]:
+def checks_for(case: Case, registry: Registry | None = None) -> tuple[str, ...]:
     """The checks an item list holds for ``case``."""
     if case.raises is not None:
         return ("raises",)
     checks = ("forward", "backward")
-    return (*checks, "properties") if case.op in PROPERTIES else checks
+    spec = (registry or get_registry()).ops().get(case.op)
+    return (*checks, "properties") if spec is not None and spec.properties else checks
 
 
 def _backend_options(registry: Registry, name: str, device: str) -> dict[str, Any]:
     info = registry.backend_infos()[name]
     return {"device": device} if "device" in info.options and device != "cpu" else {}
+
+
+def _implemented(registry: Registry, name: str) -> set[str] | None:
+    """The ops backend ``name`` implements, or ``None`` when it cannot load (its items say so)."""
+    try:
+        registry.backend(name)
+    except (BackendUnavailableError, ImportError):
+        return None
+    return set(registry.kernels(name))
 
 
 def _devices(registry: Registry, name: str) -> list[str]:
@@ -213,11 +221,14 @@ def plan(
     cases = select_cases(all_cases(registry), include, exclude)
     items = []
     for name in names:
+        implemented = _implemented(registry, name)
         for device in _devices(registry, name):
             for dtype in dtypes:
                 target = Target(name, dtype, device)
                 for case in cases:
-                    items.extend(Item(target, case, check, case.id) for check in checks_for(case))
+                    if implemented is not None and case.op not in implemented:
+                        continue  # the coverage line names what the backend lacks
+                    items.extend(Item(target, case, check, case.id) for check in checks_for(case, registry))
     return items
 
 
@@ -347,6 +358,30 @@ class _Run:
             f"backend={self.target.backend!r}, dtype={self.dtype!r}, check={self.item.check!r})"
         )
 
+    def oracle(self, inputs: Sequence[Any], canonical: dict | None = None) -> np.ndarray:
+        """The record's oracle on ``inputs`` (float64), with the case's canonical attributes."""
+        if not self.spec.has_oracle:
+            raise _Skip(f"op {self.case.op!r} has no oracle")
+        if canonical is None:
+            _, canonical = self.canonical()
+        arrays = [None if a is None else np.asarray(a) for a in inputs]
+        arrays = [a if a is None or a.dtype.kind in "iu" else a.astype(np.float64) for a in arrays]
+        with np.errstate(all="ignore"):
+            return np.asarray(self.spec.oracle(*arrays, **canonical), dtype=np.float64)
+
+    def rng(self, purpose: str) -> np.random.Generator:
+        """A generator seeded by the case id and ``purpose``: the same numbers on every backend."""
+        return _rng(self.case, purpose)
+
+    def has(self, op: str) -> bool:
+        """Whether the backend under test implements ``op`` (properties that need a second op)."""
+        return op in self.registry.kernels(self.target.backend)
+
+    @property
+    def tolerances(self) -> tuple[float, float]:
+        """``(rtol, atol)`` of the dtype under test."""
+        return TOLERANCES[self.dtype]
+
     def fail(self, message: str) -> CheckFailure:
         return CheckFailure(f"{message}\n  {self.context()}")
 
@@ -382,9 +417,8 @@ class _Run:
         exact = [
             None if a is None else a.astype(np.float64) if a.dtype.kind == "f" else a for a in self.inputs
         ]
-        want = oracle.expected_output(self.case.op, exact, canonical)
-        if want is not None:
-            self.compare("forward vs oracle", actual, want)
+        if self.spec.has_oracle:
+            self.compare("forward vs oracle", actual, self.oracle(exact, canonical))
         ref = self.reference()
         if ref is not None:
             ref_out = self._reference_forward(ref)
@@ -510,7 +544,7 @@ class _Run:
         raise self.fail(f"raises: backend {backend.name!r} raised nothing; expected {expected.__name__}")
 
     def check_properties(self) -> None:
-        for prop in PROPERTIES.get(self.case.op, ()):
+        for prop in self.spec.properties:
             try:
                 prop(self)
             except _Skip:
@@ -562,152 +596,6 @@ def compare(actual: Any, expected: Any, dtype: str, what: str = "output", contex
 
 def _indent(a: np.ndarray) -> str:
     return "\n".join("    " + line for line in np.array2string(a).splitlines())
-
-
-# -- properties ------------------------------------------------------------------------------
-
-
-def _has(run: _Run, op: str) -> bool:
-    return op in run.registry.kernels(run.target.backend)
-
-
-def _conv_linearity_x(run: _Run) -> None:
-    x1, w, _ = run.inputs
-    x2 = _rng(run.case, "x2").uniform(-1, 1, size=x1.shape).astype(run.dtype)
-    a, b = 0.75, -1.25
-    lhs = run.run([a * x1 + b * x2, w, None])
-    rhs = a * run.run([x1, w, None]) + b * run.run([x2, w, None])
-    run.compare("property: conv(a·x1 + b·x2, W) == a·conv(x1, W) + b·conv(x2, W)", lhs, rhs)
-
-
-def _conv_linearity_w(run: _Run) -> None:
-    x, w1, _ = run.inputs
-    w2 = _rng(run.case, "w2").uniform(-1, 1, size=w1.shape).astype(run.dtype)
-    a, b = 0.75, -1.25
-    lhs = run.run([x, a * w1 + b * w2, None])
-    rhs = a * run.run([x, w1, None]) + b * run.run([x, w2, None])
-    run.compare("property: conv(x, a·W1 + b·W2) == a·conv(x, W1) + b·conv(x, W2)", lhs, rhs)
-
-
-def _conv_flip(run: _Run) -> None:
-    x, w, b = run.inputs
-    d = w.ndim - 2
-    rot = np.ascontiguousarray(w[(slice(None), slice(None), *([slice(None, None, -1)] * d))])
-    attrs = dict(run.case.attrs)
-    flip = bool(attrs.get("flip", False))
-    attrs["flip"] = not flip
-    run.compare(
-        "property: conv(x, W, flip=True) == conv(x, rot180(W), flip=False)",
-        run.run([x, rot, b], attrs),
-        run.run([x, w, b]),
-    )
-
-
-def _conv_translation(run: _Run) -> None:
-    _, canonical = run.canonical()
-    if any(s != 1 for s in canonical["stride"]):
-        raise _Skip("translation equivariance holds at stride 1 only")
-    x, w, b = run.inputs
-    d = w.ndim - 2
-    ext = canonical["dilation"][-1] * (w.shape[-1] - 1) + 1
-    margin = ext + max(canonical["padding"][-1]) + 1
-    z = np.zeros((*x.shape[:-1], x.shape[-1] + 2 * margin), dtype=x.dtype)
-    z[..., margin : margin + x.shape[-1]] = x
-    shifted = np.roll(z, 1, axis=-1)
-    attrs = {**canonical, "dims": d}
-    y = run.run([z, w, b], attrs)
-    y_shift = run.run([shifted, w, b], attrs)
-    run.compare("property: conv(shift(x)) == shift(conv(x)) (stride 1)", y_shift[..., 1:], y[..., :-1])
-
-
-def _pool_attrs(run: _Run) -> dict:
-    return {k: v for k, v in run.case.attrs.items() if k not in ("count_include_pad", "norm_type")}
-
-
-def _max_ge_avg(run: _Run) -> None:
-    if not (_has(run, "max_pool") and _has(run, "avg_pool")):
-        raise _Skip("needs max_pool and avg_pool")
-    x = np.abs(run.inputs[0])
-    attrs = _pool_attrs(run)
-    m = np.asarray(run.numpy(call("max_pool", x, backend=run.backend, **attrs)))
-    for cip in (True, False):
-        a = np.asarray(run.numpy(call("avg_pool", x, backend=run.backend, count_include_pad=cip, **attrs)))
-        rtol, atol = TOLERANCES[run.dtype]
-        if (m < a - atol - rtol * np.abs(a)).any():
-            where = tuple(int(i) for i in np.unravel_index(int(np.argmax(a - m)), m.shape))
-            raise run.fail(
-                f"property: max_pool(x) >= avg_pool(x) for x >= 0 fails at {where} "
-                f"(max {m[where]!r}, avg {a[where]!r}, count_include_pad={cip})"
-            )
-    run.compared += 1
-
-
-def _lp1_is_sum(run: _Run) -> None:
-    if not (_has(run, "lp_pool") and _has(run, "avg_pool")):
-        raise _Skip("needs lp_pool and avg_pool")
-    x = np.abs(run.inputs[0])
-    attrs = _pool_attrs(run)
-    lp1 = run.numpy(call("lp_pool", x, backend=run.backend, norm_type=1, **attrs))
-    count = run.numpy(call("lp_pool", np.ones_like(x), backend=run.backend, norm_type=1, **attrs))
-    avg = run.numpy(call("avg_pool", x, backend=run.backend, count_include_pad=False, **attrs))
-    run.compare(
-        "property: lp_pool(x >= 0, p=1) == avg_pool(x, count_include_pad=False) · |window|", lp1, avg * count
-    )
-
-
-def _max_of_constant(run: _Run) -> None:
-    x = np.full_like(run.inputs[0], -0.375)
-    out = run.run([x])
-    run.compare(
-        "property: max_pool(constant) == constant (padding never wins)", out, np.full(out.shape, -0.375)
-    )
-
-
-def _max_grad_sum(run: _Run) -> None:
-    out, pullback = vjp("max_pool", run.inputs[0], backend=run.backend, **run.case.attrs)
-    g = run.grad_output(tuple(int(s) for s in out.shape))
-    (dx,) = pullback(run.backend.asarray(g))
-    n, c = g.shape[:2]
-    run.compare(
-        "property: max_pool's gradient per channel sums to the output gradient's sum",
-        run.numpy(dx).reshape(n, c, -1).sum(-1),
-        g.astype(np.float64).reshape(n, c, -1).sum(-1),
-    )
-
-
-def _nan_propagates(run: _Run) -> None:
-    inputs = list(run.inputs)
-    x = inputs[0].copy()
-    flat = x.reshape(-1)
-    flat[:2] = np.nan  # two neighbours, so that every dilated window pattern reads one
-    if run.case.op in ("max_pool", "relu", "leaky_relu", "sigmoid", "tanh", "flatten") and flat.size > 2:
-        flat[flat.size // 2] = np.inf
-        flat[-1] = -np.inf
-    inputs[0] = x
-    _, canonical = run.canonical()
-    exact = [None if a is None else a.astype(np.float64) for a in inputs]
-    want = oracle.expected_output(run.case.op, exact, canonical)
-    if want is None:
-        raise _Skip("no oracle for this op")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        with np.errstate(all="ignore"):
-            got = run.run(inputs)
-    run.compare("property: NaN and inf propagate as in the definition", got, want)
-
-
-#: The property checks of each op kind.
-PROPERTIES: dict[str, tuple[Callable[[_Run], None], ...]] = {
-    "conv": (_conv_linearity_x, _conv_linearity_w, _conv_flip, _conv_translation, _nan_propagates),
-    "max_pool": (_max_of_constant, _max_grad_sum, _max_ge_avg, _nan_propagates),
-    "avg_pool": (_max_ge_avg, _nan_propagates),
-    "lp_pool": (_lp1_is_sum, _nan_propagates),
-    "relu": (_nan_propagates,),
-    "leaky_relu": (_nan_propagates,),
-    "sigmoid": (_nan_propagates,),
-    "tanh": (_nan_propagates,),
-    "linear": (_nan_propagates,),
-}
 
 
 def run_item(item: Item, registry: Registry | None = None) -> Outcome:
@@ -849,6 +737,7 @@ class Report:
                 "summary": {be: dict(c) for be, c in self.per_backend().items()},
                 "matrix": matrix,
                 "coverage": coverage(registry, sorted({r.backend for r in self.results})),
+                "lacks": {be: lacks(registry, be) for be in sorted({r.backend for r in self.results})},
                 "failures": [
                     {"id": r.id, "status": r.status, "max_error": r.max_error, "message": r.message}
                     for r in self.failed
@@ -904,6 +793,12 @@ def coverage(registry: Registry | None = None, backends: Sequence[str] | None = 
     return out
 
 
+def lacks(registry: Registry | None, backend: str) -> list[str]:
+    """The registered ops that ``backend`` has no kernel for, sorted."""
+    registry = registry or get_registry()
+    return sorted(set(registry.ops()) - set(registry.kernels(backend)))
+
+
 def format_matrix(report: Report, registry: Registry | None = None, failures: int = 5) -> str:
     registry = registry or get_registry()
     matrix = report.matrix()
@@ -939,6 +834,7 @@ def format_matrix(report: Report, registry: Registry | None = None, failures: in
             f"{c['not-implemented']} not implemented, {c['xfailed']} xfailed, {c['xpassed']} stale xfail; "
             f"implements {len(cov.get(be, {}))} ops: "
             + ", ".join(f"{op}({', '.join(attrs)})" for op, attrs in cov.get(be, {}).items())
+            + (f"; lacks {', '.join(missing)} (no items planned)" if (missing := lacks(registry, be)) else "")
         )
     if report.unused_xfail:
         lines.append(f"known-failure patterns that matched nothing: {', '.join(report.unused_xfail)}")

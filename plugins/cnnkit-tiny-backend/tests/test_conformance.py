@@ -1,7 +1,7 @@
 """cnnkit's shared conformance suite, run against ``tiny``: this import is the whole test.
 
 ``pytest tests`` (from this directory) runs every case of every op on tiny;
-ops tiny lacks are reported as not implemented, known failures are listed with
+ops tiny lacks get no items (its coverage line names them), known failures are listed with
 their reasons in ``known_failures.txt``.
 """
 

@@ -24,14 +24,13 @@ after)``, ``sigma: float``.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from cnnkit import geometry
-from cnnkit.ops import OpSpec, TensorInfo, as_int_tuple
+from cnnkit.spec import OpSpec, TensorInfo, as_float, check_window, spatial_dims
 
 __all__ = ["DistancePoolSpec", "distance_weights"]
 
@@ -66,36 +65,18 @@ class DistancePoolSpec(OpSpec):
     def check(self, where: str, infos: Sequence[TensorInfo | None], attrs: dict[str, Any]) -> dict[str, Any]:
         (x,) = infos
         assert x is not None
-        dims = attrs["dims"] if attrs["dims"] is not None else x.ndim - 2
-        if dims < 1:
-            raise ValueError(f"{where}: input must be batched (N, C, *spatial), got shape {x.shape}")
-        if x.ndim != dims + 2:
-            layout = "(N, C, " + ", ".join("DHW"[3 - dims :] if dims <= 3 else ["*"] * dims) + ")"
-            raise ValueError(
-                f"{where}: input must have {dims + 2} dimensions {layout}, got {x.ndim} (input {x.shape})"
-            )
-        kernel = as_int_tuple(attrs["kernel_size"], dims, "kernel_size", where)
-        stride = kernel if attrs["stride"] is None else as_int_tuple(attrs["stride"], dims, "stride", where)
-        padding = geometry.resolve_padding(
-            attrs["padding"], kernel, stride, (1,) * dims, x.shape[2:], where=where
-        )
-        for axis, (size, f, p) in enumerate(zip(x.shape[2:], kernel, padding)):
-            if max(p) > f // 2:
-                raise ValueError(
-                    f"{where}: padding must be at most half the window ({f // 2} for kernel_size {f}) "
-                    f"so that every window holds an input unit, got {p} on spatial axis {axis}"
-                )
-            if size + p[0] + p[1] < f:
-                raise ValueError(
-                    f"{where}: kernel_size {f} is larger than the padded input along spatial axis "
-                    f"{axis} ({size} + padding {p}) (input {x.shape})"
-                )
-        sigma = attrs["sigma"]
-        if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
-            raise TypeError(f"{where}: sigma must be a number, got {sigma!r}")
+        dims = spatial_dims(where, attrs, x)
+        # the window rules of the core's pools, with the core's messages (no dilation, no ceil_mode)
+        window = check_window(where, x, attrs, dims)
+        sigma = as_float(attrs["sigma"], "sigma", where)
         if not (sigma > 0 and math.isfinite(sigma)):
             raise ValueError(f"{where}: sigma must be a finite number > 0, got {sigma!r}")
-        return {"kernel_size": kernel, "stride": stride, "padding": padding, "sigma": float(sigma)}
+        return {
+            "kernel_size": window["kernel_size"],
+            "stride": window["stride"],
+            "padding": window["padding"],
+            "sigma": sigma,
+        }
 
     def output_shape(self, infos: Sequence[TensorInfo | None], attrs: Mapping[str, Any]) -> tuple:
         (x,) = infos

@@ -75,6 +75,7 @@ def train_step(
         This rank's summed cross-entropy and number of correct predictions on its share.
     """
     import torch
+
     from cnnkit_torch.nn import CrossEntropyLoss
 
     local = shard(batch, rank, world_size)
@@ -167,7 +168,6 @@ def launch(fn: Callable[..., Any], nproc: int, *args: Any, device: str | None = 
 def _train(rank: int, world_size: int, device: Any, args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
-    from cnnkit_torch.nn import copy_to_cnnkit, from_cnnkit
     from torch.nn.parallel import DistributedDataParallel
 
     from cnnkit.cli.train import TASKS, epoch_line, finish
@@ -176,6 +176,7 @@ def _train(rank: int, world_size: int, device: Any, args: argparse.Namespace) ->
     from cnnkit.optim import make_scheduler
     from cnnkit.registry import get_backend
     from cnnkit.training import History
+    from cnnkit_torch.nn import copy_to_cnnkit, from_cnnkit
 
     lead = rank == 0
     arch_name, default_epochs = TASKS[args.task]

@@ -1,0 +1,696 @@
+"""The convolution record: ``conv`` in 1-3 D, its functions, its layers, cases and oracle.
+
+The op: :class:`ConvSpec`. The functions :func:`conv1d`, :func:`conv2d`,
+:func:`conv3d` (PyTorch's names and argument order) validate once through it
+and dispatch; the layers :class:`Conv1d`, :class:`Conv2d`, :class:`Conv3d`
+hold the parameters. The NumPy kernel is ``cnnkit_numpy.ops.conv_forward`` /
+``conv_backward``; the torch kernel ``cnnkit_torch.ops.Conv``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import string
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from cnnkit import geometry
+from cnnkit.conformance.cases import Case, Random, Seeds, error_cases, pad_id, per_axis
+from cnnkit.dispatch import call
+from cnnkit.layer import Layer, ParamSpec, window_of
+from cnnkit.ops._shared import BackendArg, doc, nan_propagates, pad, windows
+from cnnkit.spec import (
+    OpSpec,
+    PropertySkip,
+    _is_int,
+    as_bool,
+    as_int_tuple,
+    check_ndim,
+    check_spatial_nonempty,
+    layout,
+    spatial_dims,
+)
+
+__all__ = ["FUNCTIONS", "LAYERS", "Conv1d", "Conv2d", "Conv3d", "ConvSpec", "conv1d", "conv2d", "conv3d"]
+
+# -- the record ----------------------------------------------------------------------------
+
+LAYOUT = {1: (9,), 2: (7, 6), 3: (5, 4, 4)}
+rand = Seeds(1000)
+
+
+def _case(
+    d: int,
+    *,
+    c: int = 2,
+    k: int = 3,
+    f: int | tuple = 3,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: int = 1,
+    bias: bool = True,
+    flip: bool = False,
+    n: int = 2,
+    spatial: tuple[int, ...] | None = None,
+    extra: str = "",
+) -> Case:
+    spatial = spatial or LAYOUT[d]
+    kernel = (f,) * d if isinstance(f, int) else f
+    parts = [f"conv{d}d"]
+    if extra:
+        parts.append(extra)
+    if stride != 1:
+        parts.append(f"stride{stride}" if isinstance(stride, int) else "stride" + "x".join(map(str, stride)))
+    if padding != 0:
+        parts.append(pad_id(padding))
+    if dilation != 1:
+        parts.append(f"dil{dilation}")
+    if groups != 1:
+        parts.append("depthwise" if groups == c and k % c == 0 and groups > 2 else f"groups{groups}")
+    if not bias:
+        parts.append("nobias")
+    if flip:
+        parts.append("flip")
+    attrs: dict[str, Any] = {}
+    for key, value, default in (
+        ("stride", stride, 1),
+        ("padding", padding, 0),
+        ("dilation", dilation, 1),
+        ("groups", groups, 1),
+        ("flip", flip, False),
+    ):
+        if value != default:
+            attrs[key] = value
+    attrs["dims"] = d
+    inputs = (rand(n, c, *spatial), rand(k, c // groups, *kernel), rand(k) if bias else None)
+    return Case("-".join(parts), "conv", inputs, attrs, tags=("conv", f"{d}d"))
+
+
+def _random_cases() -> Iterator[Case]:
+    """Convolution in 1-3 D: stride x padding forms, dilation, groups, bias, flip, kernel shapes."""
+    for d in (1, 2, 3):
+        pair_pad = per_axis(d, ((0, 1), (2, 1), (1, 0)))
+        tuple_pad = per_axis(d, (2, 0, 1))
+        for stride in (1, 2, 3):
+            for padding in (0, 1, tuple_pad, "valid", "same", pair_pad):
+                yield _case(d, stride=stride, padding=padding)
+        # "same" with an even kernel: an odd total, the extra unit after (SAME_UPPER)
+        for stride in (1, 2, 3):
+            yield _case(d, f=2, stride=stride, padding="same", extra="k2")
+        yield _case(d, f=1, extra="k1")
+        big = {"n": 1, "spatial": (5, 5, 5)} if d == 3 else {}
+        for stride in (1, 2):
+            for padding in (0, "same"):
+                yield _case(d, dilation=2, stride=stride, padding=padding, **big)
+        yield _case(d, dilation=per_axis(d, (1, 2)), padding=1, extra="mixdil")
+        for groups, c, k in ((2, 4, 4), (4, 4, 4), (4, 4, 8)):
+            for stride in (1, 2):
+                yield _case(
+                    d, c=c, k=k, groups=groups, stride=stride, padding=1, extra="" if k == c else f"k{k}"
+                )
+        yield _case(d, c=4, k=4, groups=2, bias=False)
+        for padding in (0, "same", pair_pad):
+            yield _case(d, flip=True, padding=padding)
+        yield _case(d, flip=True, stride=2, groups=2, c=4, k=4, padding=1)
+        yield _case(d, bias=False)
+        yield _case(d, bias=False, stride=2, padding="same")
+        yield _case(d, f=per_axis(d, (3, 2, 1)), stride=per_axis(d, (2, 1)), padding=1, extra="rect")
+        yield _case(d, n=1, c=1, k=1, extra="single")
+    # a kernel as large as the input: one output unit
+    yield _case(2, f=(7, 6), extra="fullkernel")
+    yield _case(2, f=3, padding=((2, 2), (2, 2)), extra="full")
+
+
+def _goldens() -> Iterator[Case]:
+    """The lecture's worked examples, verbatim."""
+    sobel_i = [[1.0, 2, 3], [4, 5, 6], [7, 8, 9]]
+    sobel_k = [[-1.0, -2, -1], [0, 0, 0], [1, 2, 1]]
+    yield Case(
+        "conv2d-lecture-sobel-flip-same",
+        "conv",
+        ([[sobel_i]], [[sobel_k]], None),
+        {"padding": "same", "flip": True, "dims": 2},
+        expected=[[[[-13.0, -20, -17], [-18, -24, -18], [13, 20, 17]]]],
+        tags=("golden", "lecture", "conv"),
+    )
+
+    def rows(*lines: str) -> list[list[float]]:
+        return [[float(ch) for ch in line] for line in lines]
+
+    # lecture layout x[:, :, d] -> NCHW x[0, d]
+    x = [
+        rows("20000", "22210", "21122", "11122", "00100"),
+        rows("11121", "12100", "12021", "20111", "11122"),
+        rows("00020", "21112", "11202", "12120", "00021"),
+    ]
+    w0 = [
+        [[1.0, -1, 0], [1, 1, 1], [0, 1, 1]],
+        [[1.0, 1, 0], [-1, -1, 1], [1, -1, -1]],
+        [[1.0, -1, 1], [-1, 0, 1], [1, 1, 1]],
+    ]
+    w1 = [
+        [[-1.0, 1, 0], [1, -1, -1], [0, 1, 1]],
+        [[0.0, -1, -1], [0, -1, 0], [0, 1, 1]],
+        [[0.0, -1, -1], [0, 0, 0], [-1, 1, 0]],
+    ]
+    o0 = [[7.0, 10, -1], [7, 14, 6], [3, 8, -1]]
+    o1 = [[6.0, 3, 0], [-3, -1, -3], [-5, -7, -3]]
+    yield Case(
+        "conv2d-lecture-volume-stride2-pad1",
+        "conv",
+        ([x], [w0, w1], [1.0, 0.0]),
+        {"stride": 2, "padding": 1, "dims": 2},
+        expected=[[o0, o1]],
+        tags=("golden", "lecture", "conv"),
+    )
+    # The lecture's output-size table: N = 7, F = 3 gives (7 - 3) / S + 1 outputs. With S = 3 the
+    # window does not fit (4 / 3 is not whole): cnnkit.geometry.conv_output_size(strict=True) raises,
+    # and the op, like PyTorch, keeps the whole windows only. A ones kernel over 1..7 makes each
+    # output the sum of its window, so the expected values show which windows were taken.
+    ramp = [[[1.0, 2, 3, 4, 5, 6, 7]]]
+    for stride, sums in ((1, [6.0, 9, 12, 15, 18]), (2, [6.0, 12, 18]), (3, [6.0, 15])):
+        yield Case(
+            f"conv1d-lecture-size-table-n7-f3-s{stride}",
+            "conv",
+            (ramp, [[[1.0, 1, 1]]], None),
+            {"stride": stride, "dims": 1},
+            expected=[[sums]],
+            tags=("golden", "lecture", "conv"),
+        )
+    # hand-computed: a 1-D true convolution is the polynomial product
+    yield Case(
+        "conv1d-golden-polyproduct-flip-full",
+        "conv",
+        ([[[1.0, 2, 3]]], [[[1.0, 1]]], None),
+        {"padding": 1, "flip": True, "dims": 1},
+        expected=[[[1.0, 3, 5, 3]]],
+        tags=("golden", "conv"),
+    )
+
+
+@functools.cache
+def _all_cases() -> tuple[Case, ...]:
+    return (*_goldens(), *_random_cases(), *_error_cases())
+
+
+def _error_cases() -> Iterator[Case]:
+    x4, w4 = rand(1, 3, 6, 6), rand(2, 3, 3, 3)
+    yield from error_cases(
+        [
+            (
+                "conv-error-wrong-ndim",
+                "conv",
+                (rand(3, 6, 6), w4, None),
+                {"dims": 2},
+                ValueError,
+                "input must have 4",
+            ),
+            (
+                "conv-error-channel-mismatch",
+                "conv",
+                (x4, rand(2, 4, 3, 3), None),
+                {},
+                ValueError,
+                "weight has 4 input channels but input has 3",
+            ),
+            (
+                "conv-error-groups-not-dividing",
+                "conv",
+                (x4, w4, None),
+                {"groups": 2},
+                ValueError,
+                "groups=2 does not divide",
+            ),
+            (
+                "conv-error-kernel-too-large",
+                "conv",
+                (rand(1, 3, 2, 2), w4, None),
+                {},
+                ValueError,
+                "larger than",
+            ),
+            ("conv-error-stride0", "conv", (x4, w4, None), {"stride": 0}, ValueError, "stride must be >= 1"),
+            (
+                "conv-error-dilation0",
+                "conv",
+                (x4, w4, None),
+                {"dilation": 0},
+                ValueError,
+                "dilation must be >= 1",
+            ),
+            (
+                "conv-error-negative-padding",
+                "conv",
+                (x4, w4, None),
+                {"padding": -1},
+                ValueError,
+                "padding must be >= 0",
+            ),
+            (
+                "conv-error-bad-padding-string",
+                "conv",
+                (x4, w4, None),
+                {"padding": "full"},
+                ValueError,
+                "padding",
+            ),
+            ("conv-error-float-stride", "conv", (x4, w4, None), {"stride": 1.5}, TypeError, "stride"),
+            ("conv-error-bias-shape", "conv", (x4, w4, rand(3)), {}, ValueError, "bias must have shape"),
+            (
+                "conv-error-mismatched-dtypes",
+                "conv",
+                (
+                    Random((1, 3, 6, 6), seed=7, dtype="float32"),
+                    Random((2, 3, 3, 3), seed=8, dtype="float64"),
+                    None,
+                ),
+                {},
+                TypeError,
+                "dtype",
+            ),
+            (
+                "conv-error-int-input",
+                "conv",
+                (np.ones((1, 3, 6, 6), dtype=np.int64), w4, None),
+                {},
+                TypeError,
+                "floating",
+            ),
+            (
+                "conv-error-unknown-attr",
+                "conv",
+                (x4, w4, None),
+                {"strides": 2},
+                TypeError,
+                "unexpected attribute",
+            ),
+        ]
+    )
+
+
+def _linearity_in_x(run) -> None:
+    x1, w, _ = run.inputs
+    x2 = run.rng("x2").uniform(-1, 1, size=x1.shape).astype(run.dtype)
+    a, b = 0.75, -1.25
+    lhs = run.run([a * x1 + b * x2, w, None])
+    rhs = a * run.run([x1, w, None]) + b * run.run([x2, w, None])
+    run.compare("property: conv(a·x1 + b·x2, W) == a·conv(x1, W) + b·conv(x2, W)", lhs, rhs)
+
+
+def _linearity_in_w(run) -> None:
+    x, w1, _ = run.inputs
+    w2 = run.rng("w2").uniform(-1, 1, size=w1.shape).astype(run.dtype)
+    a, b = 0.75, -1.25
+    lhs = run.run([x, a * w1 + b * w2, None])
+    rhs = a * run.run([x, w1, None]) + b * run.run([x, w2, None])
+    run.compare("property: conv(x, a·W1 + b·W2) == a·conv(x, W1) + b·conv(x, W2)", lhs, rhs)
+
+
+def _flip_is_rot180(run) -> None:
+    x, w, b = run.inputs
+    d = w.ndim - 2
+    rot = np.ascontiguousarray(w[(slice(None), slice(None), *([slice(None, None, -1)] * d))])
+    attrs = dict(run.case.attrs)
+    flip = bool(attrs.get("flip", False))
+    attrs["flip"] = not flip
+    run.compare(
+        "property: conv(x, W, flip=True) == conv(x, rot180(W), flip=False)",
+        run.run([x, rot, b], attrs),
+        run.run([x, w, b]),
+    )
+
+
+def _translation_equivariance(run) -> None:
+    _, canonical = run.canonical()
+    if any(s != 1 for s in canonical["stride"]):
+        raise PropertySkip("translation equivariance holds at stride 1 only")
+    x, w, b = run.inputs
+    d = w.ndim - 2
+    ext = canonical["dilation"][-1] * (w.shape[-1] - 1) + 1
+    margin = ext + max(canonical["padding"][-1]) + 1
+    z = np.zeros((*x.shape[:-1], x.shape[-1] + 2 * margin), dtype=x.dtype)
+    z[..., margin : margin + x.shape[-1]] = x
+    shifted = np.roll(z, 1, axis=-1)
+    attrs = {**canonical, "dims": d}
+    y = run.run([z, w, b], attrs)
+    y_shift = run.run([shifted, w, b], attrs)
+    run.compare("property: conv(shift(x)) == shift(conv(x)) (stride 1)", y_shift[..., 1:], y[..., :-1])
+
+
+def _oracle(x, w, b, *, stride, padding, dilation, groups, flip):
+    """The definition, with every window gathered at once and reduced by one einsum."""
+    d = x.ndim - 2
+    if flip:
+        w = w[(slice(None), slice(None), *([slice(None, None, -1)] * d))]
+    kernel = w.shape[2:]
+    out = [
+        geometry.conv_output_size(n, f, s, p, dd)
+        for n, f, s, p, dd in zip(x.shape[2:], kernel, stride, padding, dilation)
+    ]
+    win = windows(pad(x, padding), kernel, stride, dilation, out)  # (N, C, *O, *F)
+    n, c = x.shape[:2]
+    k = w.shape[0]
+    win = win.reshape(n, groups, c // groups, *win.shape[2:])  # (N, G, C/G, *O, *F)
+    wg = w.reshape(groups, k // groups, *w.shape[1:])  # (G, K/G, C/G, *F)
+    o_ax, f_ax = string.ascii_uppercase[:d], string.ascii_uppercase[d : 2 * d]
+    y = np.einsum(f"ngc{o_ax}{f_ax},gkc{f_ax}->ngk{o_ax}", win, wg).reshape(n, k, *out)
+    if b is not None:
+        y = y + b.reshape(k, *([1] * d))
+    return y
+
+
+class ConvSpec(OpSpec):
+    """Convolution / cross-correlation in 1, 2 or 3 spatial dimensions.
+
+    Forward (cross-correlation; ``flip=True`` uses ``rot180(W)``, the lecture's
+    true convolution ``(I * K)(i) = Σ_m I(i - m) K(m)``)::
+
+        a[n, k, i] = b[k] + Σ_c Σ_m W[k, c, m] · y_pad[n, g(k)·C/G + c, S·i + D·m]
+
+    Backward (the lecture's formulas)::
+
+        dE/dW[k, c, m] = Σ_n Σ_i δ[n, k, i] · y_pad[n, c, S·i + D·m]     (y ⋆ δ, δ dilated by S)
+        dE/db[k]       = Σ_n Σ_i δ[n, k, i]
+        δ_prev         = δ ⋆_full rot180(W)                              (δ dilated by S, padding cropped)
+
+    Shape: input ``(N, C, *spatial)``, weight ``(K, C/groups, *F)``, bias ``(K,)``
+    -> ``(N, K, *O)`` with ``O = floor((N + P_before + P_after - D·(F-1) - 1) / S) + 1``.
+
+    Canonical attributes: ``stride, dilation: (d,) ints``, ``padding: (d,)
+    (before, after)``, ``groups: int``, ``flip: bool``.
+    """
+
+    name = "conv"
+    inputs = ("input", "weight", "bias")
+    optional = frozenset({"bias"})
+    defaults: Mapping[str, Any] = {
+        "stride": 1,
+        "padding": 0,
+        "dilation": 1,
+        "groups": 1,
+        "flip": False,
+        "dims": None,
+    }
+
+    def check(self, where, infos, attrs):
+        x, w, b = infos
+        dims = spatial_dims(where, attrs, x)
+        check_ndim(where, "input", x, dims + 2, layout(dims))
+        check_ndim(where, "weight", w, dims + 2, layout(dims, "K, C/groups"))
+        check_spatial_nonempty(where, x)
+        stride = as_int_tuple(attrs["stride"], dims, "stride", where)
+        dilation = as_int_tuple(attrs["dilation"], dims, "dilation", where)
+        groups = attrs["groups"]
+        if not _is_int(groups):
+            raise TypeError(f"{where}: groups must be an int, got {groups!r}")
+        if groups < 1:
+            raise ValueError(f"{where}: groups must be >= 1, got {groups}")
+        flip = as_bool(attrs["flip"], "flip", where)
+        _n, c = x.shape[:2]
+        k, cg = w.shape[:2]
+        kernel = w.shape[2:]
+        if k < 1:
+            raise ValueError(f"{where}: weight must have at least 1 filter, got weight {w.shape}")
+        if c % groups:
+            raise ValueError(
+                f"{where}: groups={groups} does not divide the {c} input channels (input {x.shape})"
+            )
+        if k % groups:
+            raise ValueError(f"{where}: groups={groups} does not divide the {k} filters (weight {w.shape})")
+        if cg * groups != c:
+            per_group = "" if groups == 1 else f" per group ({c} in {groups} groups)"
+            raise ValueError(
+                f"{where}: weight has {cg} input channels but input has {c // groups}{per_group} "
+                f"(input {x.shape}, weight {w.shape})"
+            )
+        if min(kernel) < 1:
+            raise ValueError(f"{where}: weight has an empty kernel (weight {w.shape})")
+        if b is not None and b.shape != (k,):
+            raise ValueError(
+                f"{where}: bias must have shape ({k},), one per filter, got {b.shape} (weight {w.shape})"
+            )
+        padding = geometry.resolve_padding(
+            attrs["padding"], kernel, stride, dilation, x.shape[2:], where=where
+        )
+        for axis, (size, f, _s, p, d) in enumerate(zip(x.shape[2:], kernel, stride, padding, dilation)):
+            if size + p[0] + p[1] < geometry.effective_kernel(f, d):
+                raise ValueError(
+                    f"{where}: weight's kernel (extent {geometry.effective_kernel(f, d)} with "
+                    f"dilation {d}) is larger than the padded input along spatial axis {axis} "
+                    f"({size} + padding {p}) (input {x.shape}, weight {w.shape})"
+                )
+        return {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups, "flip": flip}
+
+    def output_shape(self, infos, attrs):
+        x, w, _ = infos
+        spatial = tuple(
+            geometry.conv_output_size(n, f, s, p, d)
+            for n, f, s, p, d in zip(
+                x.shape[2:], w.shape[2:], attrs["stride"], attrs["padding"], attrs["dilation"]
+            )
+        )
+        return (x.shape[0], w.shape[0], *spatial)
+
+    def cases(self):
+        return _all_cases()
+
+    def oracle(self, x, w, b, **attrs):
+        return _oracle(x, w, b, **attrs)
+
+    properties = (
+        _linearity_in_x,
+        _linearity_in_w,
+        _flip_is_rot180,
+        _translation_equivariance,
+        nan_propagates,
+    )
+
+
+# -- the functions ---------------------------------------------------------------------------
+
+_FUNCTION_DOC = """{d}-D convolution (cross-correlation by default) of ``input`` with ``weight``.
+
+    ``out[n, k, i] = bias[k] + Σ_c Σ_m weight[k, c, m] · input_pad[n, g·C/G + c, S·i + D·m]``
+    with ``g`` the group of filter ``k``; ``flip=True`` rotates the kernel 180°
+    first, the lecture's true convolution ``(I * K)(i) = Σ_m I(i - m) K(m)``.
+
+    Args:
+        input: ``(N, C, {axes})``.
+        weight: ``(K, C/groups, {kernel})``, ``K`` filters.
+        bias: ``(K,)`` or ``None``.
+        stride: ``S``, an int or one per axis, >= 1.
+        padding: an int, one int per axis, one ``(before, after)`` pair per axis,
+            ``"valid"`` or ``"same"`` (output ``ceil(N/S)``, extra unit after).
+        dilation: ``D``, spacing of the kernel taps, >= 1.
+        groups: split channels and filters into this many independent groups
+            (``groups == C`` with ``K == C`` is depthwise).
+        flip: ``True`` for true convolution, ``False`` (default) for cross-correlation.
+        backend: the backend to run on (default: the active one).
+
+    Shape:
+        output ``(N, K, {out_axes})`` with, per axis,
+        ``O = floor((N + P_before + P_after - D*(F-1) - 1) / S) + 1``.
+
+    Returns:
+        The output, in the input's dtype, as the backend's array type.
+
+    Raises:
+        ValueError: wrong number of dimensions, channels that do not match the
+            weight, groups that do not divide them, a kernel larger than the
+            padded input, stride or dilation < 1, negative padding.
+        TypeError: non-integer sizes, non-floating or mismatched dtypes.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.arange(1.0, 10.0).reshape(1, 1, 3, 3)
+        >>> k = np.array([[[[-1.0, -2, -1], [0, 0, 0], [1, 2, 1]]]])
+        >>> conv2d(x, k, padding="same", flip=True)[0, 0].tolist()
+        [[-13.0, -20.0, -17.0], [-18.0, -24.0, -18.0], [13.0, 20.0, 17.0]]
+    """
+
+
+def _conv(dims: int, input, weight, bias, stride, padding, dilation, groups, flip, backend):
+    attrs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, flip=flip)
+    return call("conv", input, weight, bias, backend=backend, where=f"conv{dims}d", dims=dims, **attrs)
+
+
+@doc(_FUNCTION_DOC, d=1)
+def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, flip=False, *, backend=None):
+    return _conv(1, input, weight, bias, stride, padding, dilation, groups, flip, backend)
+
+
+@doc(_FUNCTION_DOC, d=2)
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, flip=False, *, backend=None):
+    return _conv(2, input, weight, bias, stride, padding, dilation, groups, flip, backend)
+
+
+@doc(_FUNCTION_DOC, d=3)
+def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, flip=False, *, backend=None):
+    return _conv(3, input, weight, bias, stride, padding, dilation, groups, flip, backend)
+
+
+# -- the layers ------------------------------------------------------------------------------
+
+_LAYER_DOC = """{d}-D convolution layer (cross-correlation by default): ``y = W ⋆ x + b``.
+
+    ``y[n, k, i] = b[k] + Σ_c Σ_m W[k, c, m] · x_pad[n, g·C/G + c, S·i + D·m]``;
+    ``flip=True`` rotates the kernel 180° (the lecture's true convolution).
+    Backward (the lecture's formulas, run by the backend):
+    ``dE/dW = x ⋆ δ``, ``dE/db = Σ δ``, ``dE/dx = δ ⋆_full rot180(W)``.
+
+    Args:
+        in_channels: ``C``, channels of the input.
+        out_channels: ``K``, the number of filters.
+        kernel_size: ``F``, an int or one per axis.
+        stride: ``S``, an int or one per axis (default 1).
+        padding: an int, one per axis, ``(before, after)`` pairs, ``"valid"`` or ``"same"``.
+        dilation: ``D``, spacing of the kernel taps (default 1).
+        groups: independent channel groups (``groups == C``: depthwise).
+        bias: learn a bias per filter (default ``True``).
+        flip: true convolution instead of cross-correlation (default ``False``).
+        seed, rng: where the initial weights come from (a seed or a
+            ``numpy.random.Generator``; both ``None``: fresh entropy).
+        backend: the backend the parameters live on (default: the active one).
+
+    Attributes:
+        weight: ``Parameter`` of shape ``(K, C/groups, {kernel})``, ``U(±1/√fan_in)``
+            with ``fan_in = C/groups · Π F``.
+        bias: ``Parameter`` of shape ``(K,)``, ``U(±1/√fan_in)``, or ``None``.
+
+    Shape:
+        input ``(N, C, {axes})`` -> output ``(N, K, {out_axes})`` with, per axis,
+        ``O = floor((N + P_before + P_after - D*(F-1) - 1) / S) + 1``.
+
+    Returns:
+        ``forward(x)`` returns the output as the backend's array type.
+
+    Raises:
+        ValueError: sizes < 1, channels not divisible by ``groups``.
+        TypeError: non-integer sizes.
+
+    Example:
+        >>> import numpy as np
+        >>> layer = Conv{d}d(2, 4, 3, padding=1, seed=0)
+        >>> layer(np.zeros((1, 2, {example}), dtype=np.float32)).shape
+        (1, 4, {example})
+    """
+
+
+def _padding(padding: Any, dims: int, where: str) -> Any:
+    """Padding kept as PyTorch keeps it (an int becomes one per axis; strings stay); checked early."""
+    if isinstance(padding, str):
+        if padding.lower() not in ("same", "valid"):
+            raise ValueError(f"{where}: padding must be 'same', 'valid', ints or pairs, got {padding!r}")
+        return padding.lower()
+    if isinstance(padding, (list, tuple)) and padding and isinstance(padding[0], (list, tuple)):
+        if len(padding) != dims:
+            raise ValueError(f"{where}: padding needs one (before, after) pair per axis, got {padding!r}")
+        return tuple(as_int_tuple(p, 2, "padding", where, minimum=0) for p in padding)
+    return as_int_tuple(padding, dims, "padding", where, minimum=0)
+
+
+class _ConvNd(Layer):
+    dims = 0
+    param_names = ("weight", "bias")
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Any,
+        stride: Any = 1,
+        padding: Any = 0,
+        dilation: Any = 1,
+        groups: int = 1,
+        bias: bool = True,
+        flip: bool = False,
+        *,
+        seed: int | None = None,
+        rng: np.random.Generator | None = None,
+        backend: BackendArg = None,
+    ) -> None:
+        super().__init__()
+        where = type(self).__name__
+        (self.in_channels,) = as_int_tuple(in_channels, 1, "in_channels", where)
+        (self.out_channels,) = as_int_tuple(out_channels, 1, "out_channels", where)
+        (self.groups,) = as_int_tuple(groups, 1, "groups", where)
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(
+                f"{where}: groups={self.groups} must divide in_channels ({self.in_channels}) "
+                f"and out_channels ({self.out_channels})"
+            )
+        self.kernel_size = as_int_tuple(kernel_size, self.dims, "kernel_size", where)
+        self.stride = as_int_tuple(stride, self.dims, "stride", where)
+        self.padding = _padding(padding, self.dims, where)
+        self.dilation = as_int_tuple(dilation, self.dims, "dilation", where)
+        self.has_bias = as_bool(bias, "bias", where)
+        self.flip = as_bool(flip, "flip", where)
+        self.init_parameters(seed=seed, rng=rng, backend=backend)
+
+    def param_specs(self):
+        fan_in = self.in_channels // self.groups * math.prod(self.kernel_size)
+        shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+        return {
+            "weight": ParamSpec(shape, fan_in, "kaiming_uniform"),
+            "bias": ParamSpec((self.out_channels,), fan_in) if self.has_bias else None,
+        }
+
+    def function(self, x, weight, bias):
+        attrs = (self.stride, self.padding, self.dilation, self.groups, self.flip)
+        return _conv(self.dims, x, weight, bias, *attrs, None)
+
+    def config(self):
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": self.kernel_size,
+            "stride": self.stride,
+            "padding": self.padding,
+            "dilation": self.dilation,
+            "groups": self.groups,
+            "bias": self.has_bias,
+            "flip": self.flip,
+        }
+
+    def extra_repr(self):
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0,) * self.dims:
+            s += f", padding={self.padding}"
+        if self.dilation != (1,) * self.dims:
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if not self.has_bias:
+            s += ", bias=False"
+        if self.flip:
+            s += ", flip=True"
+        return s
+
+    def window(self):
+        return window_of(self.kernel_size, self.stride, self.padding, self.dilation)
+
+
+@doc(_LAYER_DOC, d=1, example="4")
+class Conv1d(_ConvNd):
+    dims = 1
+
+
+@doc(_LAYER_DOC, d=2, example="4, 4")
+class Conv2d(_ConvNd):
+    dims = 2
+
+
+@doc(_LAYER_DOC, d=3, example="4, 4, 4")
+class Conv3d(_ConvNd):
+    dims = 3
+
+
+#: What :mod:`cnnkit.functional` and :mod:`cnnkit.layers` show of this family.
+FUNCTIONS = (conv1d, conv2d, conv3d)
+LAYERS = (Conv1d, Conv2d, Conv3d)
+#: The family's op records.
+SPECS = (ConvSpec(),)

@@ -1,0 +1,1259 @@
+"""The pooling records: ``max_pool``, ``avg_pool``, ``lp_pool`` in 1-3 D, global pools, their layers.
+
+The ops: :class:`MaxPoolSpec`, :class:`AvgPoolSpec`, :class:`LpPoolSpec`, which
+validate through :func:`cnnkit.spec.check_window` (public, so a plugin's
+window op validates as these do). The functions keep PyTorch's names and
+argument order (``lp_pool2d(input, norm_type, kernel_size, ...)``); the global
+pools are the same ops with the whole input as the window. The NumPy kernels
+are ``cnnkit_numpy.ops.*_pool_forward/backward`` (literal loops in
+``cnnkit_numpy.reference``); the torch kernels ``cnnkit_torch.ops.MaxPool``,
+``AvgPool``, ``LpPool``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from cnnkit import geometry
+from cnnkit.conformance.cases import Case, Seeds, error_cases, pad_id, per_axis
+from cnnkit.dispatch import call, vjp
+from cnnkit.layer import Layer, window_of
+from cnnkit.ops._shared import BackendArg, doc, nan_and_inf_propagate, nan_propagates, pad, windows
+from cnnkit.spec import (
+    OpSpec,
+    PropertySkip,
+    as_bool,
+    as_float,
+    as_int_tuple,
+    check_window,
+    spatial_dims,
+    window_output_shape,
+)
+
+__all__ = [
+    "FUNCTIONS",
+    "LAYERS",
+    "AvgPool1d",
+    "AvgPool2d",
+    "AvgPool3d",
+    "AvgPoolSpec",
+    "GlobalAvgPool",
+    "GlobalLPPool",
+    "GlobalMaxPool",
+    "LPPool1d",
+    "LPPool2d",
+    "LPPool3d",
+    "LpPoolSpec",
+    "MaxPool1d",
+    "MaxPool2d",
+    "MaxPool3d",
+    "MaxPoolSpec",
+    "avg_pool1d",
+    "avg_pool2d",
+    "avg_pool3d",
+    "global_avg_pool",
+    "global_lp_pool",
+    "global_max_pool",
+    "lp_pool1d",
+    "lp_pool2d",
+    "lp_pool3d",
+    "max_pool1d",
+    "max_pool2d",
+    "max_pool3d",
+]
+
+# -- cases -----------------------------------------------------------------------------------
+
+rand = Seeds(20000)
+
+LAYOUT = {1: (2, 2, 9), 2: (2, 2, 7, 6), 3: (1, 2, 5, 5, 4)}
+_LP_LOW = {0.5: 0.25, 1.0: 0.25}  # p <= 1: keep |x| away from the kink at 0
+
+
+def _case(
+    op: str,
+    d: int,
+    *,
+    kernel: Any = 2,
+    stride: Any = None,
+    padding: Any = 0,
+    dilation: Any = 1,
+    ceil_mode: bool = False,
+    extra: dict | None = None,
+    shape: tuple[int, ...] | None = None,
+    suffix: str = "",
+) -> Case:
+    shape = shape or LAYOUT[d]
+    name = op.split("_")[0]
+    parts = [
+        f"{name}_pool{d}d",
+        f"k{kernel}" if isinstance(kernel, int) else "k" + "x".join(map(str, kernel)),
+    ]
+    attrs: dict[str, Any] = {"kernel_size": kernel, "dims": d}
+    if stride is not None:
+        parts.append(f"stride{stride}" if isinstance(stride, int) else "stride" + "x".join(map(str, stride)))
+        attrs["stride"] = stride
+    if padding != 0:
+        parts.append(pad_id(padding))
+        attrs["padding"] = padding
+    if dilation != 1:
+        parts.append(f"dil{dilation}")
+        attrs["dilation"] = dilation
+    if ceil_mode:
+        parts.append("ceil")
+        attrs["ceil_mode"] = True
+    low = -1.0
+    for key, value in (extra or {}).items():
+        attrs[key] = value
+        if key == "count_include_pad" and not value:
+            parts.append("nocip")
+        if key == "norm_type":
+            parts.append(f"p{value:g}")
+            low = _LP_LOW.get(float(value), -1.0)
+    if suffix:
+        parts.append(suffix)
+    return Case("-".join(parts), op, (rand(*shape, low=low, high=1.5),), attrs, tags=("pool", f"{d}d"))
+
+
+def _random_cases() -> Iterator[Case]:
+    """Max, average and Lp pooling in 1-3 D: kernel x stride x padding x ceil_mode, dilation, variants."""
+    extras = {"max_pool": [{}], "avg_pool": [{}], "lp_pool": [{"norm_type": 2}]}
+    for op, variants in extras.items():
+        for d in (1, 2, 3):
+            for extra in variants:
+                for kernel in (2, 3):
+                    for stride in (None, 1, 2):
+                        for padding in (0, 1):
+                            for ceil in (False, True):
+                                if ceil and stride == 1:
+                                    continue  # ceil_mode changes nothing at stride 1
+                                yield _case(
+                                    op,
+                                    d,
+                                    kernel=kernel,
+                                    stride=stride,
+                                    padding=padding,
+                                    ceil_mode=ceil,
+                                    extra=extra,
+                                )
+                yield _case(op, d, kernel=2, stride=1, dilation=2, extra=extra)
+                yield _case(op, d, kernel=3, stride=2, dilation=2, padding=1, ceil_mode=True, extra=extra)
+                yield _case(
+                    op,
+                    d,
+                    kernel=per_axis(d, (3, 2)),
+                    stride=per_axis(d, (2, 1)),
+                    padding=per_axis(d, ((1, 0), (0, 1))),
+                    extra=extra,
+                )
+                yield _case(op, d, kernel=3, stride=2, padding="same", extra=extra)
+    for d in (1, 2, 3):
+        for padding in (1, per_axis(d, ((0, 1), (1, 1)))):
+            for ceil in (False, True):
+                yield _case(
+                    "avg_pool",
+                    d,
+                    kernel=3,
+                    stride=2,
+                    padding=padding,
+                    ceil_mode=ceil,
+                    extra={"count_include_pad": False},
+                )
+        yield _case(
+            "avg_pool",
+            d,
+            kernel=2,
+            stride=2,
+            ceil_mode=True,
+            extra={"count_include_pad": False},
+            shape=LAYOUT[d][:2] + (5,) * d,
+        )
+        for p in (1, 3, 0.5):
+            for kernel, stride, padding, ceil in ((2, None, 0, False), (3, 2, 1, True)):
+                yield _case(
+                    "lp_pool",
+                    d,
+                    kernel=kernel,
+                    stride=stride,
+                    padding=padding,
+                    ceil_mode=ceil,
+                    extra={"norm_type": p},
+                )
+    # global pools: the window is the whole input
+    for d in (1, 2, 3):
+        spatial = LAYOUT[d][2:]
+        for op, extra in (("max_pool", {}), ("avg_pool", {}), ("lp_pool", {"norm_type": 2})):
+            case = _case(op, d, kernel=spatial, extra=extra)
+            name = f"{op.split('_')[0]}_pool{d}d-global" + ("-p2" if extra else "")
+            yield Case(name, op, case.inputs, case.attrs, tags=(*case.tags, "global"))
+
+
+def _goldens() -> Iterator[Case]:
+    """Hand-computed pooling values (the classic 2x2 stride-2 max-pool example and its companions)."""
+    x = [[[[1.0, 1, 2, 4], [5, 6, 7, 8], [3, 2, 1, 0], [1, 2, 3, 4]]]]
+    yield Case(
+        "max_pool2d-golden-2x2-stride2",
+        "max_pool",
+        (x,),
+        {"kernel_size": 2, "stride": 2},
+        expected=[[[[6.0, 8], [3, 4]]]],
+        tags=("golden", "lecture", "pool"),
+        grad_output=[[[[1.0, 2], [3, 4]]]],
+        expected_grads=([[[[0.0, 0, 0, 0], [0, 1, 0, 2], [3, 0, 0, 0], [0, 0, 0, 4]]]],),
+    )
+    yield Case(
+        "avg_pool2d-golden-2x2-stride2",
+        "avg_pool",
+        (x,),
+        {"kernel_size": 2},
+        expected=[[[[3.25, 5.25], [2, 2]]]],
+        tags=("golden", "pool"),
+        grad_output=[[[[4.0, 8], [4, 4]]]],
+        expected_grads=([[[[1.0, 1, 2, 2], [1, 1, 2, 2], [1, 1, 1, 1], [1, 1, 1, 1]]]],),
+    )
+    yield Case(
+        "lp_pool2d-golden-l2-2x2",
+        "lp_pool",
+        ([[[[3.0, -4], [0, 0]]]],),
+        {"kernel_size": 2, "norm_type": 2},
+        expected=[[[[5.0]]]],
+        tags=("golden", "pool"),
+    )
+    yield Case(
+        "lp_pool1d-golden-l2-stride1",
+        "lp_pool",
+        ([[[3.0, 4, 12, -84]]],),
+        {"kernel_size": 2, "stride": 1, "norm_type": 2},
+        expected=[[[5.0, 12.649110640673518, 84.85281374238571]]],
+        tags=("golden", "pool"),
+    )
+    yield Case(
+        "avg_pool1d-golden-pad1-cip",
+        "avg_pool",
+        ([[[3.0, 6, 9]]],),
+        {"kernel_size": 2, "padding": 1},
+        expected=[[[1.5, 7.5]]],
+        tags=("golden", "pool"),
+    )
+    yield Case(
+        "avg_pool1d-golden-pad1-nocip",
+        "avg_pool",
+        ([[[3.0, 6, 9]]],),
+        {"kernel_size": 2, "padding": 1, "count_include_pad": False},
+        expected=[[[3.0, 7.5]]],
+        tags=("golden", "pool"),
+    )
+    yield Case(
+        "max_pool1d-golden-ceil",
+        "max_pool",
+        ([[[1.0, 5, 2, 0, 7]]],),
+        {"kernel_size": 2, "ceil_mode": True},
+        expected=[[[5.0, 2, 7]]],
+        tags=("golden", "pool"),
+    )
+    # ties: the gradient goes to the first maximum in row-major window order
+    yield Case(
+        "max_pool2d-tie-first-wins",
+        "max_pool",
+        ([[[[2.0, 2], [2, 2]], [[1.0, 3], [3, 1]]]],),
+        {"kernel_size": 2},
+        expected=[[[[2.0]], [[3.0]]]],
+        tags=("golden", "pool", "tie"),
+        grad_output=[[[[1.0]], [[5.0]]]],
+        expected_grads=([[[[1.0, 0], [0, 0]], [[0.0, 5], [0, 0]]]],),
+        differentiable=False,
+    )
+    yield Case(
+        "max_pool1d-tie-overlap",
+        "max_pool",
+        ([[[1.0, 4, 4, 4, 0]]],),
+        {"kernel_size": 3, "stride": 1},
+        expected=[[[4.0, 4, 4]]],
+        tags=("golden", "pool", "tie"),
+        grad_output=[[[1.0, 2, 4]]],
+        expected_grads=([[[0.0, 3, 4, 0, 0]]],),
+        differentiable=False,
+    )
+
+
+def _error_cases() -> Iterator[Case]:
+    x4 = rand(1, 3, 6, 6)
+    yield from error_cases(
+        [
+            (
+                "max_pool-error-float-kernel",
+                "max_pool",
+                (x4,),
+                {"kernel_size": 2.5},
+                TypeError,
+                "kernel_size",
+            ),
+            ("max_pool-error-kernel0", "max_pool", (x4,), {"kernel_size": 0}, ValueError, "kernel_size"),
+            (
+                "max_pool-error-stride0",
+                "max_pool",
+                (x4,),
+                {"kernel_size": 2, "stride": 0},
+                ValueError,
+                "stride",
+            ),
+            (
+                "max_pool-error-too-much-padding",
+                "max_pool",
+                (x4,),
+                {"kernel_size": 2, "padding": 2},
+                ValueError,
+                "padding must be at most half",
+            ),
+            (
+                "max_pool-error-kernel-too-large",
+                "max_pool",
+                (x4,),
+                {"kernel_size": 7},
+                ValueError,
+                "larger than",
+            ),
+            ("max_pool-error-unbatched", "max_pool", (rand(6),), {"kernel_size": 2}, ValueError, "batched"),
+            ("max_pool-error-missing-kernel", "max_pool", (x4,), {}, TypeError, "kernel_size"),
+            (
+                "avg_pool-error-ceil-not-bool",
+                "avg_pool",
+                (x4,),
+                {"kernel_size": 2, "ceil_mode": 1},
+                TypeError,
+                "ceil_mode",
+            ),
+            (
+                "lp_pool-error-p0",
+                "lp_pool",
+                (x4,),
+                {"kernel_size": 2, "norm_type": 0},
+                ValueError,
+                "norm_type",
+            ),
+            (
+                "lp_pool-error-p-string",
+                "lp_pool",
+                (x4,),
+                {"kernel_size": 2, "norm_type": "2"},
+                TypeError,
+                "norm_type",
+            ),
+        ]
+    )
+
+
+@functools.cache
+def _all_cases() -> tuple[Case, ...]:
+    return (*_goldens(), *_random_cases(), *_error_cases())
+
+
+# -- properties ------------------------------------------------------------------------------
+
+
+def _pool_attrs(run) -> dict:
+    return {k: v for k, v in run.case.attrs.items() if k not in ("count_include_pad", "norm_type")}
+
+
+def _max_ge_avg(run) -> None:
+    if not (run.has("max_pool") and run.has("avg_pool")):
+        raise PropertySkip("needs max_pool and avg_pool")
+    x = np.abs(run.inputs[0])
+    attrs = _pool_attrs(run)
+    m = np.asarray(run.numpy(call("max_pool", x, backend=run.backend, **attrs)))
+    for cip in (True, False):
+        a = np.asarray(run.numpy(call("avg_pool", x, backend=run.backend, count_include_pad=cip, **attrs)))
+        rtol, atol = run.tolerances
+        if (m < a - atol - rtol * np.abs(a)).any():
+            where = tuple(int(i) for i in np.unravel_index(int(np.argmax(a - m)), m.shape))
+            raise run.fail(
+                f"property: max_pool(x) >= avg_pool(x) for x >= 0 fails at {where} "
+                f"(max {m[where]!r}, avg {a[where]!r}, count_include_pad={cip})"
+            )
+    run.compared += 1
+
+
+def _lp1_is_sum(run) -> None:
+    if not (run.has("lp_pool") and run.has("avg_pool")):
+        raise PropertySkip("needs lp_pool and avg_pool")
+    x = np.abs(run.inputs[0])
+    attrs = _pool_attrs(run)
+    lp1 = run.numpy(call("lp_pool", x, backend=run.backend, norm_type=1, **attrs))
+    count = run.numpy(call("lp_pool", np.ones_like(x), backend=run.backend, norm_type=1, **attrs))
+    avg = run.numpy(call("avg_pool", x, backend=run.backend, count_include_pad=False, **attrs))
+    run.compare(
+        "property: lp_pool(x >= 0, p=1) == avg_pool(x, count_include_pad=False) · |window|", lp1, avg * count
+    )
+
+
+def _max_of_constant(run) -> None:
+    x = np.full_like(run.inputs[0], -0.375)
+    out = run.run([x])
+    run.compare(
+        "property: max_pool(constant) == constant (padding never wins)", out, np.full(out.shape, -0.375)
+    )
+
+
+def _max_grad_sum(run) -> None:
+    out, pullback = vjp("max_pool", run.inputs[0], backend=run.backend, **run.case.attrs)
+    g = run.grad_output(tuple(int(s) for s in out.shape))
+    (dx,) = pullback(run.backend.asarray(g))
+    n, c = g.shape[:2]
+    run.compare(
+        "property: max_pool's gradient per channel sums to the output gradient's sum",
+        run.numpy(dx).reshape(n, c, -1).sum(-1),
+        g.astype(np.float64).reshape(n, c, -1).sum(-1),
+    )
+
+
+# -- oracle ----------------------------------------------------------------------------------
+
+
+def _pool_windows(x, kernel_size, stride, padding, dilation, ceil_mode, fill):
+    d = x.ndim - 2
+    real = [
+        geometry.pool_padding(n, f, s, p, dd, ceil_mode)
+        for n, f, s, p, dd in zip(x.shape[2:], kernel_size, stride, padding, dilation)
+    ]
+    out = [
+        geometry.pool_output_size(n, f, s, p, dd, ceil_mode)
+        for n, f, s, p, dd in zip(x.shape[2:], kernel_size, stride, padding, dilation)
+    ]
+    axes = tuple(range(2 + d, 2 + 2 * d))
+    return windows(pad(x, real, fill), kernel_size, stride, dilation, out), axes, real, out
+
+
+def _max_pool(x, *, kernel_size, stride, padding, dilation, ceil_mode):
+    win, axes, _, _ = _pool_windows(x, kernel_size, stride, padding, dilation, ceil_mode, -np.inf)
+    return win.max(axis=axes)
+
+
+def _avg_pool(x, *, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad):
+    win, axes, real, out = _pool_windows(x, kernel_size, stride, padding, dilation, ceil_mode, 0.0)
+    # the divisor counts the taps on input units, plus (count_include_pad) those on declared padding;
+    # the extra units a ceil_mode window hangs past the declared padding never count
+    ones = np.ones((1, 1, *x.shape[2:]))
+    if count_include_pad:
+        ones = pad(ones, padding, 1.0)
+        extra = [(r[0] - p[0], r[1] - p[1]) for r, p in zip(real, padding)]
+    else:
+        extra = real
+    count = windows(pad(ones, extra), kernel_size, stride, dilation, out).sum(axis=axes)
+    return win.sum(axis=axes) / count
+
+
+def _lp_pool(x, *, kernel_size, stride, padding, dilation, ceil_mode, norm_type):
+    win, axes, _, _ = _pool_windows(x, kernel_size, stride, padding, dilation, ceil_mode, 0.0)
+    return (np.abs(win) ** norm_type).sum(axis=axes) ** (1.0 / norm_type)
+
+
+# -- the records -----------------------------------------------------------------------------
+
+
+class _PoolSpec(OpSpec):
+    inputs = ("input",)
+    _extra: Mapping[str, Any] = {}
+
+    def __init__(self) -> None:
+        self.defaults = {
+            "kernel_size": OpSpec.REQUIRED,
+            "stride": None,
+            "padding": 0,
+            "dilation": 1,
+            "ceil_mode": False,
+            "dims": None,
+            **self._extra,
+        }
+
+    def check(self, where, infos, attrs):
+        (x,) = infos
+        dims = spatial_dims(where, attrs, x)
+        out = check_window(where, x, attrs, dims)
+        if "count_include_pad" in attrs:
+            out["count_include_pad"] = as_bool(attrs["count_include_pad"], "count_include_pad", where)
+        if "norm_type" in attrs:
+            p = as_float(attrs["norm_type"], "norm_type", where)
+            if not (p > 0 and math.isfinite(p)):
+                raise ValueError(f"{where}: norm_type must be a finite number > 0, got {p}")
+            out["norm_type"] = p
+        return out
+
+    def output_shape(self, infos, attrs):
+        return window_output_shape(infos[0], attrs)
+
+    def cases(self):
+        return [c for c in _all_cases() if c.op == self.name]
+
+
+class MaxPoolSpec(_PoolSpec):
+    """Max pooling: the largest unit of each window (padding acts as -inf, never wins).
+
+    Forward: ``a[n, c, i] = max_m y_pad[n, c, S·i + D·m]``.
+
+    Backward: ``δ_prev[n, c, S·i + D·m*] += δ[n, c, i]`` for the winning tap ``m*``
+    (ties: the first maximum in row-major window order, as PyTorch); every
+    other unit gets zero.
+
+    Shape: ``(N, C, *spatial) -> (N, C, *O)``, ``O`` as for a convolution (``ceil`` with ``ceil_mode``).
+    """
+
+    name = "max_pool"
+    properties = (_max_of_constant, _max_grad_sum, _max_ge_avg, nan_and_inf_propagate)
+
+    def oracle(self, x, **attrs):
+        return _max_pool(x, **attrs)
+
+
+class AvgPoolSpec(_PoolSpec):
+    """Average pooling: the mean of each window.
+
+    Forward: ``a[n, c, i] = (1/|window_i|) Σ_m y_pad[n, c, S·i + D·m]``, ``|window_i|``
+    counting the declared padding with ``count_include_pad`` (never the ceil-mode overhang).
+
+    Backward: ``δ_prev[n, c, S·i + D·m] += δ[n, c, i] / |window_i|`` for every tap.
+
+    Shape: ``(N, C, *spatial) -> (N, C, *O)``.
+    """
+
+    name = "avg_pool"
+    _extra: Mapping[str, Any] = {"count_include_pad": True}
+    properties = (_max_ge_avg, nan_propagates)
+
+    def oracle(self, x, **attrs):
+        return _avg_pool(x, **attrs)
+
+
+class LpPoolSpec(_PoolSpec):
+    """Lp pooling, the true norm: ``a = (Σ_m |y|^p)^(1/p)`` over each window (p = 2: L2 pooling).
+
+    Backward: ``δ_prev = δ · sign(y) |y|^(p-1) / a^(p-1)`` on every tap (zero
+    where the window is all zero).
+
+    Shape: ``(N, C, *spatial) -> (N, C, *O)``.
+    """
+
+    name = "lp_pool"
+    _extra: Mapping[str, Any] = {"norm_type": OpSpec.REQUIRED}
+    properties = (_lp1_is_sum, nan_propagates)
+
+    def oracle(self, x, **attrs):
+        return _lp_pool(x, **attrs)
+
+
+# -- the functions ---------------------------------------------------------------------------
+
+_FUNCTION_DOC = """{d}-D {what} pooling: {formula}
+
+    Args:
+        input: ``(N, C, {axes})``.{extra_args}
+        kernel_size: ``F``, the window, an int or one per axis.
+        stride: ``S`` (default: ``kernel_size``).
+        padding: as for the convolutions; at most half the window per side.
+            {pad_note}
+        dilation: spacing of the window's taps, >= 1.
+        ceil_mode: keep a last, partial window (never one that starts in the
+            right padding).{cip}
+        backend: the backend to run on (default: the active one).
+
+    Shape:
+        output ``(N, C, {out_axes})`` with, per axis,
+        ``O = floor((N + P_before + P_after - D*(F-1) - 1) / S) + 1``
+        (``ceil`` instead of ``floor`` with ``ceil_mode``).
+
+    Returns:
+        The pooled output, in the input's dtype.
+
+    Raises:
+        ValueError: wrong number of dimensions, sizes < 1, too much padding
+            (a window that reads padding only), a window larger than the padded input.
+        TypeError: non-integer sizes, a non-floating input.
+
+    Example:
+        >>> import numpy as np
+        >>> x = {example_input}
+        >>> {example}
+    """
+
+_KINDS = {
+    "max": dict(
+        formula="the largest unit of each window.\n\n    The backward pass routes each "
+        "gradient to the window's winning unit (the first maximum\n    in row-major order); "
+        "every other unit gets zero.",
+        pad_note="Padding never wins: it acts as -inf.",
+        example={
+            1: "max_pool1d(x, 2).tolist()\n        [[[3.0, 4.0]]]",
+            2: "max_pool2d(x, 2)[0, 0].tolist()\n        [[6.0, 8.0], [3.0, 4.0]]",
+            3: "max_pool3d(x, 2).ravel().tolist()\n        [7.0]",
+        },
+    ),
+    "avg": dict(
+        formula="the mean of each window.\n\n    The backward pass spreads each gradient "
+        "as ``1/|window|`` over its window.",
+        pad_note="Padding counts as zeros (see ``count_include_pad``).",
+        cip="\n        count_include_pad: divide by the whole window, padding included "
+        "(default),\n            or only by the input units it covers.",
+        example={
+            1: "avg_pool1d(x, 2).tolist()\n        [[[2.0, 3.0]]]",
+            2: "avg_pool2d(x, 2)[0, 0].tolist()\n        [[3.25, 5.25], [2.0, 2.0]]",
+            3: "avg_pool3d(x, 2).ravel().tolist()\n        [3.5]",
+        },
+    ),
+    "lp": dict(
+        formula="the Lp norm ``(Σ|x|^p)^(1/p)`` of each window\n    "
+        "(p = 2: the lecture's L2 pooling). Unlike PyTorch's ``lp_pool``,\n    "
+        "this is the true norm: the absolute value is taken.",
+        pad_note="Padding counts as zeros.",
+        extra_args="\n        norm_type: ``p`` > 0.",
+        example={
+            1: "lp_pool1d(x, 1, 2).tolist()\n        [[[4.0, 6.0]]]",
+            2: "lp_pool2d(x, 1, 2)[0, 0].tolist()\n        [[13.0, 21.0], [8.0, 8.0]]",
+            3: "lp_pool3d(x, 1, 2).ravel().tolist()\n        [28.0]",
+        },
+    ),
+}
+
+
+_EXAMPLE_INPUT = {
+    1: "np.array([[[1.0, 3, 2, 4, 0]]])",
+    2: "np.array([[[[1.0, 1, 2, 4], [5, 6, 7, 8], [3, 2, 1, 0], [1, 2, 3, 4]]]])",
+    3: "np.arange(8.0).reshape(1, 1, 2, 2, 2)",
+}
+
+
+def _function_doc(kind: str, d: int) -> Any:
+    info = {"extra_args": "", "cip": "", **_KINDS[kind]}
+    return doc(
+        _FUNCTION_DOC,
+        d=d,
+        what=kind,
+        example_input=_EXAMPLE_INPUT[d],
+        **{**info, "example": info["example"][d]},
+    )
+
+
+def _pool(op: str, dims: int, input, backend, **attrs):
+    return call(op, input, backend=backend, where=f"{op}{dims}d", dims=dims, **attrs)
+
+
+@_function_doc("max", 1)
+def max_pool1d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *, backend=None):
+    return _pool(
+        "max_pool",
+        1,
+        input,
+        backend,
+        kernel_size=kernel_size,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        ceil_mode=ceil_mode,
+    )
+
+
+@_function_doc("max", 2)
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *, backend=None):
+    return _pool(
+        "max_pool",
+        2,
+        input,
+        backend,
+        kernel_size=kernel_size,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        ceil_mode=ceil_mode,
+    )
+
+
+@_function_doc("max", 3)
+def max_pool3d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *, backend=None):
+    return _pool(
+        "max_pool",
+        3,
+        input,
+        backend,
+        kernel_size=kernel_size,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        ceil_mode=ceil_mode,
+    )
+
+
+@_function_doc("avg", 1)
+def avg_pool1d(
+    input,
+    kernel_size,
+    stride=None,
+    padding=0,
+    dilation=1,
+    ceil_mode=False,
+    count_include_pad=True,
+    *,
+    backend=None,
+):
+    return _pool(
+        "avg_pool",
+        1,
+        input,
+        backend,
+        kernel_size=kernel_size,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        ceil_mode=ceil_mode,
+        count_include_pad=count_include_pad,
+    )
+
+
+@_function_doc("avg", 2)
+def avg_pool2d(
+    input,
+    kernel_size,
+    stride=None,
+    padding=0,
+    dilation=1,
+    ceil_mode=False,
+    count_include_pad=True,
+    *,
+    backend=None,
+):
+    return _pool(
+        "avg_pool",
+        2,
+        input,
+        backend,
+        kernel_size=kernel_size,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        ceil_mode=ceil_mode,
+        count_include_pad=count_include_pad,
+    )
+
+
+@_function_doc("avg", 3)
+def avg_pool3d(
+    input,
+    kernel_size,
+    stride=None,
+    padding=0,
+    dilation=1,
+    ceil_mode=False,
+    count_include_pad=True,
+    *,
+    backend=None,
+):
+    return _pool(
+        "avg_pool",
+        3,
+        input,
+        backend,
+        kernel_size=kernel_size,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        ceil_mode=ceil_mode,
+        count_include_pad=count_include_pad,
+    )
+
+
+@_function_doc("lp", 1)
+def lp_pool1d(
+    input, norm_type, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *, backend=None
+):
+    return _pool(
+        "lp_pool",
+        1,
+        input,
+        backend,
+        norm_type=norm_type,
+        kernel_size=kernel_size,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        ceil_mode=ceil_mode,
+    )
+
+
+@_function_doc("lp", 2)
+def lp_pool2d(
+    input, norm_type, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *, backend=None
+):
+    return _pool(
+        "lp_pool",
+        2,
+        input,
+        backend,
+        norm_type=norm_type,
+        kernel_size=kernel_size,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        ceil_mode=ceil_mode,
+    )
+
+
+@_function_doc("lp", 3)
+def lp_pool3d(
+    input, norm_type, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *, backend=None
+):
+    return _pool(
+        "lp_pool",
+        3,
+        input,
+        backend,
+        norm_type=norm_type,
+        kernel_size=kernel_size,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        ceil_mode=ceil_mode,
+    )
+
+
+def _spatial_shape(input: Any, where: str) -> tuple[int, ...]:
+    shape = tuple(getattr(input, "shape", None) or np.shape(input))
+    if len(shape) < 3:
+        raise ValueError(f"{where}: input must be (N, C, *spatial) with 1 to 3 spatial axes, got {shape}")
+    return shape[2:]
+
+
+def global_max_pool(input: Any, *, backend: BackendArg = None) -> Any:
+    """The largest unit of each channel: ``max_pool`` with the whole input as its window.
+
+    Args:
+        input: ``(N, C, *spatial)`` with 1 to 3 spatial axes.
+        backend: the backend to run on (default: the active one).
+
+    Shape:
+        input ``(N, C, *spatial)`` -> output ``(N, C, 1, ..., 1)``.
+
+    Returns:
+        One value per sample and channel, in the input's dtype, spatial axes kept as size 1.
+
+    Raises:
+        ValueError: fewer than 1 or more than 3 spatial axes, an empty spatial axis.
+        TypeError: a non-floating input.
+
+    Example:
+        >>> import numpy as np
+        >>> global_max_pool(np.arange(8.0).reshape(1, 2, 2, 2)).ravel().tolist()
+        [3.0, 7.0]
+    """
+    spatial = _spatial_shape(input, "global_max_pool")
+    return call("max_pool", input, backend=backend, where="global_max_pool", kernel_size=spatial)
+
+
+def global_avg_pool(input: Any, *, backend: BackendArg = None) -> Any:
+    """The mean of each channel: ``avg_pool`` with the whole input as its window.
+
+    Args:
+        input: ``(N, C, *spatial)`` with 1 to 3 spatial axes.
+        backend: the backend to run on (default: the active one).
+
+    Shape:
+        input ``(N, C, *spatial)`` -> output ``(N, C, 1, ..., 1)``.
+
+    Returns:
+        One value per sample and channel, in the input's dtype, spatial axes kept as size 1.
+
+    Raises:
+        ValueError: fewer than 1 or more than 3 spatial axes, an empty spatial axis.
+        TypeError: a non-floating input.
+
+    Example:
+        >>> import numpy as np
+        >>> global_avg_pool(np.arange(8.0).reshape(1, 2, 2, 2)).ravel().tolist()
+        [1.5, 5.5]
+    """
+    spatial = _spatial_shape(input, "global_avg_pool")
+    return call("avg_pool", input, backend=backend, where="global_avg_pool", kernel_size=spatial)
+
+
+def global_lp_pool(input: Any, norm_type: float, *, backend: BackendArg = None) -> Any:
+    """The Lp norm ``(Σ|x|^p)^(1/p)`` of each channel.
+
+    Args:
+        input: ``(N, C, *spatial)`` with 1 to 3 spatial axes.
+        norm_type: ``p`` > 0, finite.
+        backend: the backend to run on (default: the active one).
+
+    Shape:
+        input ``(N, C, *spatial)`` -> output ``(N, C, 1, ..., 1)``.
+
+    Returns:
+        One value per sample and channel, in the input's dtype, spatial axes kept as size 1.
+
+    Raises:
+        ValueError: fewer than 1 or more than 3 spatial axes, an empty spatial axis.
+            A ``norm_type`` <= 0 or not finite.
+        TypeError: a non-floating input.
+
+    Example:
+        >>> import numpy as np
+        >>> global_lp_pool(np.array([[[3.0, -4.0]]]), 2).ravel().tolist()
+        [5.0]
+    """
+    spatial = _spatial_shape(input, "global_lp_pool")
+    return call(
+        "lp_pool", input, backend=backend, where="global_lp_pool", kernel_size=spatial, norm_type=norm_type
+    )
+
+
+# -- the layers ------------------------------------------------------------------------------
+
+_LAYER_DOC = """{d}-D {what} pooling layer: {formula}
+
+    Args:{extra}
+        kernel_size: ``F``, the window, an int or one per axis.
+        stride: ``S`` (default: ``kernel_size``).
+        padding: as for the convolution layers; at most half the window per side.
+        dilation: spacing of the window's taps (default 1).
+        ceil_mode: keep a last, partial window.{cip}
+
+    Shape:
+        input ``(N, C, {axes})`` -> output ``(N, C, {out_axes})`` with, per axis,
+        ``O = floor((N + P_before + P_after - D*(F-1) - 1) / S) + 1``
+        (``ceil`` with ``ceil_mode``).
+
+    Returns:
+        ``forward(x)`` returns the pooled output; the layer has no parameters.
+
+    Example:
+        >>> import numpy as np
+        >>> {cls}{d}d({ex_args}2)(np.zeros((1, 3, {example}), dtype=np.float32)).shape
+        (1, 3, {half})
+    """
+
+_LAYER_KINDS = {
+    "max": dict(
+        formula="the largest unit of each window.\n\n    Backward: the gradient goes to the "
+        "window's winning unit, all others get zero.",
+        cls="MaxPool",
+    ),
+    "avg": dict(
+        formula="the mean of each window.\n\n    Backward: each output's gradient is spread "
+        "as ``1/|window|`` over its window.",
+        cls="AvgPool",
+        cip="\n        count_include_pad: divide by the whole window, padding included (default).",
+    ),
+    "lp": dict(
+        formula="the norm ``(Σ|x|^p)^(1/p)`` of each window (p = 2: L2 pooling).\n\n    "
+        "Backward: ``dE/dx = δ · sign(x)|x|^(p-1) / y^(p-1)``.",
+        cls="LPPool",
+        extra="\n        norm_type: ``p`` > 0.",
+        ex_args="2, ",
+    ),
+}
+
+
+def _layer_doc(kind: str, d: int) -> Any:
+    info = {"extra": "", "cip": "", "ex_args": "", **_LAYER_KINDS[kind]}
+    return doc(_LAYER_DOC, d=d, what=kind, example=", ".join(["4"] * d), half=", ".join(["2"] * d), **info)
+
+
+class _PoolNd(Layer):
+    dims = 0
+    op = ""
+
+    def _keep(self, kernel_size: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: Any) -> None:
+        """Check the window's arguments as the op will, and keep them as given (as torch.nn does)."""
+        where = type(self).__name__
+        as_int_tuple(kernel_size, self.dims, "kernel_size", where)
+        if stride is not None:
+            as_int_tuple(stride, self.dims, "stride", where)
+        if isinstance(padding, str):
+            if padding.lower() not in ("same", "valid"):
+                raise ValueError(f"{where}: padding must be 'same', 'valid', ints or pairs, got {padding!r}")
+        elif not (isinstance(padding, (list, tuple)) and padding and isinstance(padding[0], (list, tuple))):
+            as_int_tuple(padding, self.dims, "padding", where, minimum=0)
+        as_int_tuple(dilation, self.dims, "dilation", where)
+        self.kernel_size = kernel_size
+        self.stride = stride if stride is not None else kernel_size
+        self.padding = padding
+        self.dilation = dilation
+        self.ceil_mode = as_bool(ceil_mode, "ceil_mode", where)
+
+    def _attrs(self) -> dict[str, Any]:
+        return {
+            "kernel_size": self.kernel_size,
+            "stride": self.stride,
+            "padding": self.padding,
+            "dilation": self.dilation,
+            "ceil_mode": self.ceil_mode,
+        }
+
+    def function(self, x):
+        return _pool(self.op, self.dims, x, None, **self._attrs())
+
+    def config(self):
+        return dict(self._attrs())
+
+    def window(self):
+        where = type(self).__name__
+        kernel = as_int_tuple(self.kernel_size, self.dims, "kernel_size", where)
+        stride = kernel if self.stride is None else as_int_tuple(self.stride, self.dims, "stride", where)
+        return window_of(
+            kernel, stride, self.padding, as_int_tuple(self.dilation, self.dims, "dilation", where)
+        )
+
+
+class _MaxPoolNd(_PoolNd):
+    op = "max_pool"
+
+    def __init__(
+        self,
+        kernel_size: Any,
+        stride: Any = None,
+        padding: Any = 0,
+        dilation: Any = 1,
+        return_indices: bool = False,
+        ceil_mode: bool = False,
+    ) -> None:
+        super().__init__()
+        if as_bool(return_indices, "return_indices", type(self).__name__):
+            raise ValueError(f"{type(self).__name__}: return_indices=True is not supported, got True")
+        self.return_indices = False
+        self._keep(kernel_size, stride, padding, dilation, ceil_mode)
+
+    def extra_repr(self):
+        return (
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"dilation={self.dilation}, ceil_mode={self.ceil_mode}"
+        )
+
+
+@_layer_doc("max", 1)
+class MaxPool1d(_MaxPoolNd):
+    dims = 1
+
+
+@_layer_doc("max", 2)
+class MaxPool2d(_MaxPoolNd):
+    dims = 2
+
+
+@_layer_doc("max", 3)
+class MaxPool3d(_MaxPoolNd):
+    dims = 3
+
+
+class _AvgPoolNd(_PoolNd):
+    op = "avg_pool"
+
+    def __init__(
+        self,
+        kernel_size: Any,
+        stride: Any = None,
+        padding: Any = 0,
+        ceil_mode: bool = False,
+        count_include_pad: bool = True,
+        *,
+        dilation: Any = 1,
+    ) -> None:
+        super().__init__()
+        where = type(self).__name__
+        self._keep(kernel_size, stride, padding, dilation, ceil_mode)
+        self.count_include_pad = as_bool(count_include_pad, "count_include_pad", where)
+        if self.dims == 1:  # torch.nn.AvgPool1d keeps 1-tuples
+            self.kernel_size = as_int_tuple(self.kernel_size, 1, "kernel_size", where)
+            self.stride = as_int_tuple(self.stride, 1, "stride", where)
+            if not isinstance(padding, str):
+                self.padding = tuple(padding) if isinstance(padding, (list, tuple)) else (padding,)
+
+    def _attrs(self):
+        return {**super()._attrs(), "count_include_pad": self.count_include_pad}
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+@_layer_doc("avg", 1)
+class AvgPool1d(_AvgPoolNd):
+    dims = 1
+
+
+@_layer_doc("avg", 2)
+class AvgPool2d(_AvgPoolNd):
+    dims = 2
+
+
+@_layer_doc("avg", 3)
+class AvgPool3d(_AvgPoolNd):
+    dims = 3
+
+
+def _norm_type(value: Any, where: str) -> Any:
+    """``p`` of an Lp pool, checked when the layer is built: a finite number > 0."""
+    p = as_float(value, "norm_type", where)
+    if not (math.isfinite(p) and p > 0):
+        raise ValueError(f"{where}: norm_type must be a finite number > 0, got {value!r}")
+    return value  # kept as given, as torch.nn.LPPool does (its repr shows it)
+
+
+class _LPPoolNd(_PoolNd):
+    op = "lp_pool"
+
+    def __init__(
+        self,
+        norm_type: float,
+        kernel_size: Any,
+        stride: Any = None,
+        ceil_mode: bool = False,
+        *,
+        padding: Any = 0,
+        dilation: Any = 1,
+    ) -> None:
+        super().__init__()
+        self._keep(kernel_size, stride, padding, dilation, ceil_mode)
+        self.stride = stride  # torch.nn.LPPool keeps None (the window's own size)
+        self.norm_type = _norm_type(norm_type, type(self).__name__)
+
+    def function(self, x):
+        return _pool(self.op, self.dims, x, None, norm_type=self.norm_type, **self._attrs())
+
+    def config(self):
+        return {"norm_type": self.norm_type, **super().config()}
+
+    def extra_repr(self):
+        return (
+            f"norm_type={self.norm_type}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"ceil_mode={self.ceil_mode}"
+        )
+
+
+@_layer_doc("lp", 1)
+class LPPool1d(_LPPoolNd):
+    dims = 1
+
+
+@_layer_doc("lp", 2)
+class LPPool2d(_LPPoolNd):
+    dims = 2
+
+
+@_layer_doc("lp", 3)
+class LPPool3d(_LPPoolNd):
+    dims = 3
+
+
+class GlobalMaxPool(Layer):
+    """The largest unit of each channel, over all spatial axes (1-D, 2-D or 3-D input).
+
+    Shape:
+        input ``(N, C, *spatial)`` -> output ``(N, C, 1, ..., 1)``.
+
+    Returns:
+        ``forward(x)`` returns the pooled output; reshape it for a dense layer.
+
+    Example:
+        >>> import numpy as np
+        >>> GlobalMaxPool()(np.arange(8.0).reshape(1, 2, 4)).ravel().tolist()
+        [3.0, 7.0]
+    """
+
+    def function(self, x):
+        return global_max_pool(x)
+
+    def window(self):
+        return ()
+
+
+class GlobalAvgPool(Layer):
+    """The mean of each channel, over all spatial axes (1-D, 2-D or 3-D input).
+
+    Shape:
+        input ``(N, C, *spatial)`` -> output ``(N, C, 1, ..., 1)``.
+
+    Returns:
+        ``forward(x)`` returns the pooled output; reshape it for a dense layer.
+
+    Example:
+        >>> import numpy as np
+        >>> GlobalAvgPool()(np.arange(8.0).reshape(1, 2, 4)).ravel().tolist()
+        [1.5, 5.5]
+    """
+
+    def function(self, x):
+        return global_avg_pool(x)
+
+    def window(self):
+        return ()
+
+
+class GlobalLPPool(Layer):
+    """The Lp norm ``(Σ|x|^p)^(1/p)`` of each channel, over all spatial axes (1-D, 2-D or 3-D input).
+
+    Args:
+        norm_type: ``p`` > 0, finite.
+
+    Shape:
+        input ``(N, C, *spatial)`` -> output ``(N, C, 1, ..., 1)``.
+
+    Returns:
+        ``forward(x)`` returns the pooled output; reshape it for a dense layer.
+
+    Raises:
+        ValueError: ``norm_type`` not a finite number > 0.
+        TypeError: ``norm_type`` not a number.
+
+    Example:
+        >>> import numpy as np
+        >>> GlobalLPPool(2)(np.array([[[3.0, -4.0], [0.0, 0.0]]])).ravel().tolist()
+        [5.0, 0.0]
+    """
+
+    def __init__(self, norm_type: float) -> None:
+        super().__init__()
+        self.norm_type = _norm_type(norm_type, "GlobalLPPool")
+
+    def function(self, x):
+        return global_lp_pool(x, self.norm_type)
+
+    def config(self):
+        return {"norm_type": self.norm_type}
+
+    def extra_repr(self):
+        return f"norm_type={self.norm_type}"
+
+    def window(self):
+        return ()
+
+
+#: What :mod:`cnnkit.functional` and :mod:`cnnkit.layers` show of this family.
+FUNCTIONS = (
+    max_pool1d,
+    max_pool2d,
+    max_pool3d,
+    avg_pool1d,
+    avg_pool2d,
+    avg_pool3d,
+    lp_pool1d,
+    lp_pool2d,
+    lp_pool3d,
+    global_max_pool,
+    global_avg_pool,
+    global_lp_pool,
+)
+LAYERS = (
+    MaxPool1d,
+    MaxPool2d,
+    MaxPool3d,
+    AvgPool1d,
+    AvgPool2d,
+    AvgPool3d,
+    LPPool1d,
+    LPPool2d,
+    LPPool3d,
+    GlobalMaxPool,
+    GlobalAvgPool,
+    GlobalLPPool,
+)
+#: The family's op records.
+SPECS = (MaxPoolSpec(), AvgPoolSpec(), LpPoolSpec())
