@@ -10,7 +10,10 @@ from cnnkit_numpy import reference as ref
 
 import cnnkit
 from cnnkit import functional as F
+from cnnkit.conformance.cases import Random
 from cnnkit.geometry import pool_padding
+from cnnkit.registry import get_registry
+from cnnkit.spec import TensorInfo
 
 RNG = np.random.default_rng(20240607)
 
@@ -25,38 +28,60 @@ def pads(*pairs):
 
 # -- conv: vectorised == literal loops ------------------------------------------------------
 
-# (id, input shape, weight shape, stride, padding, dilation, groups)
-CONV_CASES = [
-    ("1d-plain", (2, 3, 9), (4, 3, 3), (1,), pads((0, 0)), (1,), 1),
-    ("1d-stride2-asym-dil2", (2, 2, 11), (3, 2, 3), (2,), pads((2, 1)), (2,), 1),
-    ("1d-depthwise", (2, 4, 8), (4, 1, 3), (1,), pads((1, 1)), (1,), 4),
-    ("2d-plain", (2, 3, 6, 5), (4, 3, 3, 3), (1, 1), pads((0, 0), (0, 0)), (1, 1), 1),
-    ("2d-stride2-pad1", (1, 3, 7, 6), (2, 3, 3, 3), (2, 2), pads((1, 1), (1, 1)), (1, 1), 1),
-    ("2d-asym-pad-stride21", (2, 2, 5, 6), (3, 2, 2, 3), (2, 1), pads((0, 2), (1, 0)), (1, 1), 1),
-    ("2d-dilation", (1, 2, 8, 7), (2, 2, 3, 2), (1, 2), pads((1, 1), (0, 1)), (2, 3), 1),
-    ("2d-groups2", (2, 4, 6, 6), (6, 2, 3, 3), (1, 2), pads((1, 0), (1, 1)), (1, 1), 2),
-    ("2d-depthwise-mult2", (1, 3, 5, 5), (6, 1, 3, 3), (2, 1), pads((1, 1), (1, 1)), (1, 2), 3),
-    ("3d-mixed", (1, 2, 4, 5, 4), (2, 2, 2, 3, 2), (1, 2, 1), pads((1, 0), (1, 1), (0, 1)), (1, 1, 2), 1),
-    ("3d-groups2", (1, 4, 3, 4, 3), (2, 2, 2, 2, 2), (2, 1, 1), pads((0, 1), (0, 0), (1, 1)), (1, 1, 1), 2),
-    # stride 1 everywhere: the padded-grid path (contiguous runs per tap)
-    ("2d-s1-dil-asym-groups2", (2, 4, 7, 6), (4, 2, 3, 2), (1, 1), pads((2, 1), (0, 3)), (2, 1), 2),
-    ("2d-s1-wide-kernel", (2, 1, 6, 9), (3, 1, 2, 5), (1, 1), pads((0, 0), (2, 2)), (1, 2), 1),
-    ("3d-s1-dil", (1, 2, 4, 5, 4), (3, 2, 2, 2, 3), (1, 1, 1), pads((1, 0), (0, 1), (2, 1)), (2, 1, 1), 1),
-    # stride 1 with more filters than input taps (K > C·ΠF): the strided-window path
-    ("2d-s1-many-filters", (2, 2, 5, 6), (20, 2, 2, 2), (1, 1), pads((1, 0), (0, 1)), (1, 1), 1),
-]
+# canonical attributes for the checks that need one fixed configuration
+POOL_K2 = {
+    "kernel_size": (2, 2),
+    "stride": (2, 2),
+    "padding": pads((0, 0), (0, 0)),
+    "dilation": (1, 1),
+    "ceil_mode": False,
+}
+POOL_K3_S2_PAD1 = {**POOL_K2, "kernel_size": (3, 3), "padding": pads((1, 1), (1, 1))}
+POOL_CEIL_ASYM = {
+    **POOL_K2,
+    "kernel_size": (3, 3),
+    "stride": (2, 3),
+    "padding": pads((1, 0), (0, 1)),
+    "ceil_mode": True,
+}
+CONV_GROUPS2 = {
+    "stride": (1, 2),
+    "padding": pads((1, 0), (1, 1)),
+    "dilation": (1, 1),
+    "groups": 2,
+    "flip": False,
+}
+CONV_STRIDE2_FLIP = {
+    "stride": (2, 2),
+    "padding": pads((1, 1), (1, 1)),
+    "dilation": (1, 1),
+    "groups": 1,
+    "flip": True,
+}
 
 
-def _conv_attrs(case, flip=False):
-    _, _, _, stride, padding, dilation, groups = case
-    return {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups, "flip": flip}
+def record_cases(op, every=1):
+    """The op's own conformance cases (its record's), seeded random ones, every ``every``-th,
+    as ``(id, input values, canonical attributes)``: the same list every backend is held to."""
+    spec = get_registry().op(op)
+    cases = [
+        c
+        for c in spec.cases()
+        if c.raises is None and all(v is None or isinstance(v, Random) for v in c.inputs)
+    ]
+    picked = cases[::every] + [c for c in cases[1::every] if "manyfilters" in c.id or "asym" in c.id]
+    out = []
+    for case in picked:
+        values = [None if v is None else v.make("float64") for v in case.inputs]
+        infos = [None if a is None else TensorInfo(a.shape, a.dtype.name) for a in values]
+        out.append(pytest.param(values, spec.bind(op, infos, dict(case.attrs)), id=case.id))
+    return out
 
 
-@pytest.mark.parametrize("flip", [False, True], ids=["xcorr", "flip"])
-@pytest.mark.parametrize("case", CONV_CASES, ids=[c[0] for c in CONV_CASES])
-def test_conv_equals_reference(case, flip):
-    x, w, b = rand(*case[1]), rand(*case[2]), rand(case[2][0])
-    attrs = _conv_attrs(case, flip)
+@pytest.mark.parametrize(("values", "attrs"), record_cases("conv", every=3))
+def test_conv_equals_reference(values, attrs):
+    x, w, b = values
+    flip = attrs["flip"]
     out, ctx = ops.conv_forward(x, w, b, **attrs)
     np.testing.assert_allclose(out, ref.conv(x, w, b, **attrs), rtol=1e-12, atol=1e-12)
 
@@ -69,7 +94,10 @@ def test_conv_equals_reference(case, flip):
         rdw = rdw[(slice(None), slice(None), *(slice(None, None, -1),) * (w.ndim - 2))]
     np.testing.assert_allclose(dx, rdx, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dw, rdw, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(db, rdb, rtol=1e-12, atol=1e-12)
+    if b is None:
+        assert db is None
+    else:
+        np.testing.assert_allclose(db, rdb, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("stride", [(2, 1), (1, 1)], ids=["strided", "padded-grid"])
@@ -107,42 +135,17 @@ def test_conv_no_bias_gives_none_and_empty_batch_works():
 
 # -- pooling: vectorised == literal loops ---------------------------------------------------
 
-# (id, input shape, kernel, stride, padding, dilation, ceil_mode)
-POOL_CASES = [
-    ("1d-k2", (2, 2, 7), (2,), (2,), pads((0, 0)), (1,), False),
-    ("1d-k3-s2-ceil-pad1", (1, 2, 8), (3,), (2,), pads((1, 1)), (1,), True),
-    ("2d-k2", (2, 2, 6, 6), (2, 2), (2, 2), pads((0, 0), (0, 0)), (1, 1), False),
-    ("2d-k3-s2-pad1", (1, 3, 7, 6), (3, 3), (2, 2), pads((1, 1), (1, 1)), (1, 1), False),
-    ("2d-ceil", (2, 1, 7, 5), (3, 2), (2, 2), pads((0, 0), (0, 0)), (1, 1), True),
-    ("2d-ceil-asym-pad", (1, 2, 6, 7), (3, 3), (2, 3), pads((1, 0), (0, 1)), (1, 1), True),
-    ("2d-overlap-s1", (1, 2, 5, 5), (3, 2), (1, 1), pads((1, 1), (1, 0)), (1, 1), False),
-    ("2d-dilation", (1, 2, 8, 7), (2, 3), (1, 2), pads((1, 0), (1, 2)), (2, 2), True),
-    ("3d-k2", (1, 2, 4, 5, 4), (2, 2, 2), (2, 2, 2), pads((0, 0), (1, 0), (0, 0)), (1, 1, 1), True),
-]
-
-
-def _pool_attrs(case):
-    _, _, kernel, stride, padding, dilation, ceil = case
-    return {
-        "kernel_size": kernel,
-        "stride": stride,
-        "padding": padding,
-        "dilation": dilation,
-        "ceil_mode": ceil,
-    }
-
 
 @pytest.mark.parametrize("data", ["random", "ties", "negative", "nan"])
-@pytest.mark.parametrize("case", POOL_CASES, ids=[c[0] for c in POOL_CASES])
-def test_max_pool_equals_reference(case, data):
-    x = rand(*case[1])
+@pytest.mark.parametrize(("values", "attrs"), record_cases("max_pool", every=3))
+def test_max_pool_equals_reference(values, attrs, data):
+    x = values[0]
     if data == "ties":  # few distinct values: many windows hold their maximum twice
         x = np.round(x).clip(-1, 1)
     elif data == "negative":  # the -inf padding must lose against every real unit
         x = -np.abs(x) - 5
     elif data == "nan":  # a NaN wins its windows (the first NaN, if several)
         x.flat[:: max(3, x.size // 4)] = np.nan
-    attrs = _pool_attrs(case)
     out, ctx = ops.max_pool_forward(x, **attrs)
     rout, winner = ref.max_pool(x, **attrs)
     np.testing.assert_array_equal(out, rout)
@@ -152,11 +155,10 @@ def test_max_pool_equals_reference(case, data):
 
 
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
-@pytest.mark.parametrize("case", POOL_CASES, ids=[c[0] for c in POOL_CASES])
-def test_max_pool_backward_non_finite_delta_reaches_only_the_winner(case, bad):
+@pytest.mark.parametrize(("values", "attrs"), record_cases("max_pool", every=6))
+def test_max_pool_backward_non_finite_delta_reaches_only_the_winner(values, attrs, bad):
     # the fast scatter multiplies δ by a 0/1 mask; a non-finite δ must still give 0 elsewhere
-    x = rand(*case[1])
-    attrs = _pool_attrs(case)
+    x = values[0]
     out, ctx = ops.max_pool_forward(x, **attrs)
     _, winner = ref.max_pool(x, **attrs)
     delta = rand(*out.shape)
@@ -169,28 +171,23 @@ def test_max_pool_backward_non_finite_delta_reaches_only_the_winner(case, bad):
 
 def test_max_pool_ties_go_to_the_first_maximum():
     x = np.array([[[[1.0, 3.0], [3.0, 3.0]]]])
-    out, ctx = ops.max_pool_forward(
-        x, **_pool_attrs(("", None, (2, 2), (2, 2), pads((0, 0), (0, 0)), (1, 1), False))
-    )
+    attrs = {"kernel_size": (2, 2), "stride": (2, 2), "padding": ((0, 0), (0, 0)), "dilation": (1, 1)}
+    out, ctx = ops.max_pool_forward(x, **attrs, ceil_mode=False)
     (dx,) = ops.max_pool_backward(ctx, np.ones_like(out))
     assert out.item() == 3.0
     assert dx[0, 0].tolist() == [[0.0, 1.0], [0.0, 0.0]]
 
 
-@pytest.mark.parametrize("count_include_pad", [True, False], ids=["incl-pad", "excl-pad"])
-@pytest.mark.parametrize("case", POOL_CASES, ids=[c[0] for c in POOL_CASES])
-def test_avg_pool_equals_reference(case, count_include_pad):
-    x = rand(*case[1])
-    attrs = {**_pool_attrs(case), "count_include_pad": count_include_pad}
+@pytest.mark.parametrize(("values", "attrs"), record_cases("avg_pool", every=2))
+def test_avg_pool_equals_reference(values, attrs):
+    x = values[0]
     out, _ = ops.avg_pool_forward(x, **attrs)
     np.testing.assert_allclose(out, ref.avg_pool(x, **attrs), rtol=1e-13, atol=1e-14)
 
 
-@pytest.mark.parametrize("p", [1.0, 2.0, 3.0, 0.5])
-@pytest.mark.parametrize("case", POOL_CASES[1::2], ids=[c[0] for c in POOL_CASES[1::2]])
-def test_lp_pool_equals_reference(case, p):
-    x = rand(*case[1])
-    attrs = {**_pool_attrs(case), "norm_type": p}
+@pytest.mark.parametrize(("values", "attrs"), record_cases("lp_pool", every=2))
+def test_lp_pool_equals_reference(values, attrs):
+    x = values[0]
     out, _ = ops.lp_pool_forward(x, **attrs)
     np.testing.assert_allclose(out, ref.lp_pool(x, **attrs), rtol=1e-12, atol=1e-14)
 
@@ -199,7 +196,7 @@ def test_lp_pool_equals_reference(case, p):
 def test_lp_pool_all_zero_windows_give_zero_gradient(p):
     x = rand(1, 2, 4, 4)
     x[:, :, :2, :2] = 0.0  # the first window of each channel is all zeros
-    out, ctx = ops.lp_pool_forward(x, **_pool_attrs(POOL_CASES[2]), norm_type=p)
+    out, ctx = ops.lp_pool_forward(x, **POOL_K2, norm_type=p)
     assert np.all(out[:, :, 0, 0] == 0)
     (dx,) = ops.lp_pool_backward(ctx, np.ones_like(out))
     assert np.all(np.isfinite(dx))
@@ -208,7 +205,7 @@ def test_lp_pool_all_zero_windows_give_zero_gradient(p):
 
 def test_lp_pool_is_the_true_norm_with_abs():
     x = -np.ones((1, 1, 2, 2))
-    out, _ = ops.lp_pool_forward(x, **_pool_attrs(POOL_CASES[2]), norm_type=3.0)
+    out, _ = ops.lp_pool_forward(x, **POOL_K2, norm_type=3.0)
     np.testing.assert_allclose(out, [[[[4.0 ** (1 / 3)]]]])
 
 
@@ -233,12 +230,12 @@ def test_avg_pool_ceil_extra_region_is_not_counted():
 
 F32_CALLS = [
     ("conv", lambda x: ops.conv_forward(x, rand(4, 2, 3, 3, dtype=np.float32), rand(4, dtype=np.float32),
-                                        **_conv_attrs(CONV_CASES[7]))),
+                                        **CONV_GROUPS2)),
     ("conv-flip", lambda x: ops.conv_forward(x, rand(4, 4, 3, 3, dtype=np.float32), None,
-                                             **_conv_attrs(CONV_CASES[4], flip=True))),
-    ("max_pool", lambda x: ops.max_pool_forward(x, **_pool_attrs(POOL_CASES[3]))),
-    ("avg_pool", lambda x: ops.avg_pool_forward(x, **_pool_attrs(POOL_CASES[5]), count_include_pad=False)),
-    ("lp_pool", lambda x: ops.lp_pool_forward(x, **_pool_attrs(POOL_CASES[3]), norm_type=2.5)),
+                                             **CONV_STRIDE2_FLIP)),
+    ("max_pool", lambda x: ops.max_pool_forward(x, **POOL_K3_S2_PAD1)),
+    ("avg_pool", lambda x: ops.avg_pool_forward(x, **POOL_CEIL_ASYM, count_include_pad=False)),
+    ("lp_pool", lambda x: ops.lp_pool_forward(x, **POOL_K3_S2_PAD1, norm_type=2.5)),
     ("relu", ops.relu_forward),
     ("leaky_relu", lambda x: ops.leaky_relu_forward(x, negative_slope=0.1)),
     ("sigmoid", ops.sigmoid_forward),

@@ -432,38 +432,37 @@ def _g(*shape, seed=0):
     return t.requires_grad_(True)
 
 
+def _record_checks() -> dict:
+    """Every op's own cases, from its record: a few seeded random ones per op (the same list the
+    conformance suite runs), each as ``(fn of the float inputs, their shapes, their values)``."""
+    from cnnkit.conformance.cases import Random
+    from cnnkit.ops import BUILTIN_SPECS
+
+    checks = {}
+    for spec in BUILTIN_SPECS:
+        cases = [c for c in spec.cases() if c.raises is None and c.differentiable]
+        random = [c for c in cases if all(v is None or isinstance(v, Random) for v in c.inputs)]
+        for case in random[:: max(1, len(random) // 3)][:3]:
+            values = [None if v is None else v.make("float64") for v in case.inputs]
+            floats = [
+                i
+                for i, (n, v) in enumerate(zip(spec.inputs, values))
+                if v is not None and n not in spec.integer_inputs
+            ]
+
+            def fn(*xs, _case=case, _values=values, _floats=floats):
+                args = [None if v is None else torch.from_numpy(v) for v in _values]
+                for i, x in zip(_floats, xs):
+                    args[i] = x
+                return cnnkit.call(_case.op, *args, backend="torch", **_case.attrs)
+
+            checks[case.id] = (fn, [values[i].shape for i in floats], [values[i] for i in floats])
+    return checks
+
+
+#: Per op, its record's cases; then the shapes that pick each route of a kernel (torch-specific).
 GRADCHECKS = {
-    "conv1d": (
-        lambda x, w, b: cf.conv1d(x, w, b, 2, ((1, 2),), 2, 2, True, backend="torch"),
-        [(2, 4, 9), (4, 2, 3), (4,)],
-    ),
-    "conv2d": (
-        lambda x, w, b: cf.conv2d(x, w, b, (2, 1), "same", (1, 2), backend="torch"),
-        [(1, 2, 6, 7), (3, 2, 2, 3), (3,)],
-    ),
-    "conv3d": (lambda x, w: cf.conv3d(x, w, None, 2, 1, backend="torch"), [(1, 2, 4, 5, 4), (2, 2, 2, 2, 3)]),
-    "max_pool2d": (
-        lambda x: cf.max_pool2d(x, 3, 2, ((1, 0), (1, 1)), 1, True, backend="torch"),
-        [(1, 2, 6, 7)],
-    ),
-    "max_pool1d": (lambda x: cf.max_pool1d(x, 2, 1, 0, 2, backend="torch"), [(2, 1, 7)]),
-    "max_pool3d": (lambda x: cf.max_pool3d(x, 2, backend="torch"), [(1, 1, 4, 4, 4)]),
-    "avg_pool2d": (lambda x: cf.avg_pool2d(x, 3, 2, 1, 1, True, False, backend="torch"), [(1, 2, 6, 7)]),
-    "avg_pool1d": (lambda x: cf.avg_pool1d(x, 2, 1, ((1, 0),), 2, backend="torch"), [(2, 1, 7)]),
-    "avg_pool3d": (lambda x: cf.avg_pool3d(x, 2, ceil_mode=True, backend="torch"), [(1, 1, 3, 4, 5)]),
-    "lp_pool2d": (lambda x: cf.lp_pool2d(x, 3.0, 2, 1, 1, 2, backend="torch"), [(1, 2, 6, 5)]),
-    "lp_pool1d": (lambda x: cf.lp_pool1d(x, 0.7, 3, 2, 1, ceil_mode=True, backend="torch"), [(1, 2, 8)]),
-    "relu": (lambda x: cf.relu(x, backend="torch"), [(3, 4)]),
-    "leaky_relu": (lambda x: cf.leaky_relu(x, 0.3, backend="torch"), [(3, 4)]),
-    "sigmoid": (lambda x: cf.sigmoid(x, backend="torch"), [(3, 4)]),
-    "tanh": (lambda x: cf.tanh(x, backend="torch"), [(3, 4)]),
-    "flatten": (lambda x: cf.flatten(x, backend="torch"), [(2, 3, 2)]),
-    "linear": (lambda x, w, b: cf.linear(x, w, b, backend="torch"), [(2, 3, 4), (5, 4), (5,)]),
-    "cross_entropy": (lambda x: cf.cross_entropy(x, torch.tensor([1, 0, 2]), backend="torch"), [(3, 4)]),
-    "cross_entropy_none": (
-        lambda x: cf.cross_entropy(x, torch.tensor([1, 0]), "none", backend="torch"),
-        [(2, 3)],
-    ),
+    **_record_checks(),
     # every route of Conv.backward (see _CONV_ROUTES), and the stride-1 input gradient
     "conv2d_im2col_route": (
         lambda x, w, b: cf.conv2d(x, w, b, (1, 2), ((1, 0), (0, 2)), (2, 1), flip=True, backend="torch"),
@@ -522,10 +521,19 @@ _CONV_ROUTES = (
 )
 
 
+def _entry(name: str):
+    """``(fn, shapes, inputs)`` of a GRADCHECKS entry: float64 leaves, a record case's own values."""
+    fn, shapes, *values = GRADCHECKS[name]
+    if values:
+        inputs = [torch.from_numpy(v.copy()).requires_grad_(True) for v in values[0]]
+    else:
+        inputs = [_g(*s, seed=i) for i, s in enumerate(shapes)]
+    return fn, shapes, inputs
+
+
 @pytest.mark.parametrize("name", list(GRADCHECKS))
 def test_gradcheck(name):
-    fn, shapes = GRADCHECKS[name]
-    inputs = [_g(*s, seed=i) for i, s in enumerate(shapes)]
+    fn, _, inputs = _entry(name)
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6)
 
 
@@ -611,8 +619,7 @@ class _OpLog(TorchDispatchMode):
 
 @pytest.mark.parametrize("name", list(GRADCHECKS))
 def test_backward_calls_no_aten_backward_op(name):
-    fn, shapes = GRADCHECKS[name]
-    inputs = [_g(*s, seed=i) for i, s in enumerate(shapes)]
+    fn, _, inputs = _entry(name)
     y = fn(*inputs)
     with _OpLog() as log:
         torch.autograd.grad(y, inputs, torch.ones_like(y))
@@ -633,20 +640,28 @@ def test_gradchecks_cover_every_conv_route_and_every_op(monkeypatch):
 
     for name in _CONV_ROUTES:
         monkeypatch.setattr(ops, name, spy(name))
-    for fn, shapes in GRADCHECKS.values():
-        inputs = [_g(*s, seed=i) for i, s in enumerate(shapes)]
+    for name in GRADCHECKS:
+        fn, _, inputs = _entry(name)
         y = fn(*inputs)
         torch.autograd.grad(y, inputs, torch.ones_like(y))
     assert all(hits.values()), hits
-    assert {op for op in ops.KERNELS if any(key.startswith(op) for key in GRADCHECKS)} == set(ops.KERNELS)
+    from cnnkit.conformance import all_cases
+
+    by_id = {c.id: c.op for c in all_cases()}
+    assert {by_id[key] for key in GRADCHECKS if key in by_id} >= set(ops.KERNELS)
 
 
-@pytest.mark.parametrize("name", ["conv2d", "relu", "max_pool2d", "lp_pool2d", "linear", "cross_entropy"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        next(k for k in GRADCHECKS if k.startswith(p))
+        for p in ("conv2d", "relu", "max_pool2d", "lp_pool2d", "linear", "cross_entropy")
+    ],
+)
 def test_double_backward_raises_a_clear_error(name):
     """once_differentiable: a gradient built with create_graph=True cannot be differentiated again,
     and says so, even when the incoming gradient itself needs no gradient."""
-    fn, shapes = GRADCHECKS[name]
-    inputs = [_g(*s, seed=i) for i, s in enumerate(shapes)]
+    fn, _, inputs = _entry(name)
     (dx,) = torch.autograd.grad(fn(*inputs).sum(), inputs[0], create_graph=True)
     assert dx.requires_grad
     with pytest.raises(RuntimeError, match="differentiate twice"):
@@ -658,7 +673,7 @@ def test_no_host_reads_and_no_tensor_made_off_the_inputs_device(name):
     """On the meta device tensors have no data: any ``.item()``, ``bool(t)``, ``.tolist()`` or
     ``.numpy()`` raises, and so does mixing in a tensor made on a hard-coded CPU device.
     (cross_entropy's targets stay on the CPU: the core reads them to check the class range.)"""
-    fn, shapes = GRADCHECKS[name]
+    fn, shapes, _ = _entry(name)
     inputs = [torch.empty(s, device="meta", dtype=torch.float64, requires_grad=True) for s in shapes]
     y = fn(*inputs)
     grads_ = torch.autograd.grad(y, inputs, torch.ones_like(y))
@@ -668,8 +683,8 @@ def test_no_host_reads_and_no_tensor_made_off_the_inputs_device(name):
 
 @pytest.mark.parametrize("name", list(GRADCHECKS))
 def test_context_keeps_tensors_only_through_save_for_backward(name):
-    fn, shapes = GRADCHECKS[name]
-    y = fn(*[_g(*s, seed=i) for i, s in enumerate(shapes)])
+    fn, _, inputs = _entry(name)
+    y = fn(*inputs)
     ctx = y.grad_fn
     assert type(ctx)._forward_cls.__module__ == "cnnkit_torch.ops"
 
@@ -729,8 +744,8 @@ def test_backward_reads_only_what_the_asked_gradient_needs(x_shape, w_shape, str
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_every_op_runs_in_half_precision_on_cpu(name, dtype):
     """Forward and backward in float16/bfloat16 agree loosely with float32; gradients keep the dtype."""
-    fn, shapes = GRADCHECKS[name]
-    base = [torch.randn(s, generator=torch.Generator().manual_seed(i)) for i, s in enumerate(shapes)]
+    fn, _, inputs = _entry(name)
+    base = [t.detach().float() for t in inputs]
     low = [t.to(dtype).requires_grad_(True) for t in base]
     ref = [t.to(dtype).float().requires_grad_(True) for t in base]
     y, y_ref = fn(*low), fn(*ref)

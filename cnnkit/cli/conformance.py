@@ -35,7 +35,6 @@ HELP = "run the conformance suite: op x backend matrix with pass/fail counts and
 #: Items per task sent to a worker process.
 CHUNK = 64
 #: Thread-count variables of the OpenMP/BLAS pools that backends (torch, NumPy's BLAS) start.
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -147,8 +146,8 @@ def one_thread_each() -> Iterator[None]:
     slower. A pool that already exists (the backend imported before) keeps its
     size. The environment is restored on the way out.
     """
-    saved = {k: os.environ.get(k) for k in THREAD_VARIABLES}
-    for k in THREAD_VARIABLES:
+    saved = {k: os.environ.get(k) for k in runner.THREAD_VARIABLES}
+    for k in runner.THREAD_VARIABLES:
         os.environ.setdefault(k, "1")
     try:
         yield

@@ -29,6 +29,7 @@ nothing: it collects nothing and imports nothing beyond pytest.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -76,6 +77,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # The cases are small arrays: a pool of several threads per process only waits on its barriers,
+    # and under load (pytest-xdist workers on every core) that made the suite 1.6-4x slower. As
+    # `cnnkit conformance` does, pools made after this start with one thread unless the user sized them.
+    from cnnkit.conformance.runner import THREAD_VARIABLES
+
+    for name in THREAD_VARIABLES:
+        os.environ.setdefault(name, "1")
     config.pluginmanager.register(_Summary(), "cnnkit-conformance-summary")
 
 

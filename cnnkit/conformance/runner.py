@@ -82,6 +82,9 @@ TOLERANCES = {"float64": (1e-7, 1e-9), "float32": (1e-4, 1e-5), "float16": (1e-2
 #: Finite differences: step, and the relative agreement asked of the directional derivatives.
 FD_STEP, FD_RTOL, FD_DIRECTIONS = 1e-6, 1e-6, 2
 
+#: The thread pools a conformance run sizes: one thread per process unless the user set them.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
 STATUSES = ("passed", "failed", "skipped", "not-implemented", "xfailed", "xpassed")
 
 

@@ -123,6 +123,14 @@ def _random_cases() -> Iterator[Case]:
     # a kernel as large as the input: one output unit
     yield _case(2, f=(7, 6), extra="fullkernel")
     yield _case(2, f=3, padding=((2, 2), (2, 2)), extra="full")
+    # shapes that take a backend's other paths: more filters than a window has taps (K > C·ΠF),
+    # stride 1 with asymmetric padding and dilation in groups, a wide kernel along one axis
+    yield _case(2, c=2, k=20, f=2, padding=((1, 0), (0, 1)), extra="manyfilters")
+    yield _case(2, c=4, k=4, f=(3, 2), padding=((2, 1), (0, 3)), dilation=(2, 1), groups=2, extra="s1asym")
+    yield _case(2, c=1, k=3, f=(2, 5), padding=((0, 0), (2, 2)), dilation=(1, 2), extra="widekernel")
+    yield _case(
+        3, c=2, k=3, f=(2, 2, 3), padding=((1, 0), (0, 1), (2, 1)), dilation=(2, 1, 1), n=1, extra="s1asym"
+    )
 
 
 def _goldens() -> Iterator[Case]:
