@@ -25,7 +25,8 @@ from cnnkit.registry import Kernel
 
 def n_items(op: str, dtypes: int = 2) -> int:
     """How many items one backend has for ``op``: its cases' checks, per dtype."""
-    return dtypes * sum(len(runner.checks_for(c)) for c in runner.all_cases() if c.op == op)
+    names = ("float64",) if dtypes == 1 else runner.DTYPES
+    return sum(len(runner.checks_for(c, dtype=d)) for c in runner.all_cases() if c.op == op for d in names)
 
 
 def run_cli(capsys, *argv):

@@ -40,8 +40,8 @@ def test_lecture_examples_print_the_lecture_numbers():
 def test_custom_layer_plugin_example_passes_its_conformance_cases():
     out = run("custom_layer_plugin.py", env=NO_PLUGINS)
     assert "dE/dx for dE/dy = 1: [[0. 1. 1. 0.]]" in out
-    assert "hardtanh-golden {'forward': 'passed', 'backward': 'passed'}" in out
-    assert "hardtanh-random {'forward': 'passed', 'backward': 'passed'}" in out
+    assert "hardtanh-golden {'forward': 'passed', 'backward': 'passed', 'memory': 'passed'" in out
+    assert "hardtanh-random {'forward': 'passed', 'backward': 'passed', 'memory': 'passed'" in out
     assert "backend 'torch' has no implementation of op 'hardtanh'" in out
 
 

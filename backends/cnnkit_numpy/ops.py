@@ -332,6 +332,40 @@ def _pool_scatter(r: np.ndarray, geo: dict, pick=None) -> np.ndarray:
     return np.ascontiguousarray(dx_pad[_inner(x_shape[2:], geo["reads"])])
 
 
+#: A window of more taps than this is reduced in one gather (``(N, C, *O, ΠF)``, at most
+#: :data:`KEEP_COLUMNS_BYTES`) instead of a loop over its offsets (Python steps over tiny arrays).
+MANY_TAPS = 64
+
+
+def _gathered(x_pad: np.ndarray, geo: dict) -> np.ndarray | None:
+    """Every window as a row, ``(N, C, *O, ΠF)``, when there are many taps and it is small; else ``None``."""
+    ntaps = math.prod(geo["kernel"])
+    rows_bytes = math.prod(x_pad.shape[:2]) * math.prod(geo["out"]) * ntaps * x_pad.itemsize
+    if ntaps <= MANY_TAPS or rows_bytes > KEEP_COLUMNS_BYTES:
+        return None
+    win = _windows(x_pad, geo["kernel"], geo["stride"], geo["dilation"], geo["out"])
+    return win.reshape(*win.shape[: 2 + len(geo["out"])], ntaps)
+
+
+def _scatter_winners(r: np.ndarray, winner: np.ndarray, geo: dict) -> np.ndarray:
+    """``δ_prev[n, c, S·i + D·m*] += r[n, c, i]`` for the winner ``m*`` of each window: one bincount."""
+    x_shape = geo["x_shape"]
+    padded = tuple(n + b + a for n, (b, a) in zip(x_shape[2:], geo["reads"]))
+    taps = np.unravel_index(winner, geo["kernel"])  # m* per axis, shape (N, C, *O)
+    flat = np.zeros(winner.shape, dtype=np.int64)
+    for axis, (m, S, D, P) in enumerate(zip(taps, geo["stride"], geo["dilation"], padded)):
+        i = np.arange(geo["out"][axis]).reshape([-1 if a == axis else 1 for a in range(len(padded))])
+        flat = flat * P + (S * i + D * m)  # the winner's flat position in its padded plane
+    nc = math.prod(x_shape[:2])
+    plane = math.prod(padded)
+    flat += (np.arange(nc) * plane).reshape(*x_shape[:2], *([1] * len(padded)))
+    dx = np.bincount(flat.ravel(), weights=r.ravel(), minlength=nc * plane).astype(r.dtype, copy=False)
+    dx_pad = dx.reshape(*x_shape[:2], *padded)
+    if padded == tuple(x_shape[2:]):
+        return dx_pad
+    return np.ascontiguousarray(dx_pad[_inner(x_shape[2:], geo["reads"])])
+
+
 @_quiet
 def max_pool_forward(x, *, kernel_size, stride, padding, dilation, ceil_mode):
     """``out[n, c, i] = max_m x_pad[n, c, S·i + D·m]``, padding = -inf; saves the winning offset.
@@ -341,6 +375,10 @@ def max_pool_forward(x, *, kernel_size, stride, padding, dilation, ceil_mode):
     """
     geo = _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode)
     x_pad = _pad(x, geo["reads"], -np.inf)
+    rows = _gathered(x_pad, geo)
+    if rows is not None:  # many taps, few outputs: argmax picks the first maximum (or first NaN)
+        winner = rows.argmax(axis=-1)
+        return np.take_along_axis(rows, winner[..., None], -1)[..., 0].copy(), (geo, winner)
     ntaps = math.prod(kernel_size)
     winner = np.zeros((*x.shape[:2], *geo["out"]), dtype=np.uint8 if ntaps <= 255 else np.int32)
     best = None
@@ -367,6 +405,8 @@ def max_pool_forward(x, *, kernel_size, stride, padding, dilation, ceil_mode):
 def max_pool_backward(ctx, grad_output):
     # δ_prev[n,c,S·i+D·m*] = δ[n,c,i] for the saved winner m* of window i; every other unit gets 0
     geo, winner = ctx
+    if math.prod(geo["kernel"]) > MANY_TAPS:
+        return (_scatter_winners(_as(grad_output, geo["dtype"]), winner, geo),)
     return (_pool_scatter(_as(grad_output, geo["dtype"]), geo, pick=lambda t: winner == t),)
 
 
@@ -517,18 +557,18 @@ def tanh_backward(ctx, grad_output):
 
 
 def flatten_forward(x, *, start_dim, end_dim):
-    """Dims ``start_dim..end_dim`` of ``x`` merged into one (a view where NumPy can)."""
+    """Dims ``start_dim..end_dim`` of ``x`` merged into one (a new array, never a view of ``x``)."""
     shape = x.shape
     if not shape:
-        return x.reshape(1), (shape, x.dtype)
+        return x.reshape(1).copy(), (shape, x.dtype)
     new = (*shape[:start_dim], math.prod(shape[start_dim : end_dim + 1]), *shape[end_dim + 1 :])
-    return x.reshape(new), (shape, x.dtype)
+    return x.reshape(new).copy(), (shape, x.dtype)
 
 
 def flatten_backward(ctx, grad_output):
     # δ_prev = δ reshaped back to the input's shape
     shape, dtype = ctx
-    return (_as(grad_output, dtype).reshape(shape),)
+    return (np.array(grad_output, dtype=dtype).reshape(shape),)  # a copy: never a view of δ
 
 
 @_quiet

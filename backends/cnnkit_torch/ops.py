@@ -38,6 +38,7 @@ from torch.autograd.function import Function, once_differentiable
 
 from cnnkit.geometry import pool_padding
 from cnnkit.registry import Kernel
+from cnnkit_torch.sizes import COLUMNS_CHUNK_BYTES
 
 __all__ = [
     "KERNELS",
@@ -60,8 +61,6 @@ _CONV = {1: torch.conv1d, 2: torch.conv2d, 3: torch.conv3d}
 _CONV_T = {1: torch.conv_transpose1d, 2: torch.conv_transpose2d, 3: torch.conv_transpose3d}
 _MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 _AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
-#: Bytes of im2col columns per batch chunk of the strided weight gradient (measured on W5).
-COLUMNS_CHUNK_BYTES = 4 * 2**20
 
 
 # -- shared geometry helpers ---------------------------------------------------------------
@@ -176,6 +175,11 @@ def _window_count(
         count = c if count is None else count * c
     assert count is not None
     return count
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """False for a broadcast tensor (an axis of size > 1 with stride 0: one element, many places)."""
+    return all(st != 0 for st, n in zip(t.stride(), t.shape) if n > 1)
 
 
 # -- once differentiable, and saying so ----------------------------------------------------------
@@ -496,8 +500,9 @@ class Conv(Function):
                 dw = _conv_weight_grad(x, dy, w.shape[2:], stride, padding, dilation, groups)
         if dw is not None and flip:
             dw = dw.flip(spatial)
-        if dw is not None and dw.stride() != w.stride():
-            # laid out like W (a size-1 axis can leave other strides): DDP's buckets expect it
+        if dw is not None and dw.stride() != w.stride() and _dense(w):
+            # laid out like W (a size-1 axis can leave other strides): DDP's buckets expect it;
+            # a broadcast W (stride 0) has no such layout: its gradient stays dense
             dw = torch.empty_strided(w.shape, w.stride(), dtype=dw.dtype, device=dw.device).copy_(dw)
         if need_b:
             db = dy.sum((0, *spatial))
@@ -640,7 +645,9 @@ class LpPool(Function):
         kernel, stride, padding, dilation, ceil_mode, p = ctx.attrs
         size = x.shape[2:]
         pads = _read_padding(x, kernel, stride, padding, dilation, ceil_mode)
-        g = dy if p == 1.0 else torch.where(a > 0, dy * a.pow(1.0 - p), torch.zeros_like(dy))
+        g = (
+            dy if p == 1.0 else torch.where(a != 0, dy * a.pow(1.0 - p), torch.zeros_like(dy))
+        )  # NaN stays NaN
         full = [n + lo + hi for n, (lo, hi) in zip(size, pads)]
         spread = _crop(_window_spread(g, full, kernel, stride, dilation), pads, size)
         if p == 2.0:
@@ -738,13 +745,13 @@ class Tanh(Function):
 
 
 class Flatten(Function):
-    """Merge dims ``start_dim..end_dim`` into one."""
+    """Merge dims ``start_dim..end_dim`` into one (a new tensor: the output owns its memory)."""
 
     @staticmethod
     def forward(x, start_dim, end_dim):
         if x.dim() == 0:
-            return x.reshape(1)
-        return x.flatten(start_dim, end_dim)
+            return x.reshape(1).clone()
+        return x.flatten(start_dim, end_dim).clone()
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -754,7 +761,7 @@ class Flatten(Function):
     @_first_order_only
     def backward(ctx, dy):
         # δ_prev = δ reshaped back to the input's shape
-        return (dy.reshape(ctx.x_shape) if ctx.needs_input_grad[0] else None), None, None
+        return (dy.reshape(ctx.x_shape).clone() if ctx.needs_input_grad[0] else None), None, None
 
 
 class Linear(Function):

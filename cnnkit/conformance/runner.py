@@ -76,9 +76,14 @@ __all__ = [
 #: The backend every other backend is compared with.
 REFERENCE_BACKEND = "numpy"
 DTYPES = ("float32", "float64")
-CHECKS = ("forward", "backward", "properties", "raises")
+CHECKS = ("forward", "backward", "properties", "memory", "layouts", "raises")
+#: The checks that do not depend on the dtype run in float64 only.
+DTYPE_FREE_CHECKS = ("memory", "layouts")
+#: The views every input and ``grad_output`` are tried as in the ``layouts`` check.
+LAYOUTS = ("strided", "transposed", "negative-stride", "broadcast")
 #: (rtol, atol): an entry may be off by ``atol * max(1, max|expected|) + rtol * |expected|``.
-TOLERANCES = {"float64": (1e-7, 1e-9), "float32": (1e-4, 1e-5), "float16": (1e-2, 1e-3)}
+#: float64 is tight enough to tell float64 arithmetic from float32 rounding (about 6e-8 relative).
+TOLERANCES = {"float64": (1e-10, 1e-12), "float32": (1e-4, 1e-5), "float16": (1e-2, 1e-3)}
 #: Finite differences: step, and the relative agreement asked of the directional derivatives.
 FD_STEP, FD_RTOL, FD_DIRECTIONS = 1e-6, 1e-6, 2
 
@@ -166,13 +171,15 @@ class Item:
         return f"{self.target.id}-{self.case.id}::{self.check}"
 
 
-def checks_for(case: Case, registry: Registry | None = None) -> tuple[str, ...]:
-    """The checks an item list holds for ``case``."""
+def checks_for(case: Case, registry: Registry | None = None, dtype: str = "float64") -> tuple[str, ...]:
+    """The checks an item list holds for ``case`` in ``dtype``."""
     if case.raises is not None:
         return ("raises",)
-    checks = ("forward", "backward")
+    checks: tuple[str, ...] = ("forward", "backward")
     spec = (registry or get_registry()).ops().get(case.op)
-    return (*checks, "properties") if spec is not None and spec.properties else checks
+    if spec is not None and spec.properties:
+        checks += ("properties",)
+    return checks + DTYPE_FREE_CHECKS if dtype == "float64" else checks
 
 
 def _backend_options(registry: Registry, name: str, device: str) -> dict[str, Any]:
@@ -231,7 +238,9 @@ def plan(
                 for case in cases:
                     if implemented is not None and case.op not in implemented:
                         continue  # the coverage line names what the backend lacks
-                    items.extend(Item(target, case, check, case.id) for check in checks_for(case, registry))
+                    items.extend(
+                        Item(target, case, check, case.id) for check in checks_for(case, registry, dtype)
+                    )
     return items
 
 
@@ -507,6 +516,141 @@ class _Run:
                         f"direction e: <d{name}, e> = {an!r}, (E(x+he) - E(x-he))/2h = {fd!r} "
                         f"(relative error {err:.3g} > {FD_RTOL:g}, h = {FD_STEP:g})"
                     )
+
+    # memory: side effects, aliasing, repeatability -----------------------------------------
+
+    def _natives(self, arrays: Sequence[Any]) -> list[Any]:
+        return [None if a is None else self.backend.asarray(a) for a in arrays]
+
+    def _snapshot(self, natives: Sequence[Any]) -> list[np.ndarray | None]:
+        return [None if a is None else np.array(self.backend.to_numpy(a), dtype=np.float64) for a in natives]
+
+    def _same(self, what: str, got: Sequence[Any], want: Sequence[Any]) -> None:
+        for i, (a, b) in enumerate(zip(got, want)):
+            if a is None or b is None:
+                continue
+            a = np.asarray(a, dtype=np.float64)
+            if a.shape != b.shape or not np.array_equal(a, b, equal_nan=True):
+                raise self.fail(f"memory: {what} (entry {i})")
+        self.compared += 1
+
+    def _vjp(self, natives: Sequence[Any], g: Any) -> tuple[Any, tuple]:
+        out, pullback = vjp(self.case.op, *natives, backend=self.backend, **self.case.attrs)
+        return out, pullback(g) if g is not None else pullback
+
+    def check_memory(self) -> None:
+        """The kernel leaves its inputs and ``grad_output`` alone, owns its outputs, repeats itself."""
+        natives = self._natives(self.inputs)
+        inputs_before = self._snapshot(natives)
+        out, pullback = vjp(self.case.op, *natives, backend=self.backend, **self.case.attrs)
+        g = self.backend.asarray(self.grad_output(tuple(int(s) for s in out.shape)))
+        g_before = self._snapshot([g])
+        out_before = self._snapshot([out])
+        grads = pullback(g)
+        floats = self.float_inputs()
+        grads_before = self._snapshot([grads[i] for i in floats])
+        self._same("an input changed during forward or backward", self._snapshot(natives), inputs_before)
+        self._same("grad_output changed during backward", self._snapshot([g]), g_before)
+        again = pullback(g)
+        self._same(
+            "backward run twice gave other gradients",
+            self._snapshot([again[i] for i in floats]),
+            grads_before,
+        )
+        # a second call with other inputs must not write into the first call's results
+        other = [
+            None if a is None or i not in floats else (0.5 - a).astype(a.dtype)
+            for i, a in enumerate(self.inputs)
+        ]
+        other = [o if o is not None else a for o, a in zip(other, self.inputs)]
+        _, pullback2 = vjp(self.case.op, *self._natives(other), backend=self.backend, **self.case.attrs)
+        pullback2(self.backend.asarray(-self.grad_output(tuple(int(s) for s in out.shape))))
+        self._same(
+            "the output changed when the op ran again (a reused buffer?)", self._snapshot([out]), out_before
+        )
+        self._same(
+            "a gradient changed when the op ran again (a reused buffer?)",
+            self._snapshot([grads[i] for i in floats]),
+            grads_before,
+        )
+        # outputs and gradients must not be views of the inputs or of grad_output
+        for i in floats:
+            natives[i][...] = 0
+        g[...] = 0
+        self._same(
+            "the output is a view of an input (it changed when the input was overwritten)",
+            self._snapshot([out]),
+            out_before,
+        )
+        self._same(
+            "a gradient is a view of an input or of grad_output (it changed when they were overwritten)",
+            self._snapshot([grads[i] for i in floats]),
+            grads_before,
+        )
+
+    # layouts: the same values as strided, transposed, negative-stride and broadcast views -------
+
+    def _view(self, a: np.ndarray, kind: str) -> tuple[Any, np.ndarray] | None:
+        """``(native view, its values)`` of ``a`` as a ``kind`` view, or ``None`` where it has none."""
+        be = self.backend
+        if a.ndim == 0:
+            return None
+        if kind == "strided":
+            big = np.zeros((*a.shape[:-1], 2 * a.shape[-1]), dtype=a.dtype)
+            big[..., ::2] = a
+            return be.asarray(big)[..., ::2], a
+        if kind == "transposed":
+            if a.ndim < 2:
+                return None
+            return be.asarray(np.ascontiguousarray(np.swapaxes(a, -1, -2))).swapaxes(-1, -2), a
+        if kind == "negative-stride":
+            try:
+                return be.asarray(np.ascontiguousarray(a[..., ::-1]))[..., ::-1], a
+            except ValueError:  # the backend's arrays have no negative strides (torch)
+                return None
+        if a.shape[0] < 2:
+            return None
+        values = np.broadcast_to(a[:1], a.shape)
+        first = be.asarray(np.ascontiguousarray(a[:1]))
+        view = first.expand(*a.shape) if hasattr(first, "expand") else np.broadcast_to(first, a.shape)
+        return view, np.array(values)
+
+    def check_layouts(self) -> None:
+        """Every input and ``grad_output`` as a non-contiguous view: the results of contiguous copies."""
+        floats = self.float_inputs()
+        out_shape = tuple(int(s) for s in self.call(self.inputs).shape)
+        g = self.grad_output(out_shape)
+        tried = 0
+        for kind in LAYOUTS:
+            views, values = list(self.inputs), list(self.inputs)
+            for i in floats:
+                made = self._view(self.inputs[i], kind)
+                if made is not None:
+                    views[i], values[i] = made
+            made_g = self._view(g, kind)
+            g_view, g_values = made_g if made_g is not None else (self.backend.asarray(g), g)
+            if all(views[i] is self.inputs[i] for i in floats) and made_g is None:
+                continue
+            tried += 1
+            natives = [
+                v if i in floats else None if v is None else self.backend.asarray(v)
+                for i, v in enumerate(views)
+            ]
+            out_v, pullback = vjp(self.case.op, *natives, backend=self.backend, **self.case.attrs)
+            grads_v = pullback(g_view)
+            out_c, pullback_c = vjp(
+                self.case.op, *self._natives(values), backend=self.backend, **self.case.attrs
+            )
+            grads_c = pullback_c(self.backend.asarray(np.array(g_values, order="C")))
+            self.compare(f"layouts: the output with {kind} views", self.numpy(out_v), self.numpy(out_c))
+            for i in floats:
+                self.compare(
+                    f"layouts: d{self.spec.inputs[i]} with {kind} views",
+                    self.numpy(grads_v[i]),
+                    self.numpy(grads_c[i]),
+                )
+        if not tried:
+            raise _Skip("no input of this case has a non-contiguous view")
 
     def check_raises(self) -> None:
         expected = self.case.raises

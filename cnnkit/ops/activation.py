@@ -85,6 +85,21 @@ class ActivationSpec(OpSpec):
         return self._oracle is not None
 
 
+def _nan_inf(op: str, attrs: dict, expected: list, grads: list) -> Case:
+    """A golden of NaN, +inf and -inf: the forward and the backward there (no finite differences)."""
+    return Case(
+        f"{op}-golden-nan-inf",
+        op,
+        ([np.nan, np.inf, -np.inf, -2.0, 3.0],),
+        attrs,
+        expected=expected,
+        grad_output=[1.0, 1.0, 1.0, 1.0, 1.0],
+        expected_grads=(grads,),
+        differentiable=False,
+        tags=("golden", "activation", "nan"),
+    )
+
+
 def _random(op: str, attrs_list: list[dict]) -> Iterable[Case]:
     for attrs in attrs_list:
         slope = f"-slope{attrs['negative_slope']:g}" if attrs else ""
@@ -116,6 +131,8 @@ RELU = ActivationSpec(
             differentiable=False,
             tags=("golden", "activation", "tie"),
         ),
+        # the gradient passes where x > 0 only: NaN > 0 is false, as torch's threshold_backward
+        _nan_inf("relu", {}, [np.nan, np.inf, 0.0, 0.0, 3.0], [0.0, 1.0, 0.0, 0.0, 1.0]),
         *error_cases([("relu-error-int-input", "relu", (np.arange(3),), {}, TypeError, "floating")]),
     ),
 )
@@ -125,7 +142,16 @@ LEAKY_RELU = ActivationSpec(
     oracle=lambda x, *, negative_slope: np.where(x > 0, x, negative_slope * x),
     doc="Leaky ReLU: ``y' = a`` where ``a > 0``, else ``s·a``; backward ``δ_prev = δ ⊙ (1 or s)``.",
     cases=(
-        *_random("leaky_relu", [{}, {"negative_slope": 0.2}]),
+        # the whole valid range of the slope: negative, above 1
+        *_random(
+            "leaky_relu", [{}, {"negative_slope": 0.2}, {"negative_slope": -0.5}, {"negative_slope": 2.5}]
+        ),
+        _nan_inf(
+            "leaky_relu",
+            {"negative_slope": 0.5},
+            [np.nan, np.inf, -np.inf, -1.0, 3.0],
+            [0.5, 1.0, 0.5, 0.5, 1.0],
+        ),
         Case(
             "leaky_relu-golden",
             "leaky_relu",
@@ -161,6 +187,18 @@ SIGMOID = ActivationSpec(
             expected=[0.5, 1.0, 0.0],
             tags=("golden", "activation"),
         ),
+        _nan_inf(
+            "sigmoid",
+            {},
+            [np.nan, 1.0, 0.0, 1 / (1 + np.exp(2.0)), 1 / (1 + np.exp(-3.0))],
+            [
+                np.nan,
+                0.0,
+                0.0,
+                np.exp(-2.0) / (1 + np.exp(-2.0)) ** 2,
+                np.exp(-3.0) / (1 + np.exp(-3.0)) ** 2,
+            ],
+        ),
     ),
 )
 TANH = ActivationSpec(
@@ -170,6 +208,12 @@ TANH = ActivationSpec(
     cases=(
         *_random("tanh", [{}]),
         Case("tanh-golden", "tanh", ([0.0, 50.0],), expected=[0.0, 1.0], tags=("golden", "activation")),
+        _nan_inf(
+            "tanh",
+            {},
+            [np.nan, 1.0, -1.0, np.tanh(-2.0), np.tanh(3.0)],
+            [np.nan, 0.0, 0.0, 1 - np.tanh(2.0) ** 2, 1 - np.tanh(3.0) ** 2],
+        ),
     ),
 )
 

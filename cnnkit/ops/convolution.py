@@ -189,6 +189,18 @@ def _goldens() -> Iterator[Case]:
             expected=[[sums]],
             tags=("golden", "lecture", "conv"),
         )
+    # NaN and inf: dE/dx = δ ⋆_full rot180(W) never reads x, dE/dW = y ⋆ δ carries them
+    yield Case(
+        "conv1d-golden-nan-inf",
+        "conv",
+        ([[[np.nan, 1.0, 2.0, np.inf]]], [[[1.0, 1.0]]], [0.5]),
+        {"dims": 1},
+        expected=[[[np.nan, 3.5, np.inf]]],
+        grad_output=[[[1.0, 1.0, 1.0]]],
+        expected_grads=([[[1.0, 2.0, 2.0, 1.0]]], [[[np.nan, np.inf]]], [3.0]),
+        differentiable=False,
+        tags=("golden", "conv", "nan"),
+    )
     # hand-computed: a 1-D true convolution is the polynomial product
     yield Case(
         "conv1d-golden-polyproduct-flip-full",

@@ -42,6 +42,16 @@ def _flatten_case_list() -> Iterator[Case]:
             tags=("flatten",),
         )
     yield Case("flatten-2d", "flatten", (rand(3, 4),), tags=("flatten",))
+    yield Case(
+        "flatten-golden-nan-inf",
+        "flatten",
+        ([[[np.nan, np.inf], [-np.inf, 1.0]]],),
+        expected=[[np.nan, np.inf, -np.inf, 1.0]],
+        grad_output=[[1.0, 2.0, 3.0, 4.0]],
+        expected_grads=([[[1.0, 2.0], [3.0, 4.0]]],),
+        differentiable=False,
+        tags=("golden", "flatten", "nan"),
+    )
     yield Case("flatten-1d", "flatten", (rand(6),), {"start_dim": 0}, tags=("flatten",))
     yield from error_cases(
         [
@@ -81,6 +91,16 @@ def _linear_case_list() -> Iterator[Case]:
                 (rand(*shape), rand(4, 5), rand(4) if bias else None),
                 tags=("linear",),
             )
+    yield Case(
+        "linear-golden-nan-inf",
+        "linear",
+        ([[np.nan, 1.0], [2.0, np.inf]], [[1.0, 2.0]], [0.5]),
+        expected=[[np.nan], [np.inf]],
+        grad_output=[[1.0], [1.0]],
+        expected_grads=([[1.0, 2.0], [1.0, 2.0]], [[np.nan, np.inf]], [2.0]),
+        differentiable=False,
+        tags=("golden", "linear", "nan"),
+    )
     yield Case(
         "linear-golden",
         "linear",

@@ -67,6 +67,39 @@ def _case_list() -> Iterator[Case]:
         expected=[0.0, 1000.0],
         tags=("golden", "loss"),
     )
+    # rows with different maxima and huge logits: a max over the whole batch instead of per row overflows
+    yield Case(
+        "cross_entropy-golden-huge-logits-per-row-max",
+        "cross_entropy",
+        ([[1000.0, 0.0, -1000.0], [0.0, 5000.0, 4000.0], [-3000.0, -3001.0, -2999.0]], np.array([2, 2, 0])),
+        {"reduction": "none"},
+        expected=[2000.0, 1000.0, 1.0 + np.log(1 + np.exp(-1.0) + np.exp(-2.0))],
+        grad_output=[1.0, 1.0, 1.0],
+        expected_grads=(
+            [
+                [1.0, 0.0, -1.0],
+                [0.0, 1.0, -1.0],
+                [
+                    np.exp(-1.0) / (1 + np.exp(-1.0) + np.exp(-2.0)) - 1.0,
+                    np.exp(-2.0) / (1 + np.exp(-1.0) + np.exp(-2.0)),
+                    1.0 / (1 + np.exp(-1.0) + np.exp(-2.0)),
+                ],
+            ],
+            None,
+        ),
+        tags=("golden", "loss"),
+    )
+    yield Case(
+        "cross_entropy-golden-nan",
+        "cross_entropy",
+        ([[np.nan, 0.0], [0.0, 1.0]], np.array([0, 1])),
+        {"reduction": "none"},
+        expected=[np.nan, np.log(1 + np.exp(-1.0))],
+        grad_output=[1.0, 1.0],
+        expected_grads=([[np.nan, np.nan], [1 / (1 + np.e), -1 / (1 + np.e)]], None),
+        differentiable=False,
+        tags=("golden", "loss", "nan"),
+    )
     x = rand(3, 4)
     yield from error_cases(
         [

@@ -348,9 +348,94 @@ def _error_cases() -> Iterator[Case]:
     )
 
 
+def _signed(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Values of both signs with ``|x|`` in [0.25, 1.5]: every p away from the kink at 0."""
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0.25, 1.5, shape) * rng.choice([-1.0, 1.0], shape)
+
+
+def _edge_cases() -> Iterator[Case]:
+    """Where kernels break: huge windows, NaN and inf in the backward pass, zero and signed Lp windows."""
+    # windows of more than 256 and 65,536 taps (an 8- or 16-bit winner index wraps); the max pool's
+    # winner index is the one that can wrap, so it alone gets the 65,537-tap window
+    for op, extra, taps_list in (
+        ("max_pool", {}, (257, 65537)),
+        ("avg_pool", {}, (257,)),
+        ("lp_pool", {"norm_type": 2}, (257,)),
+    ):
+        for taps in taps_list:
+            attrs = {"kernel_size": taps, "stride": 1, "dims": 1, **extra}
+            low = -1.0 if op != "lp_pool" else 0.25
+            yield Case(
+                f"{op.split('_')[0]}_pool1d-k{taps}-huge",
+                op,
+                (rand(1, 1, taps + 3, low=low, high=1.5),),
+                attrs,
+                tags=("pool", "edge"),
+            )
+    # NaN and inf, forward and backward: max pooling routes the gradient to the NaN (as PyTorch does)
+    x = [[[1.0, np.nan, 3.0, 4.0, 1.0, np.inf, 3.0, -np.inf]]]
+    yield Case(
+        "max_pool1d-golden-nan-inf",
+        "max_pool",
+        (x,),
+        {"kernel_size": 2},
+        expected=[[[np.nan, 4.0, np.inf, 3.0]]],
+        grad_output=[[[1.0, 2.0, 3.0, 4.0]]],
+        expected_grads=([[[0.0, 1.0, 0.0, 2.0, 0.0, 3.0, 4.0, 0.0]]],),
+        differentiable=False,
+        tags=("golden", "pool", "nan"),
+    )
+    yield Case(
+        "avg_pool1d-golden-nan-inf",
+        "avg_pool",
+        ([[[np.nan, 1.0, 2.0, 3.0, np.inf, 1.0]]],),
+        {"kernel_size": 2},
+        expected=[[[np.nan, 2.5, np.inf]]],
+        grad_output=[[[1.0, 2.0, 4.0]]],
+        expected_grads=([[[0.5, 0.5, 1.0, 1.0, 2.0, 2.0]]],),
+        differentiable=False,
+        tags=("golden", "pool", "nan"),
+    )
+    yield Case(
+        "lp_pool1d-golden-nan-zero-window-p2",
+        "lp_pool",
+        ([[[np.nan, 1.0, 0.0, 0.0, 3.0, -4.0]]],),
+        {"kernel_size": 2, "norm_type": 2},
+        expected=[[[np.nan, 0.0, 5.0]]],
+        grad_output=[[[1.0, 1.0, 1.0]]],
+        expected_grads=([[[np.nan, np.nan, 0.0, 0.0, 0.6, -0.8]]],),
+        differentiable=False,
+        tags=("golden", "pool", "nan"),
+    )
+    # all-zero windows and signed inputs for every p:
+    # dE/dx = δ · sign(x)|x|^(p-1) / y^(p-1), and 0 on a window that is all zero
+    for p in (0.5, 1.0, 3.0):
+        y = (np.abs(3.0) ** p + np.abs(-4.0) ** p) ** (1 / p)
+        yield Case(
+            f"lp_pool1d-golden-zero-window-signed-p{p:g}",
+            "lp_pool",
+            ([[[0.0, 0.0, 3.0, -4.0]]],),
+            {"kernel_size": 2, "norm_type": p},
+            expected=[[[0.0, y]]],
+            grad_output=[[[1.0, 1.0]]],
+            expected_grads=([[[0.0, 0.0, 3.0 ** (p - 1) / y ** (p - 1), -(4.0 ** (p - 1)) / y ** (p - 1)]]],),
+            differentiable=False,
+            tags=("golden", "pool", "zero"),
+        )
+        for d, shape in ((1, (2, 2, 9)), (2, (2, 2, 7, 6))):
+            yield Case(
+                f"lp_pool{d}d-signed-p{p:g}-k3-stride2-pad1",
+                "lp_pool",
+                (_signed(shape, seed=int(100 * p) + d),),
+                {"kernel_size": 3, "stride": 2, "padding": 1, "norm_type": p, "dims": d},
+                tags=("pool", "signed"),
+            )
+
+
 @functools.cache
 def _all_cases() -> tuple[Case, ...]:
-    return (*_goldens(), *_random_cases(), *_error_cases())
+    return (*_goldens(), *_random_cases(), *_edge_cases(), *_error_cases())
 
 
 # -- properties ------------------------------------------------------------------------------
@@ -363,6 +448,8 @@ def _pool_attrs(run) -> dict:
 def _max_ge_avg(run) -> None:
     if not (run.has("max_pool") and run.has("avg_pool")):
         raise PropertySkip("needs max_pool and avg_pool")
+    if not np.isfinite(run.inputs[0]).all():
+        raise PropertySkip("max >= mean holds for finite inputs")
     x = np.abs(run.inputs[0])
     attrs = _pool_attrs(run)
     m = np.asarray(run.numpy(call("max_pool", x, backend=run.backend, **attrs)))
@@ -381,6 +468,8 @@ def _max_ge_avg(run) -> None:
 def _lp1_is_sum(run) -> None:
     if not (run.has("lp_pool") and run.has("avg_pool")):
         raise PropertySkip("needs lp_pool and avg_pool")
+    if not np.isfinite(run.inputs[0]).all():
+        raise PropertySkip("the window sum of |x| is compared on finite inputs")
     x = np.abs(run.inputs[0])
     attrs = _pool_attrs(run)
     lp1 = run.numpy(call("lp_pool", x, backend=run.backend, norm_type=1, **attrs))
