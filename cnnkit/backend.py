@@ -26,6 +26,8 @@ class Backend(abc.ABC):
 
     #: The registered name, e.g. ``"numpy"``.
     name: str = ""
+    #: The registry that built this instance (its kernels are looked up there); set by the registry.
+    registry: Any = None
 
     def __init__(self, **options: Any) -> None:
         self.options = dict(options)

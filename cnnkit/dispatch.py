@@ -69,9 +69,9 @@ def call(
         ValueError, TypeError: the call does not validate (see the op's spec).
         cnnkit.errors.OpNotImplementedError: the backend lacks the op.
     """
-    registry = get_registry()
-    spec = registry.op(op)
     be = get_backend(backend)
+    registry = be.registry or get_registry()  # the registry that built the backend knows its kernels
+    spec = registry.op(op)
     where = where or op
     if len(inputs) != len(spec.inputs):
         raise TypeError(

@@ -41,6 +41,7 @@ import pluggy
 if TYPE_CHECKING:
     from cnnkit.backend import BackendInfo
     from cnnkit.conformance.cases import Case
+    from cnnkit.conformance.mutation import Mutant
     from cnnkit.registry import Kernel
     from cnnkit.spec import OpSpec
 
@@ -110,4 +111,15 @@ def cnnkit_conformance_cases(register: Callable[[Case], None]) -> None:
     so cases a plugin adds for its own op are checked on every backend. An op
     record may instead bring its cases itself (:meth:`cnnkit.spec.OpSpec.cases`);
     this hook adds cases for ops declared elsewhere.
+    """
+
+
+@hookspec
+def cnnkit_register_mutants(register: Callable[[Mutant], None]) -> None:
+    """Offer mutants of a backend for the suite's self-check: ``register(Mutant(...))``.
+
+    A :class:`cnnkit.conformance.mutation.Mutant` is one op's kernel with one
+    planted, realistic bug (a wrapper around the real kernel, never a change to
+    it). ``cnnkit conformance --self-check`` runs the suite on each and reports
+    the check that caught it, or names it a survivor. Called when a self-check runs.
     """

@@ -355,6 +355,7 @@ class Registry:
                         f"backend {name!r} is registered but cannot load ({exc}){hint}"
                     ) from exc
                 instance.name = name
+                instance.registry = self
                 self._instances[key] = instance
             return self._instances[key]
 

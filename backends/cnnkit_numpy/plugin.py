@@ -27,6 +27,15 @@ def cnnkit_register_backends(register):
 
 
 @hookimpl
+def cnnkit_register_mutants(register):
+    """The NumPy backend with one realistic bug each (``cnnkit conformance --self-check``)."""
+    from cnnkit_numpy.mutants import MUTANTS
+
+    for mutant in MUTANTS:
+        register(mutant)
+
+
+@hookimpl
 def cnnkit_conformance_cases(register):
     """Cases sized from this backend's own limits: the columns of a convolution take more than
     ``KEEP_COLUMNS_BYTES`` (the backward rebuilds them) in several ``CHUNK_BYTES`` batch chunks,

@@ -84,6 +84,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     add("--json", action="store_true", help="print the report as JSON")
     add(
+        "--self-check",
+        action="store_true",
+        help="measure the suite itself: run it on every mutant the backends offer (one planted bug "
+        "each) and report which check caught it; exit 1 if one survives",
+    )
+    add(
         "-j",
         "--jobs",
         type=int,
@@ -206,6 +212,19 @@ def known_failures(
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.self_check:
+        from cnnkit.conformance.mutation import self_check
+
+        with one_thread_each():
+            report = self_check()
+        if not report.caught:
+            print(
+                "cnnkit: error: no installed backend offers mutants (cnnkit_register_mutants)",
+                file=sys.stderr,
+            )
+            return 2
+        print(report.format())
+        return 1 if report.survivors else 0
     plan_args = {
         "backends": args.backend,
         "ops": args.op,
