@@ -32,7 +32,7 @@ class Mutant:
     """One realistic bug in one op of a base backend.
 
     Attributes:
-        name: a short id, e.g. ``conv-bias-dropped``.
+        name: a short id, e.g. ``relu-nan-to-zero``.
         op: the op whose kernel carries the bug.
         bug: what the bug is, in a sentence.
         catches: the check expected to catch it (``forward``, ``backward``,
