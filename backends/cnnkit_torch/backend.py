@@ -85,6 +85,15 @@ class TorchBackend(Backend):
     def dtype_name(self, x: Any) -> str:
         return dtype_name(x.dtype)
 
+    def device_of(self, x: Any) -> str:
+        return str(x.device)
+
+    def cast_like(self, x: Any, dtype: str, device: str) -> torch.Tensor:
+        target = torch_dtype(dtype)
+        if isinstance(x, torch.Tensor):
+            return x.to(device=device, dtype=target)
+        return self.asarray(x).to(device=device, dtype=target)
+
     def devices(self) -> list[str]:
         """``"cpu"``, then ``"cuda:i"`` for every visible GPU (and ``"mps"`` on Apple silicon)."""
         found = ["cpu"]
