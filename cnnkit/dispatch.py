@@ -162,9 +162,10 @@ def call(
         return kernel(*arrays, **canonical)
     out, ctx = kernel.forward(*arrays, **canonical)
     present = tuple(a is not None for a in arrays)
-    tape.append(
-        _Record(where, be, kernel, ctx, present, tuple(out.shape), be.dtype_name(out), be.device_of(out))
-    )
+    # the op's dtype: its floating inputs' one (the spec made them agree), which a correct output has
+    floating = [i.dtype for n, i in zip(spec.inputs, infos) if i is not None and n not in spec.integer_inputs]
+    dtype = floating[0] if floating else be.dtype_name(out)
+    tape.append(_Record(where, be, kernel, ctx, present, tuple(out.shape), dtype, be.device_of(out)))
     return out
 
 
