@@ -27,6 +27,7 @@ import importlib
 import importlib.metadata as md
 import os
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -177,11 +178,13 @@ class Registry:
         autoload = not _truthy("CNNKIT_DISABLE_PLUGIN_AUTOLOAD")
         allow = {s.strip() for s in os.environ.get("CNNKIT_PLUGINS", "").split(",") if s.strip()}
         seen = set()
+        matched: set[str] = set()
         for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
             if (ep.name, ep.value) in seen:
                 continue
             seen.add((ep.name, ep.value))
             dist = ep.dist.metadata["Name"] if ep.dist is not None else "?"
+            matched.update(allow & {ep.name, dist})
             version = ep.dist.version if ep.dist is not None else ""
             previous = self.records.get(ep.name)
             record = PluginRecord(name=ep.name, dist=dist, version=version)
@@ -202,6 +205,14 @@ class Registry:
                 self.pm.register(ep.load(), name=ep.name)
             except Exception as exc:  # a broken plugin must not take the registry down
                 self._fail(record, f"import failed: {type(exc).__name__}: {exc}", exc)
+        if allow - matched:  # a typo would otherwise disable every plugin without a word
+            warnings.warn(
+                f"CNNKIT_PLUGINS names {sorted(allow - matched)}, which match no installed cnnkit "
+                f"plugin (entry point or distribution name); installed: "
+                f"{', '.join(sorted({name for name, _ in seen})) or 'none'}",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def _fail(self, record: PluginRecord, reason: str, exc: BaseException) -> None:
         record.status, record.error = "failed", reason
