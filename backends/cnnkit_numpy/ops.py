@@ -548,9 +548,10 @@ def linear_backward(ctx, grad_output):
     # δ_prev = δ W;  dE/dW = δ^T y;  dE/db = Σ_rows δ
     x, W, has_bias = ctx
     grad_output = _as(grad_output, x.dtype)
-    delta = grad_output.reshape(-1, W.shape[0])  # (rows, out)
+    rows = math.prod(grad_output.shape[:-1])  # explicit: -1 is ambiguous when a side is empty
+    delta = grad_output.reshape(rows, W.shape[0])  # (rows, out)
     dx = (grad_output @ W).reshape(x.shape)
-    dW = delta.T @ x.reshape(-1, W.shape[1])
+    dW = delta.T @ x.reshape(rows, W.shape[1])
     db = delta.sum(axis=0) if has_bias else None
     return dx, dW, db
 

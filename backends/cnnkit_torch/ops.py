@@ -832,9 +832,10 @@ class Linear(Function):
         # δ_prev = δ W;  dE/dW = δᵀ y;  dE/db = Σ_n δ
         x, w = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        dy2 = dy.reshape(-1, w.shape[0])
+        rows = math.prod(dy.shape[:-1])  # explicit: -1 is ambiguous when a side is empty
+        dy2 = dy.reshape(rows, w.shape[0])
         dx = (dy @ w) if need_x else None
-        dw = (dy2.t() @ x.reshape(-1, w.shape[1])) if need_w else None
+        dw = (dy2.t() @ x.reshape(rows, w.shape[1])) if need_w else None
         db = dy2.sum(0) if need_b else None
         return dx, dw, db
 
