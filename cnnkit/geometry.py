@@ -26,6 +26,8 @@ from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 __all__ = [
     "MAX_ELEMENTS",
     "ReceptiveField",
@@ -62,10 +64,14 @@ def effective_kernel(kernel_size: int, dilation: int = 1) -> int:
     Returns:
         How many input units the kernel spans.
 
+    Raises:
+        TypeError, ValueError: ``kernel_size`` or ``dilation`` is not an int >= 1, naming it.
+
     Example:
         >>> effective_kernel(3, dilation=2)
         5
     """
+    _check_axis(0, kernel_size, 1, dilation)
     return dilation * (kernel_size - 1) + 1
 
 
@@ -77,6 +83,13 @@ def _pair(padding: int | Sequence[int]) -> PadPair:
     else:
         raise TypeError(f"padding must be an int or a (before, after) pair of ints, got {padding!r}")
     return _nonneg(before, "padding", ""), _nonneg(after, "padding", "")
+
+
+def _check_flag(value: Any, name: str) -> bool:
+    """``value`` as a bool: ``True``/``False`` or a NumPy bool, else a ``TypeError`` naming ``name``."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
 def _check_axis(input_size: Any, kernel_size: Any, stride: Any, dilation: Any) -> None:
@@ -124,6 +137,7 @@ def conv_output_size(
         [5, 3]
     """
     _check_axis(input_size, kernel_size, stride, dilation)
+    strict = _check_flag(strict, "strict")
     before, after = _pair(padding)
     span = input_size + before + after - effective_kernel(kernel_size, dilation)
     if span < 0:
@@ -170,6 +184,7 @@ def pool_output_size(
         (2, 3)
     """
     _check_axis(input_size, kernel_size, stride, dilation)
+    ceil_mode = _check_flag(ceil_mode, "ceil_mode")
     before, after = _pair(padding)
     span = input_size + before + after - effective_kernel(kernel_size, dilation)
     if span < 0:
@@ -410,8 +425,6 @@ def taps_inside(out_size: int, kernel_size: int, stride: int, dilation: int, lo:
         >>> taps_inside(3, 3, 2, 1, 1, 6).tolist()  # taps 0-2, 2-4, 4-6 against [1, 6)
         [2, 3, 2]
     """
-    import numpy as np
-
     if kernel_size == 1:
         dilation = 1  # one tap: its spacing is never used
     # int64 where the coordinates fit (always, for arrays that exist); Python ints past that
@@ -436,7 +449,8 @@ def empty_pool_window(
     """The first window of a pooling that reads only padding (no input unit), or ``None``.
 
     With dilation the taps of a window can step over the whole input. This is the check the
-    pool specs make, in ``O(O)`` work and memory (:func:`taps_inside`), never ``O(O·F)``.
+    pool specs make, by arithmetic on Python ints: no array, and a few steps per run of windows
+    one tap keeps inside the input (never ``O(O·F)``, nor ``O(O)``).
 
     Args:
         input_size, kernel_size, stride, padding, dilation, ceil_mode: as for
@@ -445,20 +459,28 @@ def empty_pool_window(
     Returns:
         The index of the first empty window, or ``None`` when every window holds an input unit.
 
+    Raises:
+        ValueError, TypeError: as for :func:`pool_output_size`.
+
     Example:
         >>> empty_pool_window(2, 2, 1, padding=1, dilation=3)  # taps at -1 and 2: both padding
         0
         >>> empty_pool_window(5, 3, 1, padding=1) is None
         True
     """
-    import numpy as np
-
-    before, _after = _pair(padding)
     out = pool_output_size(input_size, kernel_size, stride, padding, dilation, ceil_mode)
-    # the input occupies [before, before + N) of the padded axis
-    inside = taps_inside(out, kernel_size, stride, dilation, before, before + input_size)
-    empty = inside == 0
-    return int(np.argmax(empty)) if empty.any() else None
+    before, _after = _pair(padding)
+    n, f, s, d = input_size, kernel_size, stride, dilation
+    lo, hi = before, before + n  # the input in padded coordinates
+    i = 0
+    while i < out:
+        start = s * i  # window i's taps: start + D·m, m = 0 .. F-1
+        m = max(0, -((start - lo) // d))  # the first tap at or past the input's start
+        if m >= f or start + d * m >= hi:
+            return i  # that tap is past the input, every earlier one before it: no unit read
+        # tap m stays inside for windows up to the one whose tap m reaches hi; jump past them
+        i = max(i + 1, -((d * m - hi) // s))
+    return None
 
 
 @dataclass(frozen=True)
@@ -493,7 +515,15 @@ def receptive_field(layers: Iterable[tuple[int, int, int, int]]) -> list[Recepti
     """
     size, jump, start = 1, 1, 0.5
     out = []
-    for f, s, p, d in layers:
+    for i, layer in enumerate(layers):
+        if not (isinstance(layer, Sequence) and len(layer) == 4 and all(_is_int(v) for v in layer)):
+            raise TypeError(
+                f"receptive_field: layers[{i}] must be (kernel_size, stride, padding_before, dilation) "
+                f"ints, got {layer!r}"
+            )
+        f, s, p, d = layer
+        _check_axis(0, f, s, d)
+        _nonneg(p, "padding_before", f"receptive_field: layers[{i}]: ")
         ext = effective_kernel(f, d)
         size = size + (ext - 1) * jump
         start = start + ((ext - 1) / 2 - p) * jump
