@@ -61,6 +61,8 @@ def _real_array(x: Any, what: str, dtype: Any) -> np.ndarray:
             if isinstance(v, bool) or not isinstance(v, numbers.Real):
                 raise TypeError(f"{what} must hold real numbers, got {type(v).__name__} {v!r} in {_brief(x)}")
     elif kind not in "iuf":
+        if isinstance(x, np.ndarray):  # as a backend's own array is described
+            raise TypeError(f"{what} must hold real numbers, got dtype {raw.dtype.name}")
         name = {"b": "booleans", "c": "complex numbers", "U": "strings", "S": "bytes"}.get(kind)
         got = name or f"dtype {raw.dtype.name}"
         raise TypeError(f"{what} must hold real numbers, got {got} ({_brief(x)})")
@@ -79,13 +81,17 @@ def _brief(x: Any, limit: int = 60) -> str:
 
 
 def _convert(backend: Backend, spec: OpSpec, name: str, x: Any, where: str) -> Any:
-    if x is None or backend.is_native(x):
+    if x is None:
         return x
-    if isinstance(x, (list, tuple, numbers.Number)):
+    if isinstance(x, np.ndarray) and x.dtype.kind not in "biufc":  # strings, objects: on every backend
+        raise TypeError(f"{where}: {name} must be an array of numbers, got dtype {x.dtype.name}")
+    if backend.is_native(x):
+        return x
+    if isinstance(x, (list, tuple, numbers.Number, str, bytes, dict, set, frozenset)):
         what = f"{where}: {name}"
         if name in spec.integer_inputs:  # class indices: ints stay int64, [0, 1.5] stays float and fails
             x = np.asarray(x)
-            if x.dtype.kind == "O":  # None, strings, ints past int64 among them
+            if x.dtype.kind not in "biufc":  # None, strings, ints past int64 among them
                 raise TypeError(f"{what} must hold class indices (ints), got {_brief(x.tolist())}")
             if x.size == 0 or x.dtype.kind in "iu":
                 x = x.astype(np.int64)
@@ -175,22 +181,23 @@ def _grad_output(rec: _Record, g: Any) -> Any:
     be = rec.backend
     if g is None:
         raise TypeError(f"{what} must be an array of the output's shape {rec.out_shape}, got None")
+    if isinstance(g, np.ndarray) and g.dtype.kind not in "biufc":
+        raise TypeError(f"{what} must hold real numbers, got dtype {g.dtype.name}")
     if be.is_native(g):
         dtype = be.dtype_name(g)
         if not (dtype.startswith(("float", "int", "uint")) or dtype == "bfloat16"):
             raise TypeError(f"{what} must hold real numbers, got dtype {dtype}")
         a = g
-    else:
-        if not isinstance(g, (list, tuple, numbers.Number, np.ndarray)):
-            try:  # another backend's array (a torch tensor handed to NumPy, or back)
-                g = be.asarray(g)
-            except Exception:
-                raise TypeError(
-                    f"{what} must be an array of real numbers, got {type(g).__module__}.{type(g).__name__}"
-                ) from None
-            if be.is_native(g):
-                return _grad_output(rec, g)
+    elif isinstance(g, (list, tuple, numbers.Number, str, bytes, dict, set, frozenset, np.ndarray)):
         a = _real_array(g, what, None)
+    else:
+        try:  # another backend's array (a torch tensor handed to NumPy)
+            native = be.asarray(g)
+        except Exception:
+            raise TypeError(
+                f"{what} must be an array of real numbers, got {type(g).__module__}.{type(g).__name__}"
+            ) from None
+        return _grad_output(rec, native)
     if tuple(a.shape) != rec.out_shape:
         return a  # the pullback names the shapes
     return be.cast_like(a, rec.out_dtype, rec.out_device)
