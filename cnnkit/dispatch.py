@@ -19,7 +19,7 @@ import numpy as np
 
 from cnnkit import geometry
 from cnnkit.backend import Backend
-from cnnkit.ops import OpSpec, TensorInfo
+from cnnkit.ops import FLOAT_DTYPES, OpSpec, TensorInfo
 from cnnkit.registry import Kernel, get_backend, get_registry
 
 __all__ = ["call", "vjp"]
@@ -83,11 +83,17 @@ def _brief(x: Any, limit: int = 60) -> str:
 def _convert(backend: Backend, spec: OpSpec, name: str, x: Any, where: str) -> Any:
     if x is None:
         return x
+    if isinstance(x, (str, bytes)):
+        x = np.asarray(x)  # described by its dtype, as an array of strings is
     if isinstance(x, np.ndarray) and x.dtype.kind not in "biufc":  # strings, objects: on every backend
-        raise TypeError(f"{where}: {name} must be an array of numbers, got dtype {x.dtype.name}")
+        if name in spec.integer_inputs:
+            raise TypeError(f"{where}: {name} must hold integers (class indices), got dtype {x.dtype.name}")
+        raise TypeError(
+            f"{where}: {name} must be a floating array ({', '.join(FLOAT_DTYPES)}), got dtype {x.dtype.name}"
+        )
     if backend.is_native(x):
         return x
-    if isinstance(x, (list, tuple, numbers.Number, str, bytes, dict, set, frozenset)):
+    if isinstance(x, (list, tuple, numbers.Number, dict, set, frozenset)):
         what = f"{where}: {name}"
         if name in spec.integer_inputs:  # class indices: ints stay int64, [0, 1.5] stays float and fails
             x = np.asarray(x)

@@ -458,8 +458,8 @@ def test_grad_output_that_is_not_real_is_refused(backend, grad, match):
         ([[[True, False]]], "relu: input must hold real numbers, got booleans"),
         ([[[10**400]]], "relu: input holds a number too large for float64"),
         ([[[1.0], [1.0, 2.0]]], "relu: input cannot be read as an array"),
-        (np.array([["a"]]), "relu: input must be an array of numbers, got dtype str32"),
-        ("x", "relu: input must hold real numbers, got strings"),
+        (np.array([["a"]]), r"relu: input must be a floating array \(.*\), got dtype str32"),
+        ("x", r"relu: input must be a floating array \(.*\), got dtype str32"),
     ],
 )
 def test_inputs_that_are_not_real_are_refused(backend, value, match):
