@@ -525,12 +525,15 @@ def test_main_debug_shows_the_traceback(monkeypatch):
 
 
 def test_json_into_a_closed_pipe_ends_quietly():
-    code = "import sys; from cnnkit.cli import main\nsys.exit(main(['plugins', '--json']))\n"
+    # the reader is gone before the command writes (as `| head` is, once it has its lines)
+    code = (
+        "import sys, time; time.sleep(0.5); from cnnkit.cli import main; "
+        "sys.exit(main(['plugins', '--json']))"
+    )
     with subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ}
     ) as proc:
-        proc.stdout.read(10)
-        proc.stdout.close()  # like `| head -c 10`
+        proc.stdout.close()
         err = proc.stderr.read().decode()
         proc.wait(timeout=120)
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
