@@ -461,18 +461,19 @@ def get_backend(backend: str | Backend | None = None, **options: Any) -> Backend
 
     Args:
         backend: a name, a :class:`Backend` instance, or ``None`` for the active one.
-        options: backend options (``device``, ``dtype``) when ``backend`` is a name.
+        options: backend options (``device``, ``dtype``); with ``backend=None`` they apply
+            to the active backend (and are checked by it).
     """
     if isinstance(backend, Backend):
         return backend
     if backend is not None:
         return get_registry().backend(backend, **options)
     choice = _CONTEXT_CHOICE.get() or _GLOBAL_CHOICE
-    if choice is not None:
-        return get_registry().backend(choice[0], **choice[1])
+    if choice is not None:  # options given with no name apply to the active backend, never vanish
+        return get_registry().backend(choice[0], **{**choice[1], **options})
     name = os.environ.get("CNNKIT_BACKEND") or DEFAULT_BACKEND
     try:
-        return get_registry().backend(name)
+        return get_registry().backend(name, **options)
     except BackendNotFoundError as exc:
         if "CNNKIT_BACKEND" not in os.environ:
             raise

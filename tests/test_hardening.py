@@ -647,3 +647,12 @@ def test_pytest_plugin_bad_options_are_one_line(args, message):
     assert proc.returncode != 0
     assert message in proc.stdout
     assert "Traceback" not in proc.stdout and "raise " not in proc.stdout, proc.stdout[-3000:]
+
+
+def test_options_without_a_backend_name_apply_to_the_active_one():
+    assert cnnkit.get_backend(None, dtype="float64").options == {"dtype": "float64"}
+    with pytest.raises(TypeError, match="numpy backend: dtype must be a floating dtype"):
+        cnnkit.get_backend(None, dtype="int8")  # `cnnkit train --dtype int8` trained in float32
+    with cnnkit.use_backend("torch", dtype="float32"):
+        be = cnnkit.get_backend(None, device="cpu")
+        assert be.name == "torch" and be.options == {"device": "cpu", "dtype": "float32"}
