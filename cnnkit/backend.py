@@ -52,6 +52,18 @@ class Backend(abc.ABC):
     def dtype_name(self, x: Any) -> str:
         """The NumPy-style dtype name of a native array: ``"float32"``, ``"int64"``, ..."""
 
+    def device_of(self, x: Any) -> str:
+        """The device a native array lives on (``"cpu"`` unless overridden)."""
+        return "cpu"
+
+    def cast_like(self, x: Any, dtype: str, device: str) -> Any:
+        """``x`` (native, NumPy or a list) as a native array of ``dtype`` on ``device``.
+
+        The pullback of :func:`cnnkit.vjp` casts ``grad_output`` with it to the output's
+        dtype and device. The default ignores ``device``; backends with devices override it.
+        """
+        return self.asarray(x, dtype=dtype)
+
     def devices(self) -> list[str]:
         """Devices this backend can run on here (``["cpu"]`` unless overridden)."""
         return ["cpu"]

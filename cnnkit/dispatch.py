@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from cnnkit import geometry
 from cnnkit.backend import Backend
+from cnnkit.spec import FLOAT_DTYPES, OpSpec, TensorInfo
 from cnnkit.registry import Kernel, get_backend, get_registry
 from cnnkit.spec import OpSpec, TensorInfo
 
@@ -32,22 +34,96 @@ class _Record:
     ctx: Any
     present: tuple[bool, ...]
     out_shape: tuple[int, ...]
+    out_dtype: str
+    out_device: str
 
 
 _TAPE: ContextVar[list[_Record] | None] = ContextVar("cnnkit_vjp_tape", default=None)
 
 
-def _convert(backend: Backend, spec: OpSpec, name: str, x: Any) -> Any:
-    if x is None or backend.is_native(x):
+def _real_array(x: Any, what: str, dtype: Any) -> np.ndarray:
+    """``x`` (a list, tuple or Python number) as a NumPy array of real numbers in ``dtype``
+    (``None``: as NumPy reads it).
+
+    NumPy would turn ``None`` into NaN, ``"1.5"`` into 1.5 and ``True`` into 1.0 once a float
+    dtype is asked for; here only real numbers pass, ints too large for a float included.
+
+    Raises:
+        TypeError: ``x`` holds something else than real numbers, naming ``what``.
+        ValueError: ragged nesting.
+    """
+    try:
+        raw = np.asarray(x) if not isinstance(x, np.ndarray) else x
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"{what} cannot be read as an array ({exc})") from None
+    kind = raw.dtype.kind
+    if kind == "O":
+        for v in raw.reshape(-1):
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise TypeError(f"{what} must hold real numbers, got {type(v).__name__} {v!r} in {_brief(x)}")
+    elif kind not in "iuf":
+        if isinstance(x, np.ndarray):  # as a backend's own array is described
+            raise TypeError(f"{what} must hold real numbers, got dtype {raw.dtype.name}")
+        name = {"b": "booleans", "c": "complex numbers", "U": "strings", "S": "bytes"}.get(kind)
+        got = name or f"dtype {raw.dtype.name}"
+        raise TypeError(f"{what} must hold real numbers, got {got} ({_brief(x)})")
+    if dtype is None and kind in "iuf":
+        return raw
+    target = np.dtype(dtype or np.float64)
+    try:
+        return raw.astype(target)
+    except OverflowError:
+        raise TypeError(f"{what} holds a number too large for {target.name} ({_brief(x)})") from None
+
+
+def _brief(x: Any, limit: int = 60) -> str:
+    text = repr(x)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _convert(backend: Backend, spec: OpSpec, name: str, x: Any, where: str) -> Any:
+    if x is None:
         return x
-    if isinstance(x, (list, tuple, numbers.Number)):
+    if isinstance(x, (str, bytes)):
+        x = np.asarray(x)  # described by its dtype, as an array of strings is
+    if isinstance(x, np.ndarray) and x.dtype.kind not in "biufc":  # strings, objects: on every backend
+        if name in spec.integer_inputs:
+            raise TypeError(f"{where}: {name} must hold integers (class indices), got dtype {x.dtype.name}")
+        raise TypeError(
+            f"{where}: {name} must be a floating array ({', '.join(FLOAT_DTYPES)}), got dtype {x.dtype.name}"
+        )
+    if backend.is_native(x):
+        return x
+    if isinstance(x, (list, tuple, numbers.Number, dict, set, frozenset)):
+        what = f"{where}: {name}"
         if name in spec.integer_inputs:  # class indices: ints stay int64, [0, 1.5] stays float and fails
             x = np.asarray(x)
+            if x.dtype.kind not in "biufc":  # None, strings, ints past int64 among them
+                raise TypeError(f"{what} must hold class indices (ints), got {_brief(x.tolist())}")
             if x.size == 0 or x.dtype.kind in "iu":
                 x = x.astype(np.int64)
         else:
-            x = np.asarray(x, dtype=backend.options.get("dtype") or np.float64)
+            x = _real_array(x, what, backend.options.get("dtype") or np.float64)
     return backend.asarray(x)
+
+
+def _size_checks(where: str, spec: OpSpec, infos: list[TensorInfo | None], canonical: dict[str, Any]) -> None:
+    """No call may build an array past :data:`cnnkit.geometry.MAX_ELEMENTS`: the padded input a
+    windowed op materialises (canonical ``padding`` pairs), and the output."""
+    x = infos[0] if infos else None
+    padding = canonical.get("padding")
+    if (
+        x is not None
+        and isinstance(padding, tuple)
+        and len(padding) == x.ndim - 2
+        and all(isinstance(p, tuple) and len(p) == 2 for p in padding)
+    ):
+        geometry.check_padded_size(where, x.shape, padding)
+    try:
+        out_shape = spec.output_shape(infos, canonical)
+    except NotImplementedError:  # a plugin's spec need not say
+        return
+    geometry.check_output_size(where, out_shape)
 
 
 def call(
@@ -80,21 +156,58 @@ def call(
     arrays = []
     for name, x in zip(spec.inputs, inputs):
         try:
-            arrays.append(_convert(be, spec, name, x))
-        except (TypeError, ValueError) as exc:
+            arrays.append(_convert(be, spec, name, x, where))
+        except TypeError as exc:
+            if str(exc).startswith(f"{where}: {name}"):
+                raise
+            raise TypeError(f"{where}: {name} cannot be read as an array ({exc})") from exc
+        except (ValueError, OverflowError) as exc:
             raise TypeError(f"{where}: {name} cannot be read as an array ({exc})") from exc
     infos = [
         None if a is None else TensorInfo(tuple(int(s) for s in a.shape), be.dtype_name(a)) for a in arrays
     ]
     canonical = spec.bind(where, infos, attrs)
+    _size_checks(where, spec, infos, canonical)
     spec.check_values(where, arrays, be.to_numpy)
     kernel = registry.kernel(be.name, op)
     tape = _TAPE.get()
     if tape is None:
         return kernel(*arrays, **canonical)
     out, ctx = kernel.forward(*arrays, **canonical)
-    tape.append(_Record(where, be, kernel, ctx, tuple(a is not None for a in arrays), tuple(out.shape)))
+    present = tuple(a is not None for a in arrays)
+    # the op's dtype: its floating inputs' one (the spec made them agree), which a correct output has
+    floating = [i.dtype for n, i in zip(spec.inputs, infos) if i is not None and n not in spec.integer_inputs]
+    dtype = floating[0] if floating else be.dtype_name(out)
+    tape.append(_Record(where, be, kernel, ctx, present, tuple(out.shape), dtype, be.device_of(out)))
     return out
+
+
+def _grad_output(rec: _Record, g: Any) -> Any:
+    """``grad_output`` as the backend's array in the output's dtype (and on its device)."""
+    what = f"{rec.where} pullback: grad_output"
+    be = rec.backend
+    if g is None:
+        raise TypeError(f"{what} must be an array of the output's shape {rec.out_shape}, got None")
+    if isinstance(g, np.ndarray) and g.dtype.kind not in "biufc":
+        raise TypeError(f"{what} must hold real numbers, got dtype {g.dtype.name}")
+    if be.is_native(g):
+        dtype = be.dtype_name(g)
+        if not (dtype.startswith(("float", "int", "uint")) or dtype == "bfloat16"):
+            raise TypeError(f"{what} must hold real numbers, got dtype {dtype}")
+        a = g
+    elif isinstance(g, (list, tuple, numbers.Number, str, bytes, dict, set, frozenset, np.ndarray)):
+        a = _real_array(g, what, None)
+    else:
+        try:  # another backend's array (a torch tensor handed to NumPy)
+            native = be.asarray(g)
+        except Exception:
+            raise TypeError(
+                f"{what} must be an array of real numbers, got {type(g).__module__}.{type(g).__name__}"
+            ) from None
+        return _grad_output(rec, native)
+    if tuple(a.shape) != rec.out_shape:
+        return a  # the pullback names the shapes
+    return be.cast_like(a, rec.out_dtype, rec.out_device)
 
 
 def vjp(fn: Callable[..., Any] | str, *inputs: Any, **attrs: Any) -> tuple[Any, Callable]:
@@ -111,8 +224,13 @@ def vjp(fn: Callable[..., Any] | str, *inputs: Any, **attrs: Any) -> tuple[Any, 
         (``None`` for an absent bias or an integer input).
 
     Raises:
+        TypeError: ``fn`` is neither callable nor an op name; ``grad_output`` is not an
+            array of real numbers (None, booleans, complex, strings, objects).
         ValueError: ``fn`` dispatched no op or more than one; ``grad_output``
             does not have the output's shape.
+
+    ``grad_output`` may be a list, a NumPy array or the backend's own array, of any real
+    dtype: it is cast to the output's dtype (and device), as the op's own arithmetic would.
 
     Example:
         >>> import numpy as np, cnnkit
@@ -122,6 +240,11 @@ def vjp(fn: Callable[..., Any] | str, *inputs: Any, **attrs: Any) -> tuple[Any, 
         >>> dx[0, 0].tolist(), db
         ([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]], None)
     """
+    if not (isinstance(fn, str) or callable(fn)):
+        raise TypeError(
+            f"vjp: fn must be a cnnkit.functional function or an op name, got {_brief(fn)} "
+            f"({type(fn).__name__})"
+        )
     tape: list[_Record] = []
     token = _TAPE.set(tape)
     try:
@@ -134,7 +257,7 @@ def vjp(fn: Callable[..., Any] | str, *inputs: Any, **attrs: Any) -> tuple[Any, 
     rec = tape[0]
 
     def pullback(grad_output: Any) -> tuple[Any, ...]:
-        g = rec.backend.asarray(grad_output) if not rec.backend.is_native(grad_output) else grad_output
+        g = _grad_output(rec, grad_output)
         if tuple(g.shape) != rec.out_shape:
             raise ValueError(
                 f"{rec.where} pullback: grad_output must have the output's shape {rec.out_shape}, "

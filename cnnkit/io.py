@@ -24,8 +24,10 @@ naming the file and the problem.
 
 from __future__ import annotations
 
+import inspect
 import io as _io
 import json
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -88,8 +90,45 @@ def save(model: Layer, path: str | os.PathLike, *, metadata: dict[str, Any] | No
     return path
 
 
-def _build(node: Any, where: str, layers: dict[str, type], trail: str) -> Layer:
+#: How far nested ``Sequential`` blocks may go in a file (a deeper one is refused, not recursed).
+MAX_DEPTH = 64
+#: The uncompressed entries of a file may hold at most this many times the file's own size (plus
+#: :data:`SLACK_BYTES`): what a file declares is allocated only when the file can justify it.
+#: cnnkit writes uncompressed archives (factor 1); ``numpy.savez_compressed`` of float weights
+#: compresses far less than 16 times.
+MAX_EXPANSION = 16
+SLACK_BYTES = 2**20
+
+
+class _ShapeOnly(np.random.Generator):
+    """A generator whose "random" arrays are zero-stride views of one 0: a layer built with it
+    has parameters of the right shape that take no memory, whatever its config declares."""
+
+    def uniform(self, low: Any = 0.0, high: Any = 1.0, size: Any = None) -> Any:
+        return np.broadcast_to(np.float64(0), () if size is None else size)
+
+    def normal(self, loc: Any = 0.0, scale: Any = 1.0, size: Any = None) -> Any:
+        return self.uniform(size=size)
+
+    def standard_normal(self, size: Any = None, dtype: Any = np.float64, out: Any = None) -> Any:
+        return self.uniform(size=size)
+
+    def random(self, size: Any = None, dtype: Any = np.float64, out: Any = None) -> Any:
+        return self.uniform(size=size)
+
+
+def _takes_rng(cls: type) -> bool:
+    try:
+        return "rng" in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _build(node: Any, where: str, layers: dict[str, type], trail: str, depth: int = 0) -> Layer:
+    """The layer (tree) ``node`` describes, its parameters shape-only views where the class takes ``rng``."""
     at = f"layer {trail.rstrip('.')}" if trail else "the top"
+    if depth > MAX_DEPTH:
+        raise ValueError(f"{where}: the architecture nests Sequential blocks deeper than {MAX_DEPTH} at {at}")
     if not isinstance(node, dict) or not isinstance(node.get("class"), str):
         raise ValueError(f"{where}: the architecture entry at {at} is not a layer description")
     name = node["class"]
@@ -103,33 +142,112 @@ def _build(node: Any, where: str, layers: dict[str, type], trail: str) -> Layer:
         children = node.get("layers")
         if not isinstance(children, list):
             raise ValueError(f"{where}: Sequential at {at} has no list of layers")
-        return cls(*(_build(c, where, layers, f"{trail}{i}.") for i, c in enumerate(children)))
+        return cls(*(_build(c, where, layers, f"{trail}{i}.", depth + 1) for i, c in enumerate(children)))
     config = node.get("config", {})
     if not isinstance(config, dict):
         raise ValueError(f"{where}: the config of {name} at {at} is not an object")
+    extra = {"rng": _ShapeOnly(np.random.PCG64(0))} if _takes_rng(cls) and "rng" not in config else {}
     try:
-        return cls(**config)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{where}: cannot build {name} at {at} from {config}: {exc}") from exc
+        return cls(**config, **extra)
+    except Exception as exc:  # whatever a hostile config makes a constructor raise, named
+        raise ValueError(
+            f"{where}: cannot build {name} at {at} from {_brief(config)}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _brief(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _not_an_archive(data: bytes) -> str:
+    """What a file that is not a zip archive looks like, for the message."""
+    head = data[:64].lstrip()
+    if not data:
+        return "the file is empty; it may be truncated"
+    if data.startswith(b"\x93NUMPY"):
+        return "a single .npy array, not an .npz archive"
+    if head[:1] in (b"{", b"["):
+        return "JSON text, not an .npz archive (cnnkit keeps the architecture inside the .npz)"
+    if data[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
+        return "a Python pickle, not an .npz archive (cnnkit never unpickles)"
+    return "not an .npz (zip) archive; it may be truncated or corrupted"
+
+
+def _read_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, where: str) -> np.ndarray:
+    """One ``.npy`` entry, its header checked against its size before anything is allocated."""
+    fmt = np.lib.format
+    with zf.open(info) as fp:
+        version = fmt.read_magic(fp)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(fp)
+        elif version == (2, 0):
+            shape, fortran, dtype = fmt.read_array_header_2_0(fp)
+        else:
+            raise ValueError(f"{where}: entry {key!r} is a .npy array of format version {version}")
+        if dtype.hasobject:
+            raise ValueError(
+                f"{where}: entry {key!r} is a pickled object array; cnnkit model files hold only "
+                "plain arrays and cnnkit never unpickles"
+            )
+        nbytes = math.prod(shape) * dtype.itemsize
+        held = info.file_size - fp.tell()
+        if nbytes != held:
+            raise ValueError(
+                f"{where}: entry {key!r} declares shape {shape} of {dtype} ({nbytes} bytes) but holds "
+                f"{held} bytes; the file is corrupted or was not written by cnnkit.io.save"
+            )
+        buf = bytearray(fp.read(nbytes))
+    if len(buf) != nbytes:
+        raise ValueError(f"{where}: entry {key!r} is truncated")
+    return np.frombuffer(buf, dtype=dtype).reshape(shape, order="F" if fortran else "C")
 
 
 def _read_arrays(data: bytes, where: str) -> dict[str, np.ndarray]:
-    """Every entry of the ``.npz`` archive in ``data``, refusing pickles."""
-    f = np.load(_io.BytesIO(data), allow_pickle=False)
-    if not isinstance(f, np.lib.npyio.NpzFile):
-        raise ValueError("a single .npy array, not an .npz archive")
-    arrays = {}
-    with f:
-        for key in f.files:
-            try:
-                arrays[key] = f[key]
-            except ValueError as exc:
-                if "allow_pickle" not in str(exc):
-                    raise
+    """Every entry of the ``.npz`` archive in ``data``, refusing pickles and sizes the file cannot hold.
+
+    Raises:
+        ValueError: naming the file and, where one is at fault, the entry.
+    """
+    if not zipfile.is_zipfile(_io.BytesIO(data)):
+        raise ValueError(f"{where}: not a readable cnnkit model file (.npz archive): {_not_an_archive(data)}")
+    try:
+        zf = zipfile.ZipFile(_io.BytesIO(data))
+        infos = zf.infolist()
+        declared = sum(i.file_size for i in infos)
+        if declared > MAX_EXPANSION * len(data) + SLACK_BYTES:
+            raise ValueError(
+                f"{where}: the archive declares {declared} bytes of entries in a file of {len(data)} "
+                f"bytes (more than {MAX_EXPANSION}x); refused before decompressing"
+            )
+        arrays = {}
+        for info in infos:
+            if not info.filename.endswith(".npy"):
                 raise ValueError(
-                    f"{where}: entry {key!r} is a pickled object array; cnnkit model files hold only "
-                    "plain arrays and cnnkit never unpickles"
-                ) from None
+                    f"{where}: not a readable cnnkit model file (.npz archive): entry "
+                    f"{info.filename!r} is not a .npy array"
+                )
+            key = info.filename[: -len(".npy")]
+            arrays[key] = _read_entry(zf, info, key, where)
+    except ValueError as exc:
+        if str(exc).startswith(where):
+            raise
+        raise ValueError(
+            f"{where}: not a readable cnnkit model file (.npz archive); it may be truncated or "
+            f"corrupted ({type(exc).__name__}: {exc})"
+        ) from exc
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        EOFError,
+        OSError,
+        NotImplementedError,
+        KeyError,
+    ) as exc:
+        raise ValueError(
+            f"{where}: not a readable cnnkit model file (.npz archive); it may be truncated or "
+            f"corrupted ({type(exc).__name__}: {exc})"
+        ) from exc
     return arrays
 
 
@@ -148,41 +266,52 @@ def load(path: str | os.PathLike, backend: str | Backend | None = None, **option
 
     Raises:
         ValueError: the file cannot be read as a cnnkit model: not an ``.npz``
-            archive (truncated, corrupted), no or bad architecture, an unknown
-            layer class, a missing, extra or wrongly shaped weight. The
-            message names the file and the problem.
-        FileNotFoundError: there is no such file.
+            archive (JSON, a lone ``.npy``, truncated, corrupted), an entry whose
+            header declares more than it holds, no or bad architecture, an unknown
+            layer class or a config its constructor refuses, a missing, extra or
+            wrongly shaped weight. The message names the file and the entry.
+        FileNotFoundError: there is no such file (other ``OSError`` s as the OS raises them).
+        TypeError: ``path`` is not a file name.
+
+    Nothing is allocated beyond what the file's own size justifies: each entry's header is
+    checked against the bytes it holds before it is read, and the architecture is built
+    with shape-only parameters (for layers that take ``rng``) before any weight is compared.
 
     Example:
         See :func:`save`.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"load: path must be a file name (str or os.PathLike), got {type(path).__name__}")
     where = f"load {os.fspath(path)}"
     be = get_backend(backend, **options)
     data = Path(path).read_bytes()
-    try:
-        arrays = _read_arrays(data, where)
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
-        if str(exc).startswith(where):
-            raise
-        raise ValueError(
-            f"{where}: not a readable cnnkit model file (.npz archive); it may be truncated or "
-            f"corrupted ({type(exc).__name__}: {exc})"
-        ) from exc
+    arrays = _read_arrays(data, where)
     if _ARCH_KEY not in arrays:
         raise ValueError(f"{where}: no {_ARCH_KEY!r} entry; this .npz was not written by cnnkit.io.save")
+    text = arrays.pop(_ARCH_KEY)
+    if text.ndim != 0 or text.dtype.kind not in "US":
+        raise ValueError(
+            f"{where}: the {_ARCH_KEY!r} entry must be a string, got an array of {text.dtype}, "
+            f"shape {text.shape}"
+        )
     try:
-        arch = json.loads(str(arrays.pop(_ARCH_KEY)))
-    except ValueError as exc:
-        raise ValueError(f"{where}: the architecture is not valid JSON ({exc})") from exc
+        value = text[()]
+        arch = json.loads(value.decode() if isinstance(value, bytes) else str(value))
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(
+            f"{where}: the architecture is not valid JSON ({type(exc).__name__}: {exc})"
+        ) from exc
     if not isinstance(arch, dict) or arch.get("format") != FORMAT:
         raise ValueError(f"{where}: the architecture is not a {FORMAT!r} description")
     if arch.get("version") != VERSION:
         raise ValueError(
-            f"{where}: format version {arch.get('version')!r} is not supported (this cnnkit reads {VERSION})"
+            f"{where}: format version {_brief(arch.get('version'))} is not supported "
+            f"(this cnnkit reads {VERSION})"
         )
-    with use_backend(be.name, **be.options):
+    # built shape-only on NumPy: the parameters are zero-stride views, so a config declaring a
+    # Conv2d(10**7, 10**7) allocates nothing before its weights are held against the file's
+    with use_backend("numpy", dtype="float64"):
         model = _build(arch.get("model"), where, get_registry().layers(), "")
-    model.to(be)
     params = dict(model.named_parameters())
     missing = [name for name in params if name not in arrays]
     if missing:
@@ -201,7 +330,8 @@ def load(path: str | os.PathLike, backend: str | Backend | None = None, **option
             raise ValueError(f"{where}: weight {name!r} has dtype {value.dtype}, expected a floating dtype")
         if not np.all(np.isfinite(value)):
             raise ValueError(f"{where}: weight {name!r} holds NaN or infinite values")
-        p.data = be.asarray(value, dtype=be.default_dtype)
+        p.data = value
+    model.to(be)
     metadata = arch.get("metadata", {})
     model.metadata = metadata if isinstance(metadata, dict) else {}
     return model

@@ -227,15 +227,38 @@ class Layer:
         if self.backend is not None:
             return self.backend
         params = self.parameters()
+        if not params and not hasattr(x, "shape"):
+            raise TypeError(
+                f"{type(self).__name__}: input must be an array (a NumPy array or a backend's), "
+                f"got {type(x).__name__}"
+            )
         return backend_of(params[0].data if params else x)
 
     def _arrays(self, be: Backend, x: Any) -> tuple[Any, list[Any]]:
+        """The input on ``be``, floating inputs in the parameters' dtype (on every backend alike)."""
         datas = [None if p is None else p.data for p in (getattr(self, n, None) for n in self.param_names)]
-        if not be.is_native(x) and hasattr(x, "shape"):
-            ref = next((d for d in datas if d is not None), None)
+        ref = next((d for d in datas if d is not None), None)
+        if not hasattr(x, "shape"):
+            return x, datas  # lists: the op converts (and names) them
+        if not be.is_native(x):
+            x = be.asarray(x if isinstance(x, np.ndarray) else backend_of(x).to_numpy(x))
+        dtype = be.dtype_name(x)
+        if ref is not None and dtype.startswith(("float", "bfloat")) and dtype != be.dtype_name(ref):
+            x = be.asarray(x, dtype=be.dtype_name(ref))
+        return x, datas  # lists: the op converts (and names) them
+        native = be.is_native(x)
+        src_dtype = (
+            be.dtype_name(x) if native else np.asarray(x if isinstance(x, np.ndarray) else 0).dtype.name
+        )
+        if not native:
             src = x if isinstance(x, np.ndarray) else backend_of(x).to_numpy(x)
-            dtype = be.dtype_name(ref) if ref is not None and np.issubdtype(src.dtype, np.floating) else None
+            src_dtype = src.dtype.name
+        floating = src_dtype.startswith(("float", "bfloat"))
+        dtype = be.dtype_name(ref) if ref is not None and floating else None
+        if not native:
             x = be.asarray(src, dtype=dtype)
+        elif dtype is not None and dtype != src_dtype:
+            x = be.asarray(x, dtype=dtype)
         return x, datas
 
     # -- running --------------------------------------------------------------------------

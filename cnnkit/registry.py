@@ -27,6 +27,7 @@ import importlib
 import importlib.metadata as md
 import os
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -178,11 +179,13 @@ class Registry:
         autoload = not _truthy("CNNKIT_DISABLE_PLUGIN_AUTOLOAD")
         allow = {s.strip() for s in os.environ.get("CNNKIT_PLUGINS", "").split(",") if s.strip()}
         seen = set()
+        matched: set[str] = set()
         for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
             if (ep.name, ep.value) in seen:
                 continue
             seen.add((ep.name, ep.value))
             dist = ep.dist.metadata["Name"] if ep.dist is not None else "?"
+            matched.update(allow & {ep.name, dist})
             version = ep.dist.version if ep.dist is not None else ""
             previous = self.records.get(ep.name)
             record = PluginRecord(name=ep.name, dist=dist, version=version)
@@ -206,6 +209,14 @@ class Registry:
                 self._fail(record, f"import failed: {type(exc).__name__}: {exc}", exc)
                 continue
             self._check_hooks(record, plugin)
+        if allow - matched:  # a typo would otherwise disable every plugin without a word
+            warnings.warn(
+                f"CNNKIT_PLUGINS names {sorted(allow - matched)}, which match no installed cnnkit "
+                f"plugin (entry point or distribution name); installed: "
+                f"{', '.join(sorted({name for name, _ in seen})) or 'none'}",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def _check_hooks(self, record: PluginRecord, plugin: Any) -> None:
         """Fail a plugin that implements a hook no specification declares (a misspelled name).
@@ -493,20 +504,21 @@ def get_backend(backend: str | Backend | None = None, **options: Any) -> Backend
 
     Args:
         backend: a name, a :class:`Backend` instance, or ``None`` for the active one.
-        options: backend options (``device``, ``dtype``) when ``backend`` is a name.
+        options: backend options (``device``, ``dtype``); with ``backend=None`` they apply
+            to the active backend (and are checked by it).
     """
     if isinstance(backend, Backend):
         return backend
     if backend is not None:
         return get_registry().backend(backend, **options)
     choice = _CONTEXT_CHOICE.get() or _GLOBAL_CHOICE
-    if isinstance(choice, Backend):
-        return choice
-    if choice is not None:
-        return get_registry().backend(choice[0], **choice[1])
+    if isinstance(choice, Backend):  # use_backend(instance)
+        return choice if not options else get_registry().backend(choice.name, **{**choice.options, **options})
+    if choice is not None:  # options given with no name apply to the active backend, never vanish
+        return get_registry().backend(choice[0], **{**choice[1], **options})
     name = os.environ.get("CNNKIT_BACKEND") or DEFAULT_BACKEND
     try:
-        return get_registry().backend(name)
+        return get_registry().backend(name, **options)
     except BackendNotFoundError as exc:
         if "CNNKIT_BACKEND" not in os.environ:
             raise

@@ -343,12 +343,11 @@ def check_window(
     ceil_mode = as_bool(attrs.get("ceil_mode", False), "ceil_mode", where)
     for axis, (size, f, s, p, d) in enumerate(zip(x.shape[2:], kernel, stride, padding, dilation)):
         # with dilation the taps can step over the whole input: then a window reads padding only
-        o = geometry.pool_output_size(size, f, s, p, d, ceil_mode)
-        first = s * np.arange(o)[:, None] + d * np.arange(f)[None, :] - p[0]  # input index of each tap
-        empty = ~((first >= 0) & (first < size)).any(axis=1)
-        if empty.any():
+        # (found by arithmetic on the sizes: no table of windows x taps)
+        empty = geometry.empty_pool_window(size, f, s, p, d, ceil_mode)
+        if empty is not None:
             raise ValueError(
-                f"{where}: window {int(np.argmax(empty))} along spatial axis {axis} reads only padding "
+                f"{where}: window {empty} along spatial axis {axis} reads only padding "
                 f"(kernel_size {f}, stride {s}, padding {p}, dilation {d}, input length {size}); "
                 f"every window must hold an input unit: use less padding or dilation"
             )

@@ -8,11 +8,40 @@ import numpy as np
 
 from cnnkit.backend import Backend
 
+#: The dtypes the ``dtype`` option may name (NumPy has no bfloat16).
+FLOAT_DTYPES = ("float16", "float32", "float64")
+
+
+def float_dtype_name(dtype: Any) -> str:
+    """``"float32"``, ``np.float32`` or ``np.dtype("float32")`` -> ``"float32"``.
+
+    Raises:
+        TypeError: ``dtype`` names no floating NumPy dtype, naming it.
+    """
+    try:
+        name = np.dtype(dtype).name if not isinstance(dtype, bool) else ""
+    except (TypeError, ValueError):
+        name = ""
+    if name not in FLOAT_DTYPES:
+        raise TypeError(
+            f"numpy backend: dtype must be a floating dtype ({', '.join(FLOAT_DTYPES)}), got {dtype!r}"
+        )
+    return name
+
 
 class NumpyBackend(Backend):
-    """Plain NumPy arrays. Options: ``dtype`` (the dtype new parameters get)."""
+    """Plain NumPy arrays. Options: ``dtype`` (the dtype new parameters get).
+
+    Raises:
+        TypeError: ``dtype`` names no floating NumPy dtype.
+    """
 
     name = "numpy"
+
+    def __init__(self, **options: Any) -> None:
+        if options.get("dtype") is not None:
+            options["dtype"] = float_dtype_name(options["dtype"])
+        super().__init__(**options)
 
     def is_native(self, x: Any) -> bool:
         return isinstance(x, np.ndarray)

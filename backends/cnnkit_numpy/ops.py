@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from cnnkit.geometry import pool_output_size, pool_padding
+from cnnkit.geometry import bounded_window, pool_output_size, pool_padding, taps_inside
 
 __all__ = ["CHUNK_BYTES", "KEEP_COLUMNS_BYTES", "KERNELS"]
 
@@ -220,6 +220,8 @@ def conv_forward(x, weight, bias=None, *, stride, padding, dilation, groups, fli
     W = _rot180(weight) if flip else weight
     n, c = x.shape[:2]
     k, kernel = W.shape[0], W.shape[2:]
+    # the same windows with S, D <= the padded input: a stride of 10**20 never reaches as_strided
+    stride, dilation = bounded_window(x.shape[2:], kernel, stride, padding, dilation)
     geo = _conv_geometry(x.shape, k, kernel, stride, padding, dilation, groups)
     geo["ones"] = int(bias is not None)
     out, grid = geo["out"], geo["grid"]
@@ -286,6 +288,8 @@ def conv_backward(ctx, grad_output):
 
 def _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode) -> dict:
     spatial = x.shape[2:]
+    # the same windows with S, D <= the padded input: a stride of 10**20 never reaches as_strided
+    stride, dilation = bounded_window(spatial, kernel_size, stride, padding, dilation)
     reads = tuple(
         pool_padding(n, f, s, p, d, ceil_mode)
         for n, f, s, p, d in zip(spatial, kernel_size, stride, padding, dilation)
@@ -383,7 +387,7 @@ def max_pool_forward(x, *, kernel_size, stride, padding, dilation, ceil_mode):
     winner = np.zeros((*x.shape[:2], *geo["out"]), dtype=np.uint8 if ntaps <= 255 else np.int32)
     best = None
     better = np.empty(winner.shape, dtype=bool)
-    for t, _, sl in _taps(kernel_size, stride, dilation, geo["out"]):
+    for t, _, sl in _taps(kernel_size, geo["stride"], geo["dilation"], geo["out"]):
         v = x_pad[sl]
         if best is None:
             best = v.copy()
@@ -396,7 +400,7 @@ def max_pool_forward(x, *, kernel_size, stride, padding, dilation, ceil_mode):
         raise AssertionError
     nan = np.isnan(best)
     if nan.any():  # a window with a NaN: the first NaN wins
-        for t, _, sl in reversed(list(_taps(kernel_size, stride, dilation, geo["out"]))):
+        for t, _, sl in reversed(list(_taps(kernel_size, geo["stride"], geo["dilation"], geo["out"]))):
             np.copyto(winner, t, where=nan & np.isnan(x_pad[sl]))
     return best, (geo, winner)
 
@@ -416,9 +420,8 @@ def _avg_divisor(geo: dict, count_include_pad: bool, dtype) -> np.ndarray:
     for n, f, s, (b, a), d, o in zip(
         geo["x_shape"][2:], geo["kernel"], geo["stride"], geo["padding"], geo["dilation"], geo["out"]
     ):
-        pos = s * np.arange(o)[:, None] + d * np.arange(f)[None, :]  # padded coordinate of each tap
-        lo, hi = (0, n + b + a) if count_include_pad else (b, b + n)
-        counts.append(((pos >= lo) & (pos < hi)).sum(axis=1))
+        lo, hi = (0, n + b + a) if count_include_pad else (b, b + n)  # in padded coordinates
+        counts.append(taps_inside(o, f, s, d, lo, hi))  # per window, not per tap: O(O) memory
     div = counts[0]
     for cnt in counts[1:]:
         div = np.multiply.outer(div, cnt)
@@ -431,7 +434,7 @@ def avg_pool_forward(x, *, kernel_size, stride, padding, dilation, ceil_mode, co
     geo = _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode)
     x_pad = _pad(x, geo["reads"])
     total = None
-    for _, _, sl in _taps(kernel_size, stride, dilation, geo["out"]):
+    for _, _, sl in _taps(kernel_size, geo["stride"], geo["dilation"], geo["out"]):
         if total is None:
             total = x_pad[sl].copy()
         else:
@@ -463,7 +466,7 @@ def lp_pool_forward(x, *, kernel_size, stride, padding, dilation, ceil_mode, nor
     geo = _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode)
     a_pad = _pad(_abs_pow(x, p), geo["reads"])  # |x|^p, padded
     total = None
-    for _, _, sl in _taps(kernel_size, stride, dilation, geo["out"]):
+    for _, _, sl in _taps(kernel_size, geo["stride"], geo["dilation"], geo["out"]):
         if total is None:
             total = a_pad[sl].copy()
         else:
@@ -585,9 +588,10 @@ def linear_backward(ctx, grad_output):
     # δ_prev = δ W;  dE/dW = δ^T y;  dE/db = Σ_rows δ
     x, W, has_bias = ctx
     grad_output = _as(grad_output, x.dtype)
-    delta = grad_output.reshape(-1, W.shape[0])  # (rows, out)
+    rows = math.prod(grad_output.shape[:-1])  # explicit: -1 is ambiguous when a side is empty
+    delta = grad_output.reshape(rows, W.shape[0])  # (rows, out)
     dx = (grad_output @ W).reshape(x.shape)
-    dW = delta.T @ x.reshape(-1, W.shape[1])
+    dW = delta.T @ x.reshape(rows, W.shape[1])
     db = delta.sum(axis=0) if has_bias else None
     return dx, dW, db
 

@@ -41,6 +41,11 @@ class TorchBackend(Backend):
         dtype: the dtype floating arrays from lists or NumPy get, and new parameters' dtype
             (a name such as ``"float32"`` or a ``torch.dtype``).
 
+    Raises:
+        ValueError: ``device`` is no device name, or not one this machine has (``"cuda:0"`` on a
+            CPU build).
+        TypeError: ``dtype`` names no floating torch dtype.
+
     Example:
         >>> be = TorchBackend(dtype="float32")
         >>> be.dtype_name(be.asarray([1.0, 2.0]))
@@ -52,12 +57,42 @@ class TorchBackend(Backend):
     def __init__(self, device: str | torch.device | None = None, dtype: Any = None) -> None:
         options: dict[str, Any] = {}
         if device is not None:
-            options["device"] = str(torch.device(device))
+            options["device"] = str(self._check_device(device))
         if dtype is not None:
+            if not torch_dtype(dtype).is_floating_point:
+                raise TypeError(
+                    f"torch backend: dtype must be a floating dtype (float16, bfloat16, float32, "
+                    f"float64), got {dtype!r}"
+                )
             options["dtype"] = dtype_name(torch_dtype(dtype))
         super().__init__(**options)
         self.device = torch.device(options.get("device", "cpu"))
         self.dtype = torch_dtype(dtype) if dtype is not None else None
+
+    def _check_device(self, device: Any) -> torch.device:
+        """``device`` as a ``torch.device`` that exists here, else a ``ValueError`` listing those that do
+        (at selection, not at the first call)."""
+        if not isinstance(device, (str, torch.device)) or isinstance(device, bool):
+            raise TypeError(
+                f"torch backend: device must be a name such as 'cpu' or 'cuda:0', got {device!r} "
+                f"({type(device).__name__})"
+            )
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, ValueError) as exc:
+            raise ValueError(
+                f"torch backend: device {device!r} is not a device name ({exc}); devices here: "
+                f"{', '.join(self.devices())}"
+            ) from None
+        here = self.devices()
+        ok = dev.type == "cpu" or (
+            (str(dev) in here or f"{dev.type}:0" in here) if dev.index is None else str(dev) in here
+        )
+        if not ok:
+            raise ValueError(
+                f"torch backend: device {str(dev)!r} is not available here; devices: {', '.join(here)}"
+            )
+        return dev
 
     def is_native(self, x: Any) -> bool:
         return isinstance(x, torch.Tensor)
@@ -84,6 +119,15 @@ class TorchBackend(Backend):
 
     def dtype_name(self, x: Any) -> str:
         return dtype_name(x.dtype)
+
+    def device_of(self, x: Any) -> str:
+        return str(x.device)
+
+    def cast_like(self, x: Any, dtype: str, device: str) -> torch.Tensor:
+        target = torch_dtype(dtype)
+        if isinstance(x, torch.Tensor):
+            return x.to(device=device, dtype=target)
+        return self.asarray(x).to(device=device, dtype=target)
 
     def devices(self) -> list[str]:
         """``"cpu"``, then ``"cuda:i"`` for every visible GPU (and ``"mps"`` on Apple silicon)."""

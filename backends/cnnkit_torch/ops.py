@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch._C import _functions as _autograd_functions
 from torch.autograd.function import Function, once_differentiable
 
-from cnnkit.geometry import pool_padding
+from cnnkit.geometry import bounded_window, conv_output_size, pool_output_size, pool_padding
 from cnnkit.registry import Kernel
 from cnnkit_torch.sizes import COLUMNS_CHUNK_BYTES
 
@@ -164,13 +164,17 @@ def _window_count(
     like: torch.Tensor,
 ) -> torch.Tensor:
     """``|window|`` per output unit, shape ``out``: taps inside the input (and the declared
-    padding when ``include_pad``), never the ceil-mode overhang. Built on ``like``'s device."""
+    padding when ``include_pad``), never the ceil-mode overhang. Built on ``like``'s device,
+    by arithmetic per window (``O(O)``, not an ``(O, F)`` table of taps)."""
     count = None
     dev = like.device
     for axis, (n, o, f, s, (lo, hi), dl) in enumerate(zip(size, out, kernel, stride, pads, dilation)):
-        taps = (torch.arange(o, device=dev) * s - lo)[:, None] + dl * torch.arange(f, device=dev)[None, :]
+        start = torch.arange(o, device=dev) * s - lo  # input coordinate of each window's first tap
         first, end = (-lo, n + hi) if include_pad else (0, n)
-        c = ((taps >= first) & (taps < end)).sum(1).to(like.dtype)
+        # taps m with first <= start + D·m < end: ceil((first - start)/D) <= m <= ceil((end - start)/D) - 1
+        m_lo = (-((start - first) // dl)).clamp_min(0)
+        m_hi = (-((start - end) // dl) - 1).clamp_max(f - 1)
+        c = (m_hi - m_lo + 1).clamp_min(0).to(like.dtype)
         c = c.view([-1] + [1] * (len(size) - axis - 1))
         count = c if count is None else count * c
     assert count is not None
@@ -180,6 +184,17 @@ def _window_count(
 def _dense(t: torch.Tensor) -> bool:
     """False for a broadcast tensor (an axis of size > 1 with stride 0: one element, many places)."""
     return all(st != 0 for st, n in zip(t.stride(), t.shape) if n > 1)
+
+
+def _bounded(x_shape: Sequence[int], kernel: Sequence[int], stride, padding, dilation):
+    """Stride and dilation no larger than the padded input (:func:`cnnkit.geometry.bounded_window`):
+    the same windows, and no 64-bit overflow in torch's arguments for a stride of 10**20."""
+    return bounded_window(tuple(x_shape[2:]), tuple(kernel), stride, padding, dilation)
+
+
+def _is_empty(x: Any) -> bool:
+    """An empty batch (N = 0) or no channels (C = 0): nothing to compute, zeros of the right shape."""
+    return math.prod(x.shape) == 0
 
 
 # -- once differentiable, and saying so ----------------------------------------------------------
@@ -473,12 +488,21 @@ class Conv(Function):
 
     @staticmethod
     def forward(x, w, b, stride, padding, dilation, groups, flip):
+        stride, dilation = _bounded(x.shape, w.shape[2:], stride, padding, dilation)
+        if _is_empty(x) or _is_empty(w):  # N = 0 or C = 0: a = b (every product sums nothing)
+            size = [
+                conv_output_size(n, f, s_, p, dl)
+                for n, f, s_, p, dl in zip(x.shape[2:], w.shape[2:], stride, padding, dilation)
+            ]
+            a = x.new_zeros((x.shape[0], w.shape[0], *size))
+            return a if b is None else a + b.view(1, -1, *([1] * len(size)))
         return _conv_forward(x, w, b, stride, padding, dilation, groups, flip)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, w, _b, stride, padding, dilation, groups, flip = inputs
         ctx.save_for_backward(x, w)
+        stride, dilation = _bounded(x.shape, w.shape[2:], stride, padding, dilation)
         ctx.attrs = (stride, padding, dilation, groups, flip)
 
     @staticmethod
@@ -489,6 +513,11 @@ class Conv(Function):
         stride, padding, dilation, groups, flip = ctx.attrs
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         spatial = _spatial(w)
+        if _is_empty(x) or _is_empty(w):  # N = 0 or C = 0: every sum over n or c is empty
+            dx = torch.zeros_like(x) if need_x else None
+            dw = torch.zeros_like(w) if need_w else None
+            db = dy.sum((0, *spatial)) if need_b else None
+            return dx, dw, db, None, None, None, None, None
         w_used = w.flip(spatial) if flip and need_x else w  # rot180(W) is read by δ_prev only
         dx = dw = db = None
         if groups == 1 and x.shape[1] <= 4 and w.shape[0] >= 16 and (need_x or need_w):
@@ -527,8 +556,20 @@ def _torch_pool_fits(x, kernel, padding, dilation=None) -> bool:
     return ok and (dilation is None or all(v == 1 for v in dilation))
 
 
+def _pool_empty(x, kernel, stride, padding, dilation, ceil_mode) -> torch.Tensor:
+    """The (empty) output of a pooling over N = 0 samples or C = 0 channels."""
+    size = [
+        pool_output_size(n, f, s, p, dl, ceil_mode)
+        for n, f, s, p, dl in zip(x.shape[2:], kernel, stride, padding, dilation)
+    ]
+    return x.new_zeros((*x.shape[:2], *size))
+
+
 def _max_pool_forward(x, kernel, stride, padding, dilation, ceil_mode):
     d = x.dim() - 2
+    if _is_empty(x):
+        y = _pool_empty(x, kernel, stride, padding, dilation, ceil_mode)
+        return y, torch.zeros(y.shape, dtype=torch.long, device=x.device), None
     if _torch_pool_fits(x, kernel, padding):
         pads = None
         y, idx = _MAX_POOL[d](x, kernel, stride, [lo for lo, _ in padding], dilation, ceil_mode, True)
@@ -543,12 +584,14 @@ class MaxPool(Function):
 
     @staticmethod
     def forward(x, kernel_size, stride, padding, dilation, ceil_mode):
+        stride, dilation = _bounded(x.shape, kernel_size, stride, padding, dilation)
         y, idx, _pads = _max_pool_forward(x, kernel_size, stride, padding, dilation, ceil_mode)
         return y, idx
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, kernel_size, stride, padding, dilation, ceil_mode = inputs
+        stride, dilation = _bounded(x.shape, kernel_size, stride, padding, dilation)
         _y, idx = output
         ctx.mark_non_differentiable(idx)
         ctx.save_for_backward(idx)
@@ -563,6 +606,8 @@ class MaxPool(Function):
         (idx,) = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None, None
+        if math.prod(ctx.x_shape) == 0:  # N = 0 or C = 0
+            return dy.new_zeros(ctx.x_shape), None, None, None, None, None
         n, c, *size = ctx.x_shape
         if ctx.pads is not None:
             size = [s + lo + hi for s, (lo, hi) in zip(size, ctx.pads)]
@@ -576,6 +621,8 @@ class MaxPool(Function):
 
 def _avg_pool_forward(x, kernel, stride, padding, dilation, ceil_mode, count_include_pad):
     d = x.dim() - 2
+    if _is_empty(x):
+        return _pool_empty(x, kernel, stride, padding, dilation, ceil_mode)
     if _torch_pool_fits(x, kernel, padding, dilation) and _avg_pool_runs(x):
         return _AVG_POOL[d](x, kernel, stride, [lo for lo, _ in padding], ceil_mode, count_include_pad)
     pads = _read_padding(x, kernel, stride, padding, dilation, ceil_mode)
@@ -589,13 +636,15 @@ class AvgPool(Function):
 
     @staticmethod
     def forward(x, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad):
+        stride, dilation = _bounded(x.shape, kernel_size, stride, padding, dilation)
         return _avg_pool_forward(x, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, *attrs = inputs
+        x, kernel_size, stride, padding, dilation, *rest = inputs
+        stride, dilation = _bounded(x.shape, kernel_size, stride, padding, dilation)
         ctx.x_shape = x.shape
-        ctx.attrs = attrs
+        ctx.attrs = [kernel_size, stride, padding, dilation, *rest]
 
     @staticmethod
     @_first_order_only
@@ -605,6 +654,8 @@ class AvgPool(Function):
             return None, None, None, None, None, None, None
         kernel, stride, padding, dilation, ceil_mode, include_pad = ctx.attrs
         size = ctx.x_shape[2:]
+        if math.prod(ctx.x_shape) == 0:  # N = 0 or C = 0
+            return dy.new_zeros(ctx.x_shape), None, None, None, None, None, None
         count = _window_count(size, dy.shape[2:], kernel, stride, padding, dilation, include_pad, dy)
         pads = [pool_padding(n, f, s, p, dl, ceil_mode) for n, f, s, p, dl in zip(size, *ctx.attrs[:4])]
         full = [n + lo + hi for n, (lo, hi) in zip(size, pads)]
@@ -623,6 +674,9 @@ class LpPool(Function):
 
     @staticmethod
     def forward(x, kernel_size, stride, padding, dilation, ceil_mode, norm_type):
+        stride, dilation = _bounded(x.shape, kernel_size, stride, padding, dilation)
+        if _is_empty(x):
+            return _pool_empty(x, kernel_size, stride, padding, dilation, ceil_mode)
         pads = _read_padding(x, kernel_size, stride, padding, dilation, ceil_mode)
         s = _window_sum(_pad(_lp_power(x, norm_type), pads), kernel_size, stride, dilation)
         if norm_type == 1.0:
@@ -631,9 +685,10 @@ class LpPool(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, *attrs = inputs
+        x, kernel_size, stride, padding, dilation, *rest = inputs
+        stride, dilation = _bounded(x.shape, kernel_size, stride, padding, dilation)
         ctx.save_for_backward(x, output)
-        ctx.attrs = attrs
+        ctx.attrs = [kernel_size, stride, padding, dilation, *rest]
 
     @staticmethod
     @_first_order_only
@@ -644,6 +699,8 @@ class LpPool(Function):
         x, a = ctx.saved_tensors
         kernel, stride, padding, dilation, ceil_mode, p = ctx.attrs
         size = x.shape[2:]
+        if _is_empty(x):  # N = 0 or C = 0
+            return torch.zeros_like(x), None, None, None, None, None, None
         pads = _read_padding(x, kernel, stride, padding, dilation, ceil_mode)
         g = (
             dy if p == 1.0 else torch.where(a != 0, dy * a.pow(1.0 - p), torch.zeros_like(dy))
@@ -782,9 +839,10 @@ class Linear(Function):
         # δ_prev = δ W;  dE/dW = δᵀ y;  dE/db = Σ_n δ
         x, w = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        dy2 = dy.reshape(-1, w.shape[0])
+        rows = math.prod(dy.shape[:-1])  # explicit: -1 is ambiguous when a side is empty
+        dy2 = dy.reshape(rows, w.shape[0])
         dx = (dy @ w) if need_x else None
-        dw = (dy2.t() @ x.reshape(-1, w.shape[1])) if need_w else None
+        dw = (dy2.t() @ x.reshape(rows, w.shape[1])) if need_w else None
         db = dy2.sum(0) if need_b else None
         return dx, dw, db
 

@@ -27,6 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from cnnkit.conformance import runner
+from cnnkit.errors import BackendUnavailableError
 from cnnkit.registry import get_registry
 
 NAME = "conformance"
@@ -42,8 +43,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "Each matrix cell reads passed/failed/skipped/not-implemented, then 'xfN' for known\n"
         "failures and 'err E', the largest error seen relative to max(1, max|expected|).\n"
-        "Exit status: 0 when nothing failed, 1 on a failure or a stale known-failure entry,\n"
-        "2 on a usage error. See cnnkit/conformance/README.md."
+        "A backend that cannot load here (a dependency missing) is reported unavailable with\n"
+        "what to install, and not checked.\n"
+        "Exit status: 0 when nothing failed, 1 on a failure, a stale known-failure entry or a\n"
+        "--backend that cannot load, 2 on a usage error. See cnnkit/conformance/README.md."
     )
     add = parser.add_argument
     add("--backend", action="append", default=[], metavar="NAME", help="backend to check (repeatable)")
@@ -136,6 +139,22 @@ def select(
         if seen and not items:
             raise ValueError(f"--device: no selected backend reports {list(devices)}; they report {seen}")
     return items
+
+
+def unavailable_backends(backends: Sequence[str] = ()) -> dict[str, str]:
+    """``{name: reason}`` for the selected backends (default: every registered one) that cannot
+    load here, the reason naming what to install. Unknown names are left to :func:`select`."""
+    registry = get_registry()
+    infos = registry.backend_infos()
+    out = {}
+    for name in backends or sorted(infos):
+        if name not in infos:
+            continue
+        try:
+            registry.backend(name)
+        except (BackendUnavailableError, ImportError) as exc:
+            out[name] = str(exc)
+    return out
 
 
 # -- worker processes ----------------------------------------------------------------------
@@ -243,10 +262,19 @@ def run(args: argparse.Namespace) -> int:
         return 2
     with one_thread_each():
         try:
-            items = select(**plan_args)
+            missing = unavailable_backends(args.backend)
+            if missing:  # checked as unavailable, not as "not implemented" op by op
+                wanted = args.backend or sorted(get_registry().backend_infos())
+                plan_args["backends"] = [b for b in wanted if b not in missing]
+            items = select(**plan_args) if plan_args["backends"] or not missing else []
         except ValueError as exc:
             print(f"cnnkit: error: {exc}", file=sys.stderr)
             return 2
+        for name, reason in missing.items():
+            print(f"cnnkit conformance: {name}: unavailable: {reason}", file=sys.stderr)
+        if not items and missing:
+            print("cnnkit: error: no selected backend can load here", file=sys.stderr)
+            return 1
         if not items:
             print(
                 "cnnkit: error: no conformance item matches the selection (an op a plugin adds has "
@@ -262,12 +290,21 @@ def run(args: argparse.Namespace) -> int:
     known = known_failures(items, report, xfail) if xfail is not None else []
     if args.json:
         data = json.loads(report.to_json())
-        extra = {"items": len(items), "seconds": round(seconds, 3), "known_failures": known}
+        extra = {
+            "items": len(items),
+            "seconds": round(seconds, 3),
+            "known_failures": known,
+            "unavailable": missing,
+        }
         print(json.dumps({**extra, **data}, indent=2))
     else:
         print(report.format(failures=args.failures))
         for k in known:
             stale = f", {k['xpassed']} pass now (stale: delete the entry)" if k["xpassed"] else ""
             print(f"known failure: {k['xfailed']} item(s) xfailed{stale}: {k['entry']}")
+        for name, reason in missing.items():
+            print(f"{name}: unavailable, not checked: {reason}")
         print(f"\n{len(items)} items in {seconds:.1f} s ({min(jobs, len(items))} process(es))")
-    return 1 if report.failed else 0
+    # a backend asked for by name that cannot load is a failed check, not a pass
+    asked_missing = [name for name in args.backend if name in missing]
+    return 1 if report.failed or asked_missing else 0

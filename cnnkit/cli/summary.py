@@ -11,6 +11,8 @@ import numpy as np
 
 NAME = "summary"
 HELP = "show a model's layers: output shape, parameters and receptive field"
+#: The most units one example may have: the summary runs every layer on a batch of one.
+MAX_INPUT_ELEMENTS = 2**24
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -131,7 +133,22 @@ def _parse_shape(text: str) -> tuple[int, ...]:
         shape = ()
     if not shape or min(shape) < 1:
         raise SystemExit(f"cnnkit summary: --input-shape must be positive ints like 1,8,8, got {text!r}")
+    problem = _shape_problem(shape)
+    if problem:
+        raise SystemExit(f"cnnkit summary: --input-shape {text!r} {problem}")
     return shape
+
+
+def _shape_problem(shape: tuple[int, ...]) -> str:
+    """Why ``shape`` cannot be summarised (too many units to run), or ``""``."""
+    if len(shape) > 4:
+        return f"has {len(shape)} axes; an example is (C, *spatial) with 1 to 3 spatial axes"
+    units = 1
+    for n in shape:
+        units *= n
+    if units > MAX_INPUT_ELEMENTS:
+        return f"is {units} units per example, more than cnnkit summary runs ({MAX_INPUT_ELEMENTS})"
+    return ""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -160,7 +177,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"cnnkit summary: {exc}", file=sys.stderr)
             return 1
         stored = getattr(model, "metadata", {}).get("input_shape")
-        shape = shape or (tuple(stored) if stored else None)
+        if shape is None and stored is not None:
+            ok = isinstance(stored, list) and stored and all(type(n) is int and n >= 1 for n in stored)
+            problem = _shape_problem(tuple(stored)) if ok else "is not a list of positive ints"
+            if problem:
+                print(
+                    f"cnnkit summary: the input_shape the file records, {str(stored)[:80]}, {problem}; "
+                    "pass --input-shape, e.g. 1,8,8",
+                    file=sys.stderr,
+                )
+                return 2
+            shape = tuple(stored)
         if shape is None:
             print(
                 "cnnkit summary: the file does not record an input shape; pass --input-shape, e.g. 1,8,8",

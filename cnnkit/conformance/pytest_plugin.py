@@ -23,6 +23,9 @@ Options (all repeatable but ``--cnnkit-xfail``):
 ``--cnnkit-xfail FILE``     known failures, ``pattern  # reason`` per line; an entry
                             whose item passes now fails the run as stale (strict xfail)
 
+An unknown ``--cnnkit-backend`` or ``--cnnkit-dtype`` and a known-failures file
+that cannot be read are collection errors of one line naming the option.
+
 Without a test that asks for ``cnnkit_conformance_item`` the plugin does
 nothing: it collects nothing and imports nothing beyond pytest.
 """
@@ -100,14 +103,29 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     from cnnkit.conformance import runner
 
     opt = metafunc.config.getoption
-    items = runner.plan(
-        backends=opt("--cnnkit-backend") or None,
-        include=opt("--cnnkit-include"),
-        exclude=opt("--cnnkit-exclude"),
-        dtypes=opt("--cnnkit-dtype") or runner.DTYPES,
-    )
+    dtypes = opt("--cnnkit-dtype") or runner.DTYPES
+    bad = [d for d in dtypes if d not in runner.TOLERANCES]
+    if bad:
+        raise pytest.Collector.CollectError(
+            f"--cnnkit-dtype: unknown dtype(s) {bad}; choose from {', '.join(sorted(runner.TOLERANCES))}"
+        )
+    try:
+        items = runner.plan(
+            backends=opt("--cnnkit-backend") or None,
+            include=opt("--cnnkit-include"),
+            exclude=opt("--cnnkit-exclude"),
+            dtypes=dtypes,
+        )
+    except KeyError as exc:  # an unknown backend: one line of collection error, not a traceback
+        raise pytest.Collector.CollectError(f"--cnnkit-backend: {exc.args[0]}") from None
     path = _xfail_path(metafunc)
-    xfail = runner.XfailList.load(path) if path else None
+    try:
+        xfail = runner.XfailList.load(path) if path else None
+    except (OSError, UnicodeDecodeError) as exc:
+        source = "--cnnkit-xfail" if opt("--cnnkit-xfail") else f"cnnkit_xfail of {metafunc.module.__name__}"
+        raise pytest.Collector.CollectError(
+            f"{source}: cannot read the known-failures file {str(path)!r}: {exc}"
+        ) from None
     params = []
     for item in items:
         reason = xfail.match(item) if xfail else None

@@ -907,7 +907,13 @@ def lp_pool3d(
 
 
 def _spatial_shape(input: Any, where: str) -> tuple[int, ...]:
-    shape = tuple(getattr(input, "shape", None) or np.shape(input))
+    shape = getattr(input, "shape", None)
+    if shape is None:
+        try:
+            shape = np.shape(input)
+        except ValueError as exc:  # a ragged list
+            raise TypeError(f"{where}: input cannot be read as an array ({exc})") from None
+    shape = tuple(shape)
     if len(shape) < 3:
         raise ValueError(f"{where}: input must be (N, C, *spatial) with 1 to 3 spatial axes, got {shape}")
     return shape[2:]
