@@ -19,9 +19,8 @@ import numpy as np
 
 from cnnkit import geometry
 from cnnkit.backend import Backend
-from cnnkit.spec import FLOAT_DTYPES, OpSpec, TensorInfo
 from cnnkit.registry import Kernel, get_backend, get_registry
-from cnnkit.spec import OpSpec, TensorInfo
+from cnnkit.spec import FLOAT_DTYPES, OpSpec, TensorInfo
 
 __all__ = ["call", "vjp"]
 
