@@ -22,7 +22,16 @@ from cnnkit.errors import BackendNotFoundError, BackendUnavailableError, PluginE
 __all__ = ["SUBCOMMANDS", "build_parser", "format_table", "main"]
 
 #: Subcommand modules, in the order ``cnnkit --help`` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("backends", "plugins", "conformance", "train", "summary")
+SUBCOMMANDS: tuple[str, ...] = (
+    "backends",
+    "plugins",
+    "conformance",
+    "train",
+    "summary",
+    "experiment",
+    "explain",
+    "demo",
+)
 
 #: Errors shown as one line (``cnnkit: error: ...``) with exit status 1.
 CLI_ERRORS = (PluginError, BackendNotFoundError, BackendUnavailableError)
