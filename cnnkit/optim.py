@@ -145,7 +145,8 @@ def _maximum(a: Any, b: Any) -> Any:
 class Adam:
     """Adam (Kingma & Ba, 2015), step for step as ``torch.optim.Adam``.
 
-    Per parameter ``w`` with gradient ``g`` at step ``t = 1, 2, ...``::
+    Per parameter ``w`` with gradient ``g`` at its step ``t = 1, 2, ...`` (counted per
+    parameter: a step where ``grad`` is ``None`` skips it, as in torch)::
 
         g <- g + λ w                               (weight_decay λ, an L2 penalty; AdamW decays instead)
         m <- β₁ m + (1 - β₁) g                      (first moment, m₀ = 0)
@@ -207,8 +208,8 @@ class Adam:
         self.eps = float(eps)
         self.weight_decay = float(weight_decay)
         self.amsgrad = bool(amsgrad)
-        self.t = 0
         n = len(self.params)
+        self._t = [0] * n  # per parameter, as torch: a step without its gradient does not count
         self._m: list[Any] = [None] * n
         self._v: list[Any] = [None] * n
         self._vmax: list[Any] = [None] * n
@@ -224,13 +225,13 @@ class Adam:
 
     def step(self) -> None:
         """Update every parameter that has a gradient, in place."""
-        self.t += 1
         b1, b2 = self.betas
-        bc1, bc2_sqrt = 1.0 - b1**self.t, math.sqrt(1.0 - b2**self.t)
         for i, p in enumerate(self.params):
             g = p.grad
             if g is None:
                 continue
+            self._t[i] += 1
+            bc1, bc2_sqrt = 1.0 - b1 ** self._t[i], math.sqrt(1.0 - b2 ** self._t[i])
             g = self._decay(p, g)
             if self._m[i] is None:
                 self._m[i], self._v[i] = 0.0 * g, 0.0 * g

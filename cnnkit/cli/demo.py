@@ -21,6 +21,9 @@ DEMOS = ("sobel",)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from cnnkit.cli.train import one_line_errors
+
+    one_line_errors(parser)
     parser.add_argument("name", choices=DEMOS, help="the demonstration")
     parser.add_argument(
         "--backends", default=None, help="comma-separated backends (default: numpy, and torch when installed)"

@@ -42,6 +42,9 @@ def _count(text: str) -> int:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from cnnkit.cli.train import one_line_errors
+
+    one_line_errors(parser)
     parser.add_argument("name", choices=EXPERIMENTS, help="the experiment")
     parser.add_argument("--backends", default="numpy,torch", help="comma-separated (default numpy,torch)")
     parser.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="comma-separated (default 0,1,2)")

@@ -53,6 +53,9 @@ def _padding(text: str) -> Any:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from cnnkit.cli.train import one_line_errors
+
+    one_line_errors(parser)
     parser.add_argument(
         "what", choices=WHAT, help="a lecture example (sobel, volume) or an op on your arrays"
     )

@@ -120,7 +120,18 @@ def _non_negative(kind: type) -> Any:
     return parse
 
 
+def one_line_errors(parser: argparse.ArgumentParser) -> None:
+    """Make ``parser`` report a bad flag as one line ``cnnkit: error: ...`` (exit status 2), no usage dump."""
+
+    def error(message: str) -> Any:
+        print(f"cnnkit: error: {message} (see cnnkit {parser.prog.split()[-1]} --help)", file=sys.stderr)
+        sys.exit(2)
+
+    parser.error = error  # type: ignore[method-assign]
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
+    one_line_errors(parser)
     count, rate, amount, shift = _positive(int), _positive(float), _non_negative(float), _non_negative(int)
     parser.add_argument(
         "--task", choices=sorted(TASKS), default="digits", help="what to learn (default digits)"
