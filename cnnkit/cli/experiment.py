@@ -58,6 +58,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--epochs", type=_count, default=None, help="override every recipe's epochs (a quick check)"
     )
     parser.add_argument(
+        "--torch-threads",
+        type=_count,
+        default=1,
+        help="torch intra-op threads (default 1: tiny tensors, and spinning threads starve a shared machine)",
+    )
+    parser.add_argument(
         "--out", default="cnnkit-experiment", help="output folder (default ./cnnkit-experiment)"
     )
 

@@ -137,7 +137,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--task", choices=sorted(TASKS), default="digits", help="what to learn (default digits)"
     )
     parser.add_argument(
-        "--arch", default=None, help="named architecture (default: the task's; see cnnkit summary --list)"
+        "--arch", default=None, help="named architecture (default: the task's; unknown names list the known ones)"
     )
     parser.add_argument(
         "--shuffle-inputs",
