@@ -137,7 +137,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--task", choices=sorted(TASKS), default="digits", help="what to learn (default digits)"
     )
     parser.add_argument(
-        "--arch", default=None, help="named architecture (default: the task's; unknown names list the known ones)"
+        "--arch",
+        default=None,
+        help="named architecture (default: the task's; unknown names list the known ones)",
     )
     parser.add_argument(
         "--shuffle-inputs",
@@ -174,6 +176,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="K",
         help="1-D tasks: final accuracy from the mean logits over circular shifts -K..K (0: off)",
+    )
+    parser.add_argument(
+        "--torch-threads",
+        type=count,
+        default=None,
+        help="torch backend: intra-op threads (default torch's; 1 is fastest for tiny nets, busy machines)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds weights, split and shuffling (default 0)")
     parser.add_argument("--out", default="cnnkit-run", help="output folder (default ./cnnkit-run)")
@@ -437,6 +445,10 @@ def run(args: argparse.Namespace) -> int:
     from cnnkit.optim import make_optimizer, make_scheduler
     from cnnkit.training import fit
 
+    if args.torch_threads and be.name == "torch":
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     epochs = args.epochs
     model = build_model(arch_name, seed=args.seed, backend=be)
     optimizer = make_optimizer(
