@@ -38,6 +38,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
             ["--backend", "numpy", "--device", "cpu"],
             "backend 'numpy' takes options ['dtype'], got ['device']",
         ),
+        (
+            ["--optimizer", "adam", "--momentum", "0.5"],
+            "--momentum is for --optimizer sgd; digits-cnn-wide trains",
+        ),
         (["--shuffle-inputs"], "--shuffle-inputs applies to --task mnist1d, not digits"),
         (["--augment", "2"], "--augment shifts 1-D signals; --task digits has images"),
         (["--nproc", "2", "--backend", "numpy"], "--nproc runs on the torch backend, got --backend numpy"),

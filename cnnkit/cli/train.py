@@ -225,6 +225,10 @@ def resolve(args: argparse.Namespace) -> str:
     if getattr(args, "shuffle_inputs", False) and args.task != "mnist1d":
         raise UsageError(f"--shuffle-inputs applies to --task mnist1d, not {args.task}")
     recipe = RECIPES.get(arch_name, Recipe())
+    if args.momentum is not None and (args.optimizer or recipe.optimizer) != "sgd":
+        raise UsageError(
+            f"--momentum is for --optimizer sgd; {arch_name} trains with {args.optimizer or recipe.optimizer}"
+        )
     if args.epochs is None and arch_name == TASKS[args.task][0]:
         args.epochs = TASKS[args.task][1]
     for key in ("epochs", "batch_size", "optimizer", "lr", "lr_schedule", "momentum", "weight_decay"):
