@@ -46,6 +46,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
         (["--augment", "2"], "--augment shifts 1-D signals; --task digits has images"),
         (["--nproc", "2", "--backend", "numpy"], "--nproc runs on the torch backend, got --backend numpy"),
         (["--nproc", "2", "--task", "mnist1d"], "--nproc 2 trains with SGD and no augmentation"),
+        (
+            ["--nproc", "2", "--task", "mnist1d", "--shuffle-inputs"],
+            "--nproc 2 does not take --shuffle-inputs",
+        ),
     ],
 )
 def test_bad_flags_are_one_line_and_exit_2(capsys, tmp_path, argv, message):

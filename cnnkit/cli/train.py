@@ -239,6 +239,10 @@ def resolve(args: argparse.Namespace) -> str:
             setattr(args, key, getattr(recipe, key) if len(ARCHITECTURES[arch_name].input_shape) == 2 else 0)
         elif getattr(args, key) and len(ARCHITECTURES[arch_name].input_shape) != 2:
             raise UsageError(f"--{key} shifts 1-D signals; --task {args.task} has images")
+    if args.nproc > 1 and args.shuffle_inputs:
+        raise UsageError(
+            f"--nproc {args.nproc} does not take --shuffle-inputs (cnnkit.distributed loads the plain data)"
+        )
     if args.nproc > 1 and (args.optimizer != "sgd" or args.augment):
         raise UsageError(
             f"--nproc {args.nproc} trains with SGD and no augmentation; add --optimizer sgd --augment 0"
