@@ -130,8 +130,25 @@ def one_line_errors(parser: argparse.ArgumentParser) -> None:
     parser.error = error  # type: ignore[method-assign]
 
 
+def recipes_text() -> str:
+    """The recipes, one line per architecture (``cnnkit train --help``'s epilog)."""
+    lines = ["recipes (what a flag left out defaults to, per --arch):"]
+    for name, r in RECIPES.items():
+        extra = (f", shifts up to {r.augment}" if r.augment else "") + (
+            f", test shifts ±{r.tta}" if r.tta else ""
+        )
+        mom = f" momentum {r.momentum:g}" if r.optimizer == "sgd" else ""
+        lines.append(
+            f"  {name}: {r.epochs} epochs, batches of {r.batch_size}, {r.optimizer}{mom} lr {r.lr:g}, "
+            f"{r.lr_schedule}, weight decay {r.weight_decay:g}{extra}"
+        )
+    return "\n".join(lines)
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     one_line_errors(parser)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = recipes_text()
     count, rate, amount, shift = _positive(int), _positive(float), _non_negative(float), _non_negative(int)
     parser.add_argument(
         "--task", choices=sorted(TASKS), default="digits", help="what to learn (default digits)"
