@@ -283,7 +283,7 @@ def augment_signals(
         >>> aug = augment_signals(max_shift=1)
         >>> X = np.arange(8.0).reshape(2, 1, 4)
         >>> aug(X, np.random.default_rng(0)).tolist()
-        [[[3.0, 0.0, 1.0, 2.0]], [[1.0, 2.0, 3.0, 0.0]]]
+        [[[3.0, 0.0, 1.0, 2.0]], [[4.0, 5.0, 6.0, 7.0]]]
     """
     if max_shift < 0 or scale < 0 or noise < 0:
         raise ValueError(

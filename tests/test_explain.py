@@ -161,3 +161,15 @@ def test_cnnkit_demo_sobel_without_scikit_image(tmp_path, capsys, monkeypatch):
     assert main(["demo", "sobel", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err == "cnnkit: error: the camera photograph ships with scikit-image: pip install 'cnnkit[data]'\n"
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["cnnkit.explain", "cnnkit.demos", "cnnkit.plots", "cnnkit.experiments", "cnnkit.optim", "cnnkit.data"],
+)
+def test_docstring_examples_hold(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0
