@@ -15,7 +15,7 @@ train: $(BIN)/python  ## the main job: train the digits CNN on the NumPy backend
 	$(BIN)/cnnkit train
 
 test: $(BIN)/python  ## the whole test suite, in parallel
-	$(PIP) -e '.[torch,plot,test]' $(PLUGINS)
+	$(PIP) -e '.[torch,plot,data,test]' $(PLUGINS)
 	$(BIN)/python -m pytest -n 2
 
 conformance: $(BIN)/python  ## the op x backend matrix

@@ -9,7 +9,18 @@ name                 input            layers
                                       (``cnnkit train``'s default for the digits)
 ``timeseries-cnn1d`` ``(N, 1, 64)``   conv 7 (16) - ReLU - maxpool 2 - conv 5 (32) -
                                       ReLU - global max pool - flatten - linear (4)
+``logistic``         ``(N, 1, 40)``   flatten - linear (10): MNIST-1D's logistic regression
+``paper-mlp``        ``(N, 1, 40)``   flatten - linear (100) - ReLU - linear (100) - ReLU
+                                      - linear (10): the MNIST-1D paper's MLP
+``paper-cnn``        ``(N, 1, 40)``   3 x (conv (25), kernel 5/3/3, stride 2, padding 1 -
+                                      ReLU) - flatten - linear (10): the paper's CNN
+``mnist1d-cnn``      ``(N, 1, 40)``   cnnkit's own (``cnnkit train --task mnist1d``'s
+                                      default): see :func:`_mnist1d_cnn`
 ==================== ================ ===============================================
+
+The MNIST-1D rows follow Greydanus, "Scaling down deep learning" (2020) and
+its code (``ConvBase``, ``MLP``): the same layer sizes, PyTorch's default
+initialisation (``U(±1/√fan_in)``, as every cnnkit layer).
 """
 
 from __future__ import annotations
@@ -82,6 +93,61 @@ def _timeseries_cnn1d(rng: np.random.Generator, backend: Backend | str | None) -
     )
 
 
+def _logistic(rng: np.random.Generator, backend: Backend | str | None) -> Sequential:
+    # 1x40 -> 40 -> 10: multinomial logistic regression, no spatial prior at all
+    return Sequential(Flatten(), Linear(40, 10, rng=rng, backend=backend))
+
+
+def _paper_mlp(rng: np.random.Generator, backend: Backend | str | None) -> Sequential:
+    # 1x40 -> 40 -> 100 -> 100 -> 10: every input unit talks to every hidden unit
+    return Sequential(
+        Flatten(),
+        Linear(40, 100, rng=rng, backend=backend),
+        ReLU(),
+        Linear(100, 100, rng=rng, backend=backend),
+        ReLU(),
+        Linear(100, 10, rng=rng, backend=backend),
+    )
+
+
+def _paper_cnn(rng: np.random.Generator, backend: Backend | str | None) -> Sequential:
+    # 1x40 -> 25x19 -> 25x10 -> 25x5 -> 125 -> 10 (the paper's ConvBase)
+    return Sequential(
+        Conv1d(1, 25, 5, stride=2, padding=1, rng=rng, backend=backend),
+        ReLU(),
+        Conv1d(25, 25, 3, stride=2, padding=1, rng=rng, backend=backend),
+        ReLU(),
+        Conv1d(25, 25, 3, stride=2, padding=1, rng=rng, backend=backend),
+        ReLU(),
+        Flatten(),
+        Linear(125, 10, rng=rng, backend=backend),
+    )
+
+
+def _mnist1d_cnn(rng: np.random.Generator, backend: Backend | str | None) -> Sequential:
+    """cnnkit's MNIST-1D network: stride-1 convolutions, max pooling, global max pooling.
+
+    1x40 -> 32x40 -> 32x20 -> 64x20 -> 64x10 -> 128x10 -> 128 -> 10. Stride-1
+    "same" convolutions keep every position (translation equivariance), the
+    pools halve the length, the global maximum makes the answer independent
+    of where the digit sits (invariance): the lecture's prior, fitted to a
+    data set whose patterns move.
+    """
+    return Sequential(
+        Conv1d(1, 32, 5, padding=2, rng=rng, backend=backend),
+        ReLU(),
+        MaxPool1d(2),
+        Conv1d(32, 64, 3, padding=1, rng=rng, backend=backend),
+        ReLU(),
+        MaxPool1d(2),
+        Conv1d(64, 128, 3, padding=1, rng=rng, backend=backend),
+        ReLU(),
+        GlobalMaxPool(),
+        Flatten(),
+        Linear(128, 10, rng=rng, backend=backend),
+    )
+
+
 #: The named architectures, by name.
 ARCHITECTURES: dict[str, Architecture] = {
     a.name: a
@@ -99,6 +165,30 @@ ARCHITECTURES: dict[str, Architecture] = {
             (1, 8, 8),
             "digits",
             "digits-cnn with 32 and 64 filters: the default of cnnkit train, robustly above 98%",
+        ),
+        Architecture(
+            "logistic", _logistic, (1, 40), "mnist1d", "multinomial logistic regression (the paper's 32%)"
+        ),
+        Architecture(
+            "paper-mlp",
+            _paper_mlp,
+            (1, 40),
+            "mnist1d",
+            "the MNIST-1D paper's MLP: two hidden layers of 100 ReLU units (its 68%)",
+        ),
+        Architecture(
+            "paper-cnn",
+            _paper_cnn,
+            (1, 40),
+            "mnist1d",
+            "the MNIST-1D paper's CNN: three Conv1d of 25 channels, stride 2, and a linear layer (its 94%)",
+        ),
+        Architecture(
+            "mnist1d-cnn",
+            _mnist1d_cnn,
+            (1, 40),
+            "mnist1d",
+            "cnnkit's MNIST-1D CNN: stride-1 convs, max pooling, global max pooling (the mnist1d default)",
         ),
         Architecture(
             "timeseries-cnn1d",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
@@ -75,17 +75,31 @@ class _Progress:
             self.stream.flush()
 
 
-def predict(model: Layer, X: Any, *, batch_size: int = 256) -> np.ndarray:
+def predict(model: Layer, X: Any, *, batch_size: int = 256, shifts: Sequence[int] = ()) -> np.ndarray:
     """The model's outputs (logits) for ``X``, as a NumPy array, computed in batches.
 
     Args:
         model: any layer (usually a :class:`cnnkit.layers.Sequential`).
         X: inputs ``(N, ...)``, a NumPy array or the backend's.
         batch_size: examples per forward pass.
+        shifts: test-time augmentation: the mean of the logits of ``X`` rolled
+            circularly by each of these shifts along its last axis (``(-1, 0, 1)``:
+            three views of every signal); empty (the default): ``X`` as it is.
 
     Returns:
         ``(N, classes)`` NumPy array.
+
+    Example:
+        >>> from cnnkit.layers import Flatten, Linear, Sequential
+        >>> m = Sequential(Flatten(), Linear(4, 2, seed=0))
+        >>> X = np.ones((3, 1, 4), dtype=np.float32)
+        >>> bool(np.allclose(predict(m, X, shifts=(-1, 0, 1)), predict(m, X)))  # a constant signal
+        True
     """
+    if len(shifts):
+        Xn = np.asarray(X if isinstance(X, np.ndarray) else _model_backend(model)[0].to_numpy(X))
+        views = [predict(model, np.roll(Xn, int(k), axis=-1), batch_size=batch_size) for k in shifts]
+        return np.mean(views, axis=0)
     be, dtype = _model_backend(model)
     X = X if be.is_native(X) else np.asarray(X)
     outs = []
@@ -96,8 +110,12 @@ def predict(model: Layer, X: Any, *, batch_size: int = 256) -> np.ndarray:
     return np.concatenate(outs) if outs else np.zeros((0,))
 
 
-def evaluate(model: Layer, X: Any, y: Any, *, batch_size: int = 256) -> tuple[float, float]:
+def evaluate(
+    model: Layer, X: Any, y: Any, *, batch_size: int = 256, shifts: Sequence[int] = ()
+) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (0..1) of ``model`` on ``(X, y)``.
+
+    ``shifts``: test-time augmentation, as :func:`predict` (the loss is that of the mean logits).
 
     Example:
         >>> from cnnkit.models import build_model
@@ -107,7 +125,7 @@ def evaluate(model: Layer, X: Any, y: Any, *, batch_size: int = 256) -> tuple[fl
         >>> 0 <= acc <= 1
         True
     """
-    logits = predict(model, X, batch_size=batch_size)
+    logits = predict(model, X, batch_size=batch_size, shifts=shifts)
     y = np.asarray(y, dtype=np.int64)
     z = logits.astype(np.float64)
     z = z - z.max(axis=1, keepdims=True)
@@ -131,8 +149,9 @@ def fit(
     nesterov: bool = False,
     lr_schedule: str = "constant",
     seed: int = 0,
-    optimizer: SGD | None = None,
+    optimizer: Any = None,
     scheduler: LRScheduler | None = None,
+    augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
     loss: CrossEntropyLoss | None = None,
     progress: bool | None = None,
     on_epoch: Callable[[int, History], None] | None = None,
@@ -153,9 +172,14 @@ def fit(
         lr_schedule: ``"constant"`` (default), ``"cosine"`` or ``"step"``: the
             per-epoch schedule :func:`cnnkit.optim.make_scheduler` builds for ``epochs``.
         seed: seeds the shuffling.
-        optimizer: use this optimiser instead.
+        optimizer: use this optimiser instead (:class:`cnnkit.optim.SGD`, :class:`~cnnkit.optim.Adam`,
+            :class:`~cnnkit.optim.AdamW` or anything with ``lr``, ``zero_grad()`` and ``step()``).
         scheduler: use this schedule (built on ``optimizer``) instead of ``lr_schedule``;
             its ``step()`` is called after every epoch.
+        augment: ``augment(xb, rng) -> xb``, applied to every training batch (a NumPy
+            array) before it goes to the backend, with a generator seeded by ``seed``
+            apart from the shuffling (so the order of the examples is the same with
+            and without it); e.g. :func:`cnnkit.data.augment_signals`. Labels are kept.
         loss: use this loss instead of :class:`cnnkit.losses.CrossEntropyLoss`.
         progress: draw a progress bar on stderr (default: when stderr is a terminal).
         on_epoch: called as ``on_epoch(epoch, history)`` after each epoch.
@@ -189,11 +213,13 @@ def fit(
     elif scheduler.optimizer is not optimizer:
         raise ValueError("fit: scheduler must be built on the optimizer that fit uses (pass both)")
     loss_fn = loss or CrossEntropyLoss()
-    X = be.asarray(np.asarray(X_train), dtype=dtype)
+    X_np = np.asarray(X_train)
+    X = be.asarray(X_np, dtype=dtype)
     y_np = np.asarray(y_train, dtype=np.int64)
     y = be.asarray(y_np)
     n = len(y_np)
     rng = np.random.default_rng(seed)
+    aug_rng = np.random.default_rng([seed, 1])
     stream = sys.stderr if (progress if progress is not None else sys.stderr.isatty()) else None
     history = History()
     for epoch in range(1, epochs + 1):
@@ -205,7 +231,11 @@ def fit(
         for b in range(0, n, batch_size):
             idx = order[b : b + batch_size]
             bidx = be.asarray(idx)
-            xb, yb = X[bidx], y[bidx]
+            if augment is None:
+                xb = X[bidx]
+            else:
+                xb = be.asarray(np.asarray(augment(X_np[idx], aug_rng)), dtype=dtype)
+            yb = y[bidx]
             logits = model.forward(xb)
             batch_loss = float(be.to_numpy(loss_fn.forward(logits, yb)))
             optimizer.zero_grad()

@@ -1,4 +1,4 @@
-"""cnnkit.distributed: N processes take the steps one process takes.
+"""cnnkit_torch.distributed: N processes take the steps one process takes.
 
 The tests that start processes are marked ``slow``: each starts Python and
 torch two or three times over (a few seconds of start-up per process on two

@@ -312,7 +312,14 @@ def test_cnnkit_train_default_run_reaches_97_percent(tmp_path, capsys):
     split = load_task("digits", seed=0)
     assert evaluate(cio.load(tmp_path / "model.npz"), split.X_test, split.y_test)[1] == final
     assert (tmp_path / "filters.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert f"wrote {tmp_path / 'model.npz'}, {tmp_path / 'history.json'}, {tmp_path / 'filters.png'}" in out
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    names = ("model.npz", "history.json", "curves.png", "confusion.png")
+    written = ", ".join(str(tmp_path / n) for n in names)
+    assert f"wrote {written}, {tmp_path / 'filters.png'}" in out
+    # the confusion matrix in history.json is the saved model's, on the held-out digits
+    C = np.array(record["confusion"])
+    assert C.shape == (10, 10) and C.sum() == 450 and np.trace(C) == round(final * 450)
 
 
 def test_cnnkit_train_without_matplotlib_skips_the_picture(tmp_path, capsys, monkeypatch):
@@ -322,8 +329,11 @@ def test_cnnkit_train_without_matplotlib_skips_the_picture(tmp_path, capsys, mon
     args = ["train", "--task", "timeseries", "--epochs", "1", "--out", str(tmp_path)]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "note: matplotlib is not installed (pip install 'cnnkit[plot]'); skipped filters.png" in out
-    assert not (tmp_path / "filters.png").exists()
+    assert (
+        "note: matplotlib is not installed (pip install 'cnnkit[plot]'); "
+        "skipped curves.png, confusion.png, filters.png"
+    ) in out
+    assert not any(tmp_path.glob("*.png"))
     assert (tmp_path / "model.npz").exists() and (tmp_path / "history.json").exists()
 
 
@@ -344,7 +354,7 @@ def test_cnnkit_train_no_plot_and_other_schedule(tmp_path, capsys):
     args = ["train", "--epochs", "2", "--lr-schedule", "step", "--no-plot", "--out", str(tmp_path)]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "note:" not in out and not (tmp_path / "filters.png").exists()
+    assert "note:" not in out and not any(tmp_path.glob("*.png"))
     record = json.loads((tmp_path / "history.json").read_text())
     assert record["lr_schedule"] == "step" and record["history"]["lr"] == pytest.approx([0.1, 0.01])
 
@@ -354,7 +364,7 @@ def test_cnnkit_train_no_plot_and_other_schedule(tmp_path, capsys):
     [
         ("--epochs", "0", "argument --epochs: expected an integer > 0, got '0'"),
         ("--batch-size", "x", "argument --batch-size: expected an integer > 0, got 'x'"),
-        ("--lr", "-1", "argument --lr: expected a number > 0, got '-1'"),
+        ("--lr", "-1", "argument --lr: expected a finite number > 0, got '-1'"),
     ],
 )
 def test_cnnkit_train_rejects_bad_numbers(capsys, flag, value, message):

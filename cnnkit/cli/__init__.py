@@ -32,7 +32,16 @@ from cnnkit.errors import (
 __all__ = ["SUBCOMMANDS", "build_parser", "format_table", "main"]
 
 #: Subcommand modules, in the order ``cnnkit --help`` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("backends", "plugins", "conformance", "train", "summary")
+SUBCOMMANDS: tuple[str, ...] = (
+    "backends",
+    "plugins",
+    "conformance",
+    "train",
+    "summary",
+    "experiment",
+    "explain",
+    "demo",
+)
 
 #: Errors shown as one line (``cnnkit: error: ...``) with exit status 1: cnnkit's own, and
 #: what bad user input makes the library raise (values, types, files).
