@@ -64,6 +64,10 @@ class Backend(abc.ABC):
         """
         return self.asarray(x, dtype=dtype)
 
+    def set_threads(self, n: int) -> None:
+        """Size this backend's intra-op thread pool to ``n`` threads (a no-op where it has none)."""
+        return None
+
     def devices(self) -> list[str]:
         """Devices this backend can run on here (``["cpu"]`` unless overridden)."""
         return ["cpu"]

@@ -87,10 +87,8 @@ def run(args: argparse.Namespace) -> int:
         rows = tuple(r for r in ROWS if r.arch in wanted)
     for b in backends:
         get_backend(b)  # an unknown or missing backend: one line from cnnkit's main, before any training
-    if "torch" in backends:
-        import torch
-
-        torch.set_num_threads(args.torch_threads)
+    for b in backends:
+        get_backend(b).set_threads(args.torch_threads)  # the backends that have a thread pool
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -479,10 +479,8 @@ def run(args: argparse.Namespace) -> int:
     from cnnkit.optim import make_optimizer, make_scheduler
     from cnnkit.training import fit
 
-    if args.torch_threads and be.name == "torch":
-        import torch
-
-        torch.set_num_threads(args.torch_threads)
+    if args.torch_threads:
+        be.set_threads(args.torch_threads)
     epochs = args.epochs
     model = build_model(arch_name, seed=args.seed, backend=be)
     optimizer = make_optimizer(
