@@ -40,9 +40,7 @@ def cnnkit_conformance_cases(register):
     """Cases sized from this backend's own limits: the columns of a convolution take more than
     ``KEEP_COLUMNS_BYTES`` (the backward rebuilds them) in several ``CHUNK_BYTES`` batch chunks,
     on the padded-grid path (stride 1) and the strided one. Every backend runs them."""
-    from cnnkit import Random
-    from cnnkit.conformance.cases import Case
-    from cnnkit.ops.convolution import ConvSpec
+    from cnnkit.ops.convolution import sized_case
     from cnnkit_numpy.ops import KEEP_COLUMNS_BYTES
 
     f = 3
@@ -50,20 +48,8 @@ def cnnkit_conformance_cases(register):
         out = (size - f) // stride + 1
         grid = out * (size if stride == 1 else out)  # the padded grid keeps whole rows
         n = KEEP_COLUMNS_BYTES // (c * f * f * grid * 4) + 2  # float32 columns: past the keep limit
-        inputs = (
-            Random((n, c, size, size), seed=70 + stride),
-            Random((3, c, f, f), seed=72),
-            Random((3,), seed=73),
-        )
-        register(
-            Case(
-                f"conv2d-numpy-chunks-stride{stride}",
-                ConvSpec.name,
-                inputs,
-                {"stride": stride, "dims": 2},
-                tags=("size",),
-            )
-        )
+        case_id = f"conv2d-numpy-chunks-stride{stride}"
+        register(sized_case(case_id, batch=n, channels=c, size=size, stride=stride, seed=70 + 3 * stride))
 
 
 @hookimpl

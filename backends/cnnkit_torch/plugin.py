@@ -52,23 +52,14 @@ def cnnkit_register_backends(register):
 def cnnkit_conformance_cases(register):
     """A case sized from this backend's own limit, so its strided weight gradient crosses a chunk
     boundary (the columns route: groups 1, 8 channels or more, a stride > 1). Every backend runs it."""
-    from cnnkit import Random
-    from cnnkit.conformance.cases import Case
-    from cnnkit.ops.convolution import ConvSpec
+    from cnnkit.ops.convolution import sized_case
     from cnnkit_torch.sizes import COLUMNS_CHUNK_BYTES
 
     c, f, size, stride = 8, 3, 18, 2
     units = ((size - f) // stride + 1) ** 2
     n = COLUMNS_CHUNK_BYTES // (units * c * f * f * 4) + 3  # float32 columns: past the first chunk
-    inputs = (Random((n, c, size, size), seed=61), Random((3, c, f, f), seed=62), Random((3,), seed=63))
     register(
-        Case(
-            "conv2d-torch-columns-chunks",
-            ConvSpec.name,
-            inputs,
-            {"stride": stride, "dims": 2},
-            tags=("size",),
-        )
+        sized_case("conv2d-torch-columns-chunks", batch=n, channels=c, size=size, stride=stride, seed=61)
     )
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+
+from cnnkit.cli.common import UsageError, writable_dir
 
 NAME = "demo"
 HELP = "the lecture on real data: sobel (the Sobel kernel on a photograph, on every backend)"
@@ -53,11 +54,10 @@ def run(args: argparse.Namespace) -> int:
     except MissingExtraError as exc:
         print(f"cnnkit: error: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        print(f"cnnkit: error: --out {out}: cannot write there ({exc.strerror or exc})", file=sys.stderr)
+        out = writable_dir(args.out)
+    except UsageError as exc:
+        print(f"cnnkit: error: {exc}", file=sys.stderr)
         return 2
     maps = {}
     for be in backends:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
+
+from cnnkit.cli.common import UsageError, writable_dir
 
 NAME = "experiment"
 HELP = "reproduce a published table: mnist1d-table (the MNIST-1D paper's models, on every backend)"
@@ -89,11 +90,10 @@ def run(args: argparse.Namespace) -> int:
         get_backend(b)  # an unknown or missing backend: one line from cnnkit's main, before any training
     for b in backends:
         get_backend(b).set_threads(args.torch_threads)  # the backends that have a thread pool
-    out = Path(args.out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        print(f"cnnkit: error: --out {out}: cannot write there ({exc.strerror or exc})", file=sys.stderr)
+        out = writable_dir(args.out)
+    except UsageError as exc:
+        print(f"cnnkit: error: {exc}", file=sys.stderr)
         return 2
 
     def line(row, be, seed, fig):

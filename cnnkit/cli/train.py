@@ -27,7 +27,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from cnnkit.cli.common import UsageError, writable_dir
 from cnnkit.optim import OPTIMIZERS, SCHEDULES
 
 NAME = "train"
@@ -84,10 +84,6 @@ RECIPES: dict[str, Recipe] = {
 
 #: The dtypes ``--dtype`` accepts.
 DTYPES = ("float32", "float64")
-
-
-class UsageError(ValueError):
-    """A bad combination of flags: reported as one line ``cnnkit: error: ...``, exit status 2."""
 
 
 def _positive(kind: type) -> Any:
@@ -264,17 +260,8 @@ def resolve(args: argparse.Namespace) -> str:
         raise UsageError(
             f"--nproc {args.nproc} trains with SGD and no augmentation; add --optimizer sgd --augment 0"
         )
-    _check_writable(Path(args.out))
+    writable_dir(args.out)
     return arch_name
-
-
-def _check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".cnnkit-write-test-"):
-            pass
-    except OSError as exc:
-        raise UsageError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
 
 
 def _backend(args: argparse.Namespace) -> Any:

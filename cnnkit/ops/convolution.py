@@ -212,6 +212,19 @@ def _goldens() -> Iterator[Case]:
     )
 
 
+def sized_case(
+    case_id: str, *, batch: int, channels: int, size: int, kernel: int = 3, stride: int = 1, seed: int = 0
+) -> Case:
+    """A 2-D case of a chosen size, with 3 filters and a bias, for a backend that sizes cases from
+    its own limits (a batch large enough that a chunked path crosses a chunk boundary)."""
+    inputs = (
+        Random((batch, channels, size, size), seed=seed),
+        Random((3, channels, kernel, kernel), seed=seed + 1),
+        Random((3,), seed=seed + 2),
+    )
+    return Case(case_id, "conv", inputs, {"stride": stride, "dims": 2}, tags=("conv", "size"))
+
+
 @functools.cache
 def _all_cases() -> tuple[Case, ...]:
     return (*_goldens(), *_random_cases(), *_error_cases())
