@@ -22,7 +22,7 @@ from cnnkit.errors import BackendNotFoundError, BackendUnavailableError, PluginE
 __all__ = ["SUBCOMMANDS", "build_parser", "format_table", "main"]
 
 #: Subcommand modules, in the order ``cnnkit --help`` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("backends", "plugins", "conformance", "train", "summary")
+SUBCOMMANDS: tuple[str, ...] = ("backends", "plugins", "conformance", "train", "summary", "new_plugin")
 
 #: Errors shown as one line (``cnnkit: error: ...``) with exit status 1.
 CLI_ERRORS = (PluginError, BackendNotFoundError, BackendUnavailableError)
@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
         mod.configure(p)
         p.set_defaults(_run=mod.run)
+    from cnnkit.cli.plugin_commands import add_plugin_commands  # plugins' subcommands, after ours
+
+    add_plugin_commands(sub, builtin=set(sub.choices))
     return parser
 
 
