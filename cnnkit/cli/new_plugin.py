@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     template = KINDS[args.kind]
     files = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
-    shown = os.path.relpath(target)
+    shown = str(target)
     print(f"wrote {shown}{os.sep} ({args.kind}: {template.what}, as the op {args.name!r}):")
     for f in files:
         print(f"  {f}")

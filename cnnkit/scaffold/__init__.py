@@ -53,7 +53,7 @@ __all__ = [
 
 #: The longest name accepted (it becomes a package, a distribution and class names).
 MAX_NAME = 32
-_NAME = re.compile(r"[a-z](?:[a-z0-9]|_(?!_))*")
+_NAME = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
 _SUFFIX = "-tpl"
 
 
@@ -113,6 +113,8 @@ class Template:
                 elif child.name.endswith(_SUFFIX):
                     yield f"{prefix}{child.name[: -len(_SUFFIX)]}", child.read_text(encoding="utf-8")
 
+        if not root.is_dir():  # a build that left the package data out
+            raise ScaffoldError(f"the {self.kind!r} templates are missing from this installation ({root})")
         yield from walk(root, "")
 
 
