@@ -41,7 +41,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--dir",
         default=None,
         metavar="DIR",
-        help="where to create cnnkit-NAME/ (default: the current directory); it must not exist",
+        help="the folder to create cnnkit-NAME/ in (default: the current directory); "
+        "cnnkit-NAME/ must not exist yet",
     )
 
 
