@@ -435,28 +435,40 @@ def test_generated_plugins_install_into_a_fresh_venv_and_pass_their_tests(fresh_
 
     if v.run(str(v.python), "-c", "import pytest", check=False).returncode:
         pytest.skip("pytest is not importable in the fresh environment")
-    for name in GENERATED.values():  # each package's own tests, from its own directory and config
+    env = {k: x for k, x in os.environ.items() if not k.startswith(("CNNKIT_", "PYTHON", "VIRTUAL_ENV"))}
+
+    def own_tests(name: str, *, torch: bool) -> tuple[set[str], set[str]]:
+        """Run a package's tests from its directory (its own pytest config); torch hidden on request."""
+        hide = "" if torch else "sys.modules['torch'] = None; "  # `import torch` raises ImportError
+        code = (
+            f"import sys; {hide}import pytest; sys.exit(pytest.main(['-q', '-rA', '-p', 'no:cacheprovider']))"
+        )
         proc = subprocess.run(
-            [str(v.python), "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider"],
+            [str(v.python), "-c", code],
             cwd=gen / Names.of(name).dist,
-            env={
-                k: x for k, x in os.environ.items() if not k.startswith(("CNNKIT_", "PYTHON", "VIRTUAL_ENV"))
-            },
+            env=env,
             capture_output=True,
             text=True,
             timeout=300,
             check=False,
         )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-        passed = set(re.findall(r"^PASSED (\S+)", proc.stdout, flags=re.M))
+        return tuple(set(re.findall(rf"^{s} (\S+)", proc.stdout, flags=re.M)) for s in ("PASSED", "SKIPPED"))
+
+    for name in GENERATED.values():
+        passed, skipped = own_tests(name, torch=True)
         for b in backends:
             assert f"tests/test_{name}.py::test_trains_in_a_sequential_for_two_epochs[{b}]" in passed
         assert f"tests/test_{name}.py::test_saves_and_loads_with_cnnkit_io" in passed
         if HAS_TORCH:
             assert f"tests/test_{name}.py::test_converts_with_from_cnnkit" in passed
-        conformance = [
-            p for p in passed if p.startswith(f"tests/test_{name}_conformance.py::test_conformance[")
-        ]
+            assert skipped == set()
+        prefix = f"tests/test_{name}_conformance.py::test_conformance["
+        conformance = [p for p in passed if p.startswith(prefix)]
         assert {b for b in backends if any(f"[{b}-" in p for p in conformance)} == set(backends)
-        if HAS_TORCH:
-            assert "skipped" not in proc.stdout.splitlines()[-1], proc.stdout.splitlines()[-1]
+
+        # without torch the package still works: its numpy half passes, its torch half is skipped
+        passed, _ = own_tests(name, torch=False)
+        assert f"tests/test_{name}.py::test_trains_in_a_sequential_for_two_epochs[numpy]" in passed
+        assert not any("[torch" in p or "from_cnnkit" in p for p in passed), passed
+        assert any(p.startswith(f"{prefix}numpy-") for p in passed)
