@@ -184,7 +184,10 @@ BAD = [
     (["my_op_"], "got 'my_op_'"),
     (["x" * 33], "at most 32 characters"),
     (["class"], "the name 'class' is a Python keyword"),
-    (["model"], "the name 'model' would make 'model' in tests/test_model.py shadow a name that code uses"),
+    (
+        ["model"],
+        "the name 'model' would make 'model' in tests/test_model.py clash with a name that code already uses",
+    ),
     (["np", "--kind", "window"], "would make 'np' in "),
     (["my_op", "--kind", "conv"], "unknown kind 'conv'; the kinds are activation, window, layer"),
     (["relu"], "op 'relu' is already registered by plugin 'cnnkit.builtin' (distribution 'cnnkit')"),

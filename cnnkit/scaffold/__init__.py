@@ -168,7 +168,7 @@ def _identifiers(tree: ast.AST) -> set[str]:
 
 
 def _collisions(template: Template, names: Names) -> list[tuple[str, str]]:
-    """``(identifier, file)`` where a renamed identifier would shadow another name of the code."""
+    """``(identifier, file)`` where a renamed identifier would clash with another name of that module."""
     old = template.names
     tokens = (old.op, old.camel, old.upper)
     rename = renamer(template, names)
@@ -189,7 +189,7 @@ def check_name(name: str, kind: str) -> Names:
 
     Raises:
         ScaffoldError: an unknown kind; a name that is not a lower-case identifier,
-            is a keyword, is too long, or would shadow a name the generated code uses.
+            is a keyword, is too long, or would clash with a name the generated code uses.
     """
     if kind not in KINDS:
         raise ScaffoldError(f"unknown kind {kind!r}; the kinds are {', '.join(KINDS)}")
@@ -205,8 +205,8 @@ def check_name(name: str, kind: str) -> Names:
     if clashes:
         ident, path = clashes[0]
         raise ScaffoldError(
-            f"the name {name!r} would make {ident!r} in {path} shadow a name that code uses; "
-            "choose another name"
+            f"the name {name!r} would make {ident!r} in {path} clash with a name that code "
+            "already uses; choose another name"
         )
     return names
 
