@@ -97,6 +97,14 @@ def test_each_kind_is_written_as_a_complete_distribution(kind, tmp_path, capsys)
     assert not [f.attr for f in calls if isinstance(f, ast.Attribute) and f.attr in ("backward", "grad")]
 
 
+def test_the_default_is_an_activation_in_the_current_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_cli(capsys, "new-plugin", "my_op")
+    assert code == 0 and out.startswith(f"wrote cnnkit-my-op{os.sep} (activation: ")
+    assert "class MyOpSpec(OpSpec):" in (tmp_path / "cnnkit-my-op/src/cnnkit_my_op/op.py").read_text()
+    assert "  cd cnnkit-my-op && pytest" in out
+
+
 def test_the_template_name_writes_the_templates_unchanged():
     for kind, template in KINDS.items():
         assert render(kind, template.op) == list(template.files())
