@@ -8,7 +8,7 @@ walks through the house.
 
 Everything a plugin touches is importable from here: :data:`hookimpl`,
 :class:`OpSpec`, :class:`TensorInfo`, :class:`Kernel`, :class:`Backend`,
-:class:`BackendInfo`, :class:`Case`, :class:`Random`, :class:`Layer`.
+:class:`BackendInfo`, :class:`Case`, :class:`Random`, :class:`Layer`, :class:`Command`.
 """
 
 from cnnkit import functional, geometry
@@ -25,6 +25,7 @@ from cnnkit.errors import (
 from cnnkit.hookspecs import hookimpl
 from cnnkit.layer import Layer
 from cnnkit.registry import (
+    Command,
     Kernel,
     get_backend,
     get_registry,
@@ -42,6 +43,7 @@ __all__ = [
     "BackendNotFoundError",
     "BackendUnavailableError",
     "Case",
+    "Command",
     "Kernel",
     "Layer",
     "OpNotImplementedError",

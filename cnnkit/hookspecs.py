@@ -24,7 +24,8 @@ When hooks run: lazily, the first time the registry needs what a hook
 registers (``cnnkit_register_ops`` at the first call of any op,
 ``cnnkit_register_kernels`` once per backend name at its first use,
 ``cnnkit_register_layers`` when a model is loaded or ``cnnkit plugins``
-lists them, ``cnnkit_conformance_cases`` when the suite plans); and again,
+lists them, ``cnnkit_conformance_cases`` when the suite plans,
+``cnnkit_register_commands`` when the ``cnnkit`` command builds its parser); and again,
 all of them, after a plugin is registered or unregistered at run time
 (:meth:`cnnkit.registry.Registry.register`). A plugin therefore imports heavy
 dependencies (torch) inside a hook body, never at module import, and must
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from cnnkit.backend import BackendInfo
     from cnnkit.conformance.cases import Case
     from cnnkit.conformance.mutation import Mutant
-    from cnnkit.registry import Kernel
+    from cnnkit.registry import Command, Kernel
     from cnnkit.spec import OpSpec
 
 __all__ = ["hookimpl", "hookspec"]
@@ -122,4 +123,24 @@ def cnnkit_register_mutants(register: Callable[[Mutant], None]) -> None:
     planted, realistic bug (a wrapper around the real kernel, never a change to
     it). ``cnnkit conformance --self-check`` runs the suite on each and reports
     the check that caught it, or names it a survivor. Called when a self-check runs.
+    """
+
+
+@hookspec
+def cnnkit_register_commands(register: Callable[[Command], None]) -> None:
+    """Add subcommands to the ``cnnkit`` command: ``register(Command(name=..., run=..., ...))``.
+
+    A :class:`cnnkit.registry.Command` holds ``name`` (``cnnkit NAME``: lower-case
+    letters, digits and hyphens), ``run(args) -> int`` (the exit status),
+    ``help`` (one line) and optionally ``configure(parser)``, which adds the
+    command's arguments to its own :class:`argparse.ArgumentParser`: the shape of
+    cnnkit's own subcommands (``cnnkit/cli/<command>.py``).
+
+    Called once, when the ``cnnkit`` command builds its parser, so ``cnnkit
+    --help`` lists the commands with the distribution that brings each. A
+    plugin that registers a built-in command's name or one another plugin took,
+    or whose hook raises, is reported failed by ``cnnkit plugins`` with the
+    reason and its commands are left out; the other commands keep working. An
+    exception escaping ``run`` ends the command with one line on stderr naming
+    the plugin and exit status 1. Import heavy dependencies inside ``run``.
     """

@@ -26,9 +26,10 @@ import contextlib
 import importlib
 import importlib.metadata as md
 import os
+import re
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,7 @@ from cnnkit.errors import (
 from cnnkit.spec import OpSpec
 
 __all__ = [
+    "Command",
     "Kernel",
     "PluginRecord",
     "Registry",
@@ -85,6 +87,28 @@ class Kernel:
         if self.call is not None:
             return self.call(*inputs, **attrs)
         return self.forward(*inputs, **attrs)[0]
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand a plugin adds to ``cnnkit`` (hook :func:`~cnnkit.hookspecs.cnnkit_register_commands`).
+
+    Attributes:
+        name: ``cnnkit NAME``; lower-case letters, digits and hyphens, starting with a letter.
+        run: ``run(args) -> int``, given the parsed :class:`argparse.Namespace`; the
+            exit status (``None`` counts as 0).
+        help: one line, shown by ``cnnkit --help`` and the command's ``--help``.
+        configure: ``configure(parser)`` adds the command's arguments to its
+            :class:`argparse.ArgumentParser` (none by default).
+    """
+
+    name: str
+    run: Callable[[Any], int | None]
+    help: str = ""
+    configure: Callable[[Any], None] | None = None
+
+
+_COMMAND_NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
 
 
 @dataclass
@@ -131,6 +155,7 @@ class Registry:
         self._backends: dict[str, tuple[BackendInfo, str]] | None = None
         self._layers: dict[str, tuple[type, str]] | None = None
         self._cases: list[Any] | None = None
+        self._commands: dict[str, tuple[Command, str]] | None = None
         self._kernels: dict[str, dict[str, tuple[Kernel, str]]] = {}
         self._instances: dict[tuple, Backend] = {}
         for record in self.records.values():  # every hook runs again: what each registered is rebuilt
@@ -420,6 +445,58 @@ class Registry:
                         found[cls.__name__] = (cls, record.name)
                 self._layers = found
             return {name: cls for name, (cls, _) in self._layers.items()}
+
+    def commands(self, reserved: Collection[str] = ()) -> dict[str, Command]:
+        """Every subcommand plugins registered, by name (:func:`~cnnkit.hookspecs.cnnkit_register_commands`).
+
+        Args:
+            reserved: names no plugin may take (the built-in commands); read on the first call.
+
+        A plugin that registers something other than a :class:`Command`, an invalid
+        name, a reserved name or one another plugin took is failed with the reason,
+        and none of its commands is kept (under ``CNNKIT_STRICT_PLUGINS=1`` it raises).
+        """
+        with self._lock:
+            if self._commands is None:
+                found: dict[str, tuple[Command, str]] = {}
+                for record, staged in self._collect("cnnkit_register_commands", "command"):
+                    mine: dict[str, tuple[Command, str]] = {}
+                    for (command,) in staged:
+                        problem = self._command_problem(command, reserved, {**found, **mine})
+                        if problem:
+                            self._fail(record, problem, PluginError(problem))
+                            break
+                        mine[command.name] = (command, record.name)
+                    else:
+                        found.update(mine)
+                self._commands = found
+            return {name: command for name, (command, _) in self._commands.items()}
+
+    def _command_problem(
+        self, command: Any, reserved: Collection[str], taken: dict[str, tuple[Command, str]]
+    ) -> str:
+        if not isinstance(command, Command):
+            return f"registered {command!r} as a command; expected a cnnkit.registry.Command"
+        if not isinstance(command.name, str) or not _COMMAND_NAME.fullmatch(command.name):
+            return (
+                f"registered a command named {command.name!r}; a command name is lower-case letters, "
+                "digits and hyphens, starting with a letter"
+            )
+        if not callable(command.run) or (command.configure is not None and not callable(command.configure)):
+            return f"registered command {command.name!r} whose run or configure is not callable"
+        if command.name in reserved:
+            return f"registered command {command.name!r}, the name of a built-in cnnkit command"
+        if command.name in taken:
+            other = self.records.get(taken[command.name][1])
+            by = f"plugin {other.name!r} (distribution {other.dist!r})" if other else "another plugin"
+            return f"registered command {command.name!r}, which {by} registered first"
+        return ""
+
+    def command_plugin(self, name: str) -> PluginRecord:
+        """The plugin that registered command ``name``."""
+        self.commands()
+        assert self._commands is not None
+        return self.records[self._commands[name][1]]
 
     def conformance_cases(self) -> list[Any]:
         """Every conformance case: those of each op's record, then those registered through the hook."""

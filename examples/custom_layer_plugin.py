@@ -3,12 +3,12 @@
 Run: ``python examples/custom_layer_plugin.py``
 
 A real plugin is the same class (or module) exposed through an entry point in
-the ``cnnkit`` group of its own ``pyproject.toml`` (see ``plugins/README.md``);
+the ``cnnkit`` group of its own ``pyproject.toml`` (``cnnkit new-plugin`` writes one);
 here it is registered by hand so the example needs no install. It adds the op
 ``hardtanh`` (y = min(max(x, -1), 1)) with its spec, a NumPy kernel carrying the
 hand-derived gradient, a layer, and two conformance cases, then runs the shared
-conformance checks on them. If an installed plugin (``cnnkit-hardtanh`` built
-from ``plugins/README.md``) already registers ``hardtanh``, it stops and says so.
+conformance checks on them. If an installed plugin (``cnnkit-hardtanh``, as
+``cnnkit new-plugin hardtanh`` writes it) already registers ``hardtanh``, it stops and says so.
 """
 
 import numpy as np
@@ -71,7 +71,7 @@ class HardtanhPlugin:
 if "hardtanh" in cnnkit.get_registry().ops():
     raise SystemExit(
         "op 'hardtanh' is already registered by an installed plugin (cnnkit-hardtanh from "
-        "plugins/README.md?): pip uninstall it, or run with CNNKIT_DISABLE_PLUGIN_AUTOLOAD=1"
+        "cnnkit new-plugin?): pip uninstall it, or run with CNNKIT_DISABLE_PLUGIN_AUTOLOAD=1"
     )
 name = cnnkit.get_registry().register(HardtanhPlugin(), name="hardtanh-example")
 

@@ -110,6 +110,7 @@ def test_version(capsys):
 
 @pytest.mark.parametrize("name", cli.SUBCOMMANDS)
 def test_every_subcommand_has_help(capsys, name):
+    name = name.replace("_", "-")  # module new_plugin is the command new-plugin
     with pytest.raises(SystemExit) as info:
         cli.main([name, "--help"])
     assert info.value.code == 0

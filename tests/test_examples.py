@@ -12,7 +12,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 ROOT = EXAMPLES.parent
-# no third-party plugin: a cnnkit-hardtanh built from plugins/README.md would clash with these
+# no third-party plugin: a cnnkit-hardtanh written by `cnnkit new-plugin hardtanh` would clash with these
 NO_PLUGINS = {**os.environ, "CNNKIT_DISABLE_PLUGIN_AUTOLOAD": "1"}
 
 
@@ -56,56 +56,29 @@ def test_readme_quick_start_runs_and_prints_the_lecture_volume():
     )
 
 
-# Registers the documented plugin module in-process, uses it, and runs the cases of the hook
-# plugins/README.md adds to it (or says that there are none).
-PLUGIN_CHECK = """
-import sys, types
-import numpy as np
-import cnnkit
-from cnnkit.conformance import run_case
-
-module = types.ModuleType("cnnkit_hardtanh")
-exec(sys.stdin.read(), module.__dict__)
-cnnkit.get_registry().register(module, name="hardtanh")
-y, pullback = cnnkit.vjp(module.hardtanh, np.array([-3.0, -0.5, 0.25, 2.0]))
-print("y", y, "dx", pullback(np.ones_like(y))[0])
-print("layer", module.Hardtanh().forward(np.array([2.0, -0.5])))
-cases = [c.id for c in cnnkit.get_registry().conformance_cases() if c.op == "hardtanh"]
-for case_id in cases:
-    print(case_id, {check: o.status for check, o in run_case(case_id, backend="numpy").items()})
-print("cases", len(cases))
-"""
+#: Blocks whose first line is a path are excerpts: ``# cnnkit-<dist>/...`` of what ``cnnkit new-plugin``
+#: writes under the template's own name, ``# plugins/...`` of a file of this tree.
+EXCERPT = re.compile(r"```(?:python|toml)\n# ((?:cnnkit-[\w-]+|plugins)/[^\s]+)\n(.*?)```", re.S)
 
 
-def run_plugin(code: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-c", PLUGIN_CHECK],
-        input=code,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=NO_PLUGINS,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout
+def test_documented_plugin_code_is_what_the_generator_writes():
+    from cnnkit.scaffold import KINDS, render
 
-
-def test_readme_plugins_define_hardtanh_with_its_gradient_and_entry_point():
-    for markdown in ("README.md", "plugins/README.md"):
-        (module,) = [c for c in code_blocks(markdown, "python") if c.startswith("# cnnkit_hardtanh.py")]
-        out = run_plugin(module)
-        assert "y [-1.   -0.5   0.25  1.  ] dx [0. 1. 1. 0.]" in out, markdown
-        assert "layer [ 1.  -0.5]" in out, markdown
-        assert "cases 0" in out, markdown  # the how-to says it registers none
-        (toml,) = [c for c in code_blocks(markdown, "toml") if 'name = "cnnkit-hardtanh"' in c]
-        assert '[project.entry-points.cnnkit]\nhardtanh = "cnnkit_hardtanh"' in toml, markdown
-
-
-def test_plugins_readme_conformance_hook_adds_cases_that_pass():
-    blocks = code_blocks("plugins/README.md", "python")
-    (module,) = [c for c in blocks if c.startswith("# cnnkit_hardtanh.py")]
-    (hook,) = [c for c in blocks if "def cnnkit_conformance_cases" in c]
-    out = run_plugin(module + "\n" + hook)
-    assert "hardtanh-golden {'forward': 'passed', 'backward': 'passed'" in out
-    assert "hardtanh-random {'forward': 'passed', 'backward': 'passed'" in out
-    assert "cases 2" in out
+    generated = {
+        f"{t.names.dist}/{path}": text for kind, t in KINDS.items() for path, text in render(kind, t.op)
+    }
+    counts = {}
+    for markdown in ("README.md", "plugins/README.md", "docs/plugins.md"):
+        blocks = EXCERPT.findall((ROOT / markdown).read_text())
+        counts[markdown] = len(blocks)
+        for path, body in blocks:
+            if path.startswith("plugins/"):
+                text = (ROOT / path).read_text()
+            else:
+                assert path in generated, (markdown, path, sorted(generated))
+                text = generated[path]
+            assert body in text, f"{markdown}: the block of {path} is not an excerpt of it:\n{body}"
+    assert counts["README.md"] >= 4 and counts["docs/plugins.md"] >= 10, counts
+    readme = (ROOT / "README.md").read_text()
+    assert "cnnkit new-plugin hardtanh" in readme
+    assert "def cnnkit_register_ops" not in readme  # the generator's output, not a second copy

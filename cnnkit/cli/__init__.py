@@ -41,6 +41,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "experiment",
     "explain",
     "demo",
+    "new_plugin",
 )
 
 #: Errors shown as one line (``cnnkit: error: ...``) with exit status 1: cnnkit's own, and
@@ -105,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
         mod.configure(p)
         p.set_defaults(_run=mod.run)
+    from cnnkit.cli.plugin_commands import add_plugin_commands  # plugins' subcommands, after ours
+
+    add_plugin_commands(sub, builtin=set(sub.choices))
     return parser
 
 

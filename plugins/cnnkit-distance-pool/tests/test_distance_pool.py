@@ -177,3 +177,16 @@ def test_registered_through_the_entry_point():
     assert {c.id for c in CASES} <= ids
     record = reg.records["distance_pool"]
     assert record.dist == "cnnkit-distance-pool" and record.status == "loaded"
+
+
+def test_the_plugin_adds_the_distance_weights_command(capsys):
+    from cnnkit import cli
+
+    assert cli.main(["distance-weights", "3", "--sigma", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "distance_pool weights w_m, kernel_size (3, 3), sigma 1.0 (they sum to 1):"
+    assert lines[1:] == ["0.0751  0.1238  0.0751", "0.1238  0.2042  0.1238", "0.0751  0.1238  0.0751"]
+    assert cli.main(["distance-weights", "3", "--sigma", "0"]) == 2
+    assert capsys.readouterr().err == (
+        "cnnkit: error: distance-weights: sigma must be a finite number > 0, got 0.0\n"
+    )

@@ -1,4 +1,4 @@
-"""The entry point: registers the op, its kernels, its layer and its conformance cases.
+"""The entry point: registers the op, its kernels, its layer, its conformance cases and a command.
 
 ``pyproject.toml`` points the ``cnnkit`` entry-point group here. Importing this
 module imports neither torch nor the kernels: each hook imports what it needs.
@@ -44,3 +44,10 @@ def cnnkit_conformance_cases(register):
 
     for case in CASES:
         register(case)
+
+
+@hookimpl
+def cnnkit_register_commands(register):
+    from cnnkit_distance_pool.command import COMMAND
+
+    register(COMMAND)  # cnnkit distance-weights 3 --sigma 1
