@@ -121,7 +121,7 @@ class Template:
 KINDS: dict[str, Template] = {
     t.kind: t
     for t in (
-        Template("activation", "hardtanh", "Hardtanh", "an element-wise activation (hard tanh)"),
+        Template("activation", "hardtanh", "Hardtanh", "an element-wise activation (hardtanh)"),
         Template("window", "min_pool", "MinPool2d", "a window op (min pooling, 1 to 3 spatial dimensions)"),
         Template("layer", "channel_scale", "ChannelScale", "a layer with a parameter (a per-channel scale)"),
     )
