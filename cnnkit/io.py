@@ -14,7 +14,9 @@ with ``allow_pickle=False``) holding
   and load like the built-in ones.
 - one array per parameter, named as :meth:`cnnkit.layers.Layer.named_parameters`
   names them (``"0.weight"``, ``"0.bias"``, ``"7.weight"``, ...), stored as
-  NumPy arrays whatever backend they came from.
+  NumPy arrays whatever backend they came from; and one per buffer (a batch
+  norm's ``"1.running_mean"``, ``"1.running_var"``, ``"1.num_batches_tracked"``,
+  torch's state-dict keys).
 
 A model saved from one backend loads on any other and computes the same
 outputs. Any file that is not such a model (truncated, corrupted, a weight
@@ -84,7 +86,8 @@ def save(model: Layer, path: str | os.PathLike, *, metadata: dict[str, Any] | No
         )
     except TypeError as exc:
         raise ValueError(f"save {path}: a layer's config() or the metadata is not JSON ({exc})") from exc
-    arrays = {name: np.asarray(backend_of(p.data).to_numpy(p.data)) for name, p in model.named_parameters()}
+    state = [*model.named_parameters(), *model.named_buffers()]  # buffers: running statistics
+    arrays = {name: np.asarray(backend_of(p.data).to_numpy(p.data)) for name, p in state}
     with open(path, "wb") as f:
         np.savez(f, **{_ARCH_KEY: np.array(arch)}, **arrays)
     return path
@@ -313,10 +316,11 @@ def load(path: str | os.PathLike, backend: str | Backend | None = None, **option
     with use_backend("numpy", dtype="float64"):
         model = _build(arch.get("model"), where, get_registry().layers(), "")
     params = dict(model.named_parameters())
-    missing = [name for name in params if name not in arrays]
+    buffers = dict(model.named_buffers())
+    missing = [name for name in [*params, *buffers] if name not in arrays]
     if missing:
         raise ValueError(f"{where}: missing weight(s) {missing} for the saved architecture")
-    extra = [name for name in arrays if name not in params]
+    extra = [name for name in arrays if name not in params and name not in buffers]
     if extra:
         raise ValueError(f"{where}: weight(s) {extra} belong to no parameter of the saved architecture")
     for name, p in params.items():
@@ -331,6 +335,20 @@ def load(path: str | os.PathLike, backend: str | Backend | None = None, **option
         if not np.all(np.isfinite(value)):
             raise ValueError(f"{where}: weight {name!r} holds NaN or infinite values")
         p.data = value
+    for name, b in buffers.items():
+        value = arrays[name]
+        if tuple(value.shape) != b.shape:
+            raise ValueError(
+                f"{where}: buffer {name!r} has shape {tuple(value.shape)} but the architecture "
+                f"needs {b.shape}"
+            )
+        want_int = np.asarray(b.data).dtype.kind in "iu"
+        if want_int != (value.dtype.kind in "iu") or value.dtype.kind not in "iuf":
+            kind = "an integer" if want_int else "a floating"
+            raise ValueError(f"{where}: buffer {name!r} has dtype {value.dtype}, expected {kind} dtype")
+        if not want_int and not np.all(np.isfinite(value)):
+            raise ValueError(f"{where}: buffer {name!r} holds NaN or infinite values")
+        b.data = value.astype(np.int64) if want_int else value
     model.to(be)
     metadata = arch.get("metadata", {})
     model.metadata = metadata if isinstance(metadata, dict) else {}

@@ -150,6 +150,10 @@ class OpSpec:
         optional: inputs that may be ``None`` (a missing bias).
         integer_inputs: inputs that hold integers (class indices); all others
             are floating and must share one dtype.
+        state_inputs: inputs that are state, not data: the kernel may update
+            them in place (a batch norm's running statistics, as torch does)
+            and returns no gradient for them; the conformance suite neither
+            differentiates nor snapshots them.
         defaults: every attribute with its default; ``REQUIRED`` marks one
             without a default.
         properties: checks of what the lecture states for the op, each run on
@@ -163,6 +167,7 @@ class OpSpec:
     inputs: tuple[str, ...] = ("input",)
     optional: frozenset[str] = frozenset()
     integer_inputs: frozenset[str] = frozenset()
+    state_inputs: frozenset[str] = frozenset()
     defaults: Mapping[str, Any] = {}
 
     def bind(

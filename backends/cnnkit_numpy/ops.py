@@ -644,3 +644,99 @@ KERNELS: dict[str, tuple[Any, Any]] = {
     "linear": (linear_forward, linear_backward),
     "cross_entropy": (cross_entropy_forward, cross_entropy_backward),
 }
+
+
+# -- normalisation and dropout (issue 10b) -----------------------------------------------------
+
+
+def _channel_axes(x: np.ndarray) -> tuple[int, ...]:
+    """Every axis but the channel axis 1: what batch norm reduces over."""
+    return (0, *range(2, x.ndim))
+
+
+def _per_channel(v: np.ndarray, ndim: int) -> np.ndarray:
+    """``(C,)`` -> ``(1, C, 1, ...)`` to broadcast against ``(N, C, *)``."""
+    return v.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+@_quiet
+def batch_norm_forward(
+    x, weight=None, bias=None, running_mean=None, running_var=None, *, training, momentum, eps
+):
+    """``ŷ = (x - μ) / √(σ² + ε)``, ``a = γ ŷ + β``; training: batch μ, σ² (biased), running stats move.
+
+    ``r_μ ← (1 - M) r_μ + M μ`` and ``r_σ² ← (1 - M) r_σ² + M σ² m/(m - 1)``, ``m`` values per channel.
+    """
+    axes = _channel_axes(x)
+    if training:
+        mu = x.mean(axis=axes)  # (C,)
+        var = ((x - _per_channel(mu, x.ndim)) ** 2).mean(axis=axes)  # biased: normalises
+        if running_mean is not None:
+            m = x.size // max(x.shape[1], 1)
+            running_mean[...] = (1 - momentum) * running_mean + momentum * mu
+            running_var[...] = (1 - momentum) * running_var + momentum * var * (m / (m - 1))
+    else:
+        mu, var = running_mean, running_var
+    inv_std = (1.0 / np.sqrt(var + eps)).astype(x.dtype)  # (C,)
+    x_hat = (x - _per_channel(mu, x.ndim)) * _per_channel(inv_std, x.ndim)  # (N, C, *)
+    a = x_hat * _per_channel(weight, x.ndim) if weight is not None else x_hat.copy()
+    if bias is not None:
+        a += _per_channel(bias, x.ndim)
+    return a.astype(x.dtype, copy=False), (x_hat, inv_std, weight, bias is not None, training)
+
+
+@_quiet
+def batch_norm_backward(ctx, grad_output):
+    # g = δ γ;  δ_prev = (g - mean(g) - ŷ·mean(g ŷ)) / √(σ² + ε) (training), g / √(σ² + ε) (eval)
+    # dE/dγ = Σ δ ŷ,  dE/dβ = Σ δ
+    x_hat, inv_std, weight, has_bias, training = ctx
+    delta = _as(grad_output, x_hat.dtype)
+    ndim, axes = x_hat.ndim, _channel_axes(x_hat)
+    g = delta * _per_channel(weight, ndim) if weight is not None else delta
+    if training:
+        g_mean = g.mean(axis=axes, keepdims=True)
+        gx_mean = (g * x_hat).mean(axis=axes, keepdims=True)
+        dx = (g - g_mean - x_hat * gx_mean) * _per_channel(inv_std, ndim)
+    else:
+        dx = g * _per_channel(inv_std, ndim)
+    dw = (delta * x_hat).sum(axis=axes) if weight is not None else None
+    db = delta.sum(axis=axes) if has_bias else None
+    return dx.astype(x_hat.dtype, copy=False), dw, db, None, None
+
+
+def _dropout_generator(generator: Any) -> np.random.Generator:
+    """The generator a dropout mask is drawn from: the one passed, a seed's, or cnnkit's own."""
+    if isinstance(generator, np.random.Generator):
+        return generator
+    if generator is not None:  # an int seed
+        return np.random.default_rng(generator)
+    from cnnkit.ops.dropout import default_generator
+
+    return default_generator()
+
+
+def dropout_forward(x, *, p, training, mask_dims, generator):
+    """``a = y ⊙ mask``, ``mask = keep / (1 - p)``, ``keep ~ Bernoulli(1 - p)`` over the first
+    ``mask_dims`` axes (whole channels for dropout1d/2d/3d); the identity in eval or for ``p = 0``."""
+    if not training or p == 0.0:
+        return x.copy(), None
+    shape = x.shape[:mask_dims] + (1,) * (x.ndim - mask_dims)
+    keep = _dropout_generator(generator).random(shape) >= p  # P(keep) = 1 - p
+    mask = keep.astype(x.dtype) * np.asarray(1.0 / (1.0 - p), dtype=x.dtype)
+    return x * mask, mask
+
+
+def dropout_backward(ctx, grad_output):
+    # δ_prev = δ ⊙ mask (the forward's mask; δ itself in eval)
+    mask = ctx
+    if mask is None:
+        return (np.array(grad_output, copy=True),)
+    return (_as(grad_output, mask.dtype) * mask,)
+
+
+KERNELS.update(
+    {
+        "batch_norm": (batch_norm_forward, batch_norm_backward),
+        "dropout": (dropout_forward, dropout_backward),
+    }
+)

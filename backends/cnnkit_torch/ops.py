@@ -897,3 +897,115 @@ KERNELS: dict[str, Kernel] = {
     "linear": _kernel(Linear, 3, ()),
     "cross_entropy": _kernel(CrossEntropy, 2, ("reduction",)),
 }
+
+
+# -- normalisation and dropout (issue 10b) -----------------------------------------------------
+
+
+def _channel_axes(x: torch.Tensor) -> list[int]:
+    """Every axis but the channel axis 1: what batch norm reduces over."""
+    return [0, *range(2, x.dim())]
+
+
+def _per_channel(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    """``(C,)`` -> ``(1, C, 1, ...)`` to broadcast against ``(N, C, *)``."""
+    return v.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+class BatchNorm(Function):
+    """``a = γ (y - μ)/√(σ² + ε) + β``; returns ``(a, ŷ, 1/√(σ² + ε))``; training moves the running
+    statistics in place (no gradient), as torch's: ``r ← (1 - M) r + M s``, unbiased ``σ²`` for ``r_σ²``."""
+
+    @staticmethod
+    def forward(x, weight, bias, running_mean, running_var, training, momentum, eps):
+        axes = _channel_axes(x)
+        if training:
+            var, mu = torch.var_mean(x, dim=axes, correction=0)  # biased: normalises
+            if running_mean is not None:
+                m = x.numel() // max(x.shape[1], 1)
+                running_mean.mul_(1 - momentum).add_(mu, alpha=momentum)
+                running_var.mul_(1 - momentum).add_(var, alpha=momentum * m / (m - 1))
+        else:
+            mu, var = running_mean, running_var
+        inv_std = torch.rsqrt(var + eps)
+        x_hat = (x - _per_channel(mu, x.dim())) * _per_channel(inv_std, x.dim())
+        a = x_hat * _per_channel(weight, x.dim()) if weight is not None else x_hat.clone()
+        if bias is not None:
+            a = a + _per_channel(bias, x.dim())
+        return a, x_hat, inv_std
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _x, weight, bias, _rm, _rv, training, _momentum, _eps = inputs
+        _a, x_hat, inv_std = output
+        ctx.mark_non_differentiable(x_hat, inv_std)
+        ctx.save_for_backward(x_hat, inv_std, weight)
+        ctx.training = training
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    @_first_order_only
+    def backward(ctx, dy, _dx_hat, _dinv_std):
+        # g = δ γ;  δ_prev = (g - mean(g) - ŷ·mean(g ŷ)) / √(σ² + ε) (training), g / √(σ² + ε) (eval)
+        # dE/dγ = Σ δ ŷ,  dE/dβ = Σ δ
+        x_hat, inv_std, weight = ctx.saved_tensors
+        ndim, axes = x_hat.dim(), _channel_axes(x_hat)
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            g = dy * _per_channel(weight, ndim) if weight is not None else dy
+            if ctx.training:
+                g_mean = g.mean(dim=axes, keepdim=True)
+                gx_mean = (g * x_hat).mean(dim=axes, keepdim=True)
+                dx = (g - g_mean - x_hat * gx_mean) * _per_channel(inv_std, ndim)
+            else:
+                dx = g * _per_channel(inv_std, ndim)
+        if weight is not None and ctx.needs_input_grad[1]:
+            dw = (dy * x_hat).sum(dim=axes)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = dy.sum(dim=axes)
+        return dx, dw, db, None, None, None, None, None
+
+
+def _dropout_generator(generator: Any, device: torch.device) -> torch.Generator | None:
+    """The generator a dropout mask is drawn from: the one passed, a seed's, or torch's default."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    return torch.Generator(device=device).manual_seed(int(generator))
+
+
+class Dropout(Function):
+    """``a = y ⊙ mask``, ``mask = Bernoulli(1 - p) / (1 - p)`` over the first ``mask_dims`` axes;
+    returns ``(a, mask)`` (``mask`` empty for the identity: eval or ``p = 0``)."""
+
+    @staticmethod
+    def forward(x, p, training, mask_dims, generator):
+        if not training or p == 0.0:
+            return x.clone(), x.new_empty(0)
+        shape = tuple(x.shape[:mask_dims]) + (1,) * (x.dim() - mask_dims)
+        gen = _dropout_generator(generator, x.device)
+        mask = x.new_empty(shape).bernoulli_(1 - p, generator=gen).div_(1 - p)
+        return x * mask, mask
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _y, mask = output
+        ctx.mark_non_differentiable(mask)
+        ctx.save_for_backward(mask)
+
+    @staticmethod
+    @_first_order_only
+    def backward(ctx, dy, _dmask):
+        # δ_prev = δ ⊙ mask (the forward's mask; δ itself in eval)
+        (mask,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None
+        dx = dy.clone() if mask.numel() == 0 else dy * mask
+        return dx, None, None, None, None
+
+
+KERNELS.update(
+    {
+        "batch_norm": _kernel(BatchNorm, 5, ("training", "momentum", "eps"), n_outputs=3),
+        "dropout": _kernel(Dropout, 1, ("p", "training", "mask_dims", "generator"), n_outputs=2),
+    }
+)
