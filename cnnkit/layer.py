@@ -81,14 +81,19 @@ class BufferSpec:
         fill: the value every entry starts at.
         integer: an ``int64`` counter (``num_batches_tracked``) instead of the
             parameters' floating dtype.
+        value: the first values themselves, flat (a loss's class weights), instead of ``fill``.
     """
 
     shape: tuple[int, ...]
     fill: float = 0.0
     integer: bool = False
+    value: tuple[float, ...] | None = None
 
     def make(self) -> np.ndarray:
-        return np.full(self.shape, self.fill, dtype=np.int64 if self.integer else np.float64)
+        dtype = np.int64 if self.integer else np.float64
+        if self.value is not None:
+            return np.array(self.value, dtype=dtype).reshape(self.shape)
+        return np.full(self.shape, self.fill, dtype=dtype)
 
 
 _DESCRIBE_ONLY: ContextVar[bool] = ContextVar("cnnkit_describe_only", default=False)

@@ -597,37 +597,55 @@ def linear_backward(ctx, grad_output):
 
 
 @_quiet
-def cross_entropy_forward(logits, target, *, reduction):
-    """``E_n = -log softmax(z_n)[t_n] = logsumexp(z_n) - z_n[t_n]``, then mean, sum or none.
+def cross_entropy_forward(logits, target, weight=None, *, reduction, ignore_index=-100, label_smoothing=0.0):
+    """``E_n = -Σ_c q_nc log softmax(z_n)_c``, then mean, sum or none (torch's semantics).
 
-    Shapes: logits ``(N, C)``, target ``(N,)`` ints -> ``()`` (mean, sum) or ``(N,)``.
+    ``q_nc = w_c ((1 - ε)[c = t_n] + ε/C)`` for class indices (0 where ``t_n`` is ignored),
+    ``w_c ((1 - ε) t_nc + ε/C)`` for probabilities. Mean: ``Σ E_n / Σ_n w_{t_n}`` over the
+    positions kept (class indices), ``Σ E_n / (N·Π spatial)`` (probabilities).
+    Shapes: logits ``(N, C, *)``, target ``(N, *)`` ints or ``(N, C, *)`` -> ``()`` or ``(N, *)``.
     """
+    c = logits.shape[1]
     z = logits - logits.max(axis=1, keepdims=True)  # stable: the largest logit is 0
-    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))  # (N, C) log-softmax
-    rows = np.arange(logits.shape[0])
-    loss = -log_p[rows, target]  # (N,)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))  # (N, C, *) log-softmax
+    w = np.ones(c, dtype=logits.dtype) if weight is None else weight
+    w_c = w.reshape((1, c) + (1,) * (logits.ndim - 2))  # (1, C, 1, ...)
+    eps = label_smoothing
+    probabilities = target.dtype.kind == "f"
+    if probabilities:
+        q = w_c * (target * (1 - eps) + eps / c)  # (N, C, *)
+        denom = logits.size // c if logits.size else 0
+    else:
+        kept = target != ignore_index  # (N, *)
+        t = np.where(kept, target, 0)
+        classes = np.arange(c).reshape((1, c) + (1,) * (logits.ndim - 2))
+        q = w_c * np.where(classes == t[:, None], 1 - eps + eps / c, eps / c)
+        q *= kept[:, None]
+        denom = (w[t] * kept).sum()
+    q = q.astype(logits.dtype, copy=False)
+    loss = -np.where(q != 0, q * log_p, 0).sum(axis=1)  # (N, *): a zero target never meets -inf
     if reduction == "sum":
         out = np.asarray(loss.sum(), dtype=logits.dtype)
     elif reduction == "mean":
-        out = np.asarray(loss.sum() / logits.shape[0], dtype=logits.dtype)
+        out = np.asarray(loss.sum() / denom, dtype=logits.dtype)
     else:
-        out = loss
-    return out, (log_p, target, reduction)
+        out = loss.astype(logits.dtype, copy=False)
+    return out, (log_p, q, denom, reduction, probabilities, w_c, eps)
 
 
 @_quiet
 def cross_entropy_backward(ctx, grad_output):
-    # dE/dz = softmax(z) - onehot(t)   (divided by N for the mean)
-    log_p, target, reduction = ctx
-    n = log_p.shape[0]
-    dz = np.exp(log_p)
-    dz[np.arange(n), target] -= 1
+    # dE/dz_n = (softmax(z_n) Σ_c q_nc - q_n) · δ_n   (δ ÷ the mean's denominator)
+    # dE/dt_nc = -(1 - ε) w_c log p_nc · δ_n           (probability targets)
+    log_p, q, denom, reduction, probabilities, w_c, eps = ctx
     g = np.asarray(grad_output, dtype=log_p.dtype)
     if reduction == "none":
-        dz *= g[:, None]
-    else:
-        dz *= g / n if reduction == "mean" else g
-    return dz, None
+        g = g[:, None]  # (N, 1, *)
+    elif reduction == "mean":
+        g = g / np.asarray(denom, dtype=log_p.dtype)
+    dz = (np.exp(log_p) * q.sum(axis=1, keepdims=True) - q) * g
+    dt = (-(1 - eps) * w_c * log_p * g).astype(log_p.dtype, copy=False) if probabilities else None
+    return dz.astype(log_p.dtype, copy=False), dt, None
 
 
 #: ``{op: (forward, backward)}`` for every core op, registered by :mod:`cnnkit_numpy.plugin`.
@@ -676,7 +694,7 @@ def batch_norm_forward(
             running_mean[...] = (1 - momentum) * running_mean + momentum * mu
             running_var[...] = (1 - momentum) * running_var + momentum * var * (m / (m - 1))
     else:
-        mu, var = running_mean, running_var
+        mu, var = running_mean.astype(x.dtype, copy=False), running_var.astype(x.dtype, copy=False)
     inv_std = (1.0 / np.sqrt(var + eps)).astype(x.dtype)  # (C,)
     x_hat = (x - _per_channel(mu, x.ndim)) * _per_channel(inv_std, x.ndim)  # (N, C, *)
     a = x_hat * _per_channel(weight, x.ndim) if weight is not None else x_hat.copy()

@@ -141,8 +141,10 @@ class CnnkitModule(torch.nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            if name != "layer" and "layer" in self.__dict__ and not name.startswith("_"):
-                return getattr(self.__dict__["layer"], name)
+            layer = self.__dict__.get("layer")
+            own = () if layer is None else (*layer.param_names, *layer.buffer_names)  # torch's to hold
+            if name != "layer" and layer is not None and not name.startswith("_") and name not in own:
+                return getattr(layer, name)
             raise
 
     def extra_repr(self) -> str:

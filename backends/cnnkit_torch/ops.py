@@ -848,37 +848,62 @@ class Linear(Function):
 
 
 class CrossEntropy(Function):
-    """``E_n = log Σ_c e^{a[n, c]} - a[n, t_n]``, reduced by mean, sum or not at all."""
+    """``E_n = -Σ_c q_nc log softmax(a_n)_c`` (``q``: the weighted, smoothed target), reduced by
+    torch's mean, a sum or not at all; returns ``(E, log p, q, the mean's denominator)``."""
 
     @staticmethod
-    def forward(x, target, reduction):
-        lse = torch.logsumexp(x, 1)
-        loss = lse - x.gather(1, target.long().unsqueeze(1)).squeeze(1)
+    def forward(x, target, weight, reduction, ignore_index, label_smoothing):
+        c = x.shape[1]
+        log_p = torch.log_softmax(x, 1)
+        w = x.new_ones(c) if weight is None else weight
+        w_c = _per_channel(w, x.dim())
+        eps = label_smoothing
+        if target.is_floating_point():
+            q = w_c * (target * (1 - eps) + eps / c)
+            denom = x.new_tensor(float(x.numel() // c if x.numel() else 0))
+        else:
+            target = target.to(x.device)  # class indices may stay on the host (the core read them)
+            kept = target != ignore_index
+            t = torch.where(kept, target, 0).long()
+            q = torch.full_like(x, eps / c)
+            q.scatter_(1, t.unsqueeze(1), 1 - eps + eps / c)
+            q = q * w_c * kept.unsqueeze(1)
+            denom = (w[t] * kept).sum()
+        loss = -torch.where(q != 0, q * log_p, 0).sum(1)
         if reduction == "mean":
-            return loss.mean()
-        return loss.sum() if reduction == "sum" else loss
+            loss = loss.sum() / denom
+        elif reduction == "sum":
+            loss = loss.sum()
+        return loss, log_p, q, denom
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, target, reduction = inputs
-        ctx.save_for_backward(x, target)
+        _x, _target, weight, reduction, _ignore_index, label_smoothing = inputs
+        _loss, log_p, q, denom = output
+        ctx.mark_non_differentiable(log_p, q, denom)
+        ctx.save_for_backward(log_p, q, denom, weight)
         ctx.reduction = reduction
+        ctx.eps = label_smoothing
 
     @staticmethod
     @_first_order_only
-    def backward(ctx, dy):
-        # δ_prev = (softmax(a) - onehot(t)) · δ   (÷ N for the mean)
-        if not ctx.needs_input_grad[0]:
-            return None, None, None
-        x, target = ctx.saved_tensors
-        dx = torch.softmax(x, 1)
-        t = target.long().unsqueeze(1)
-        dx.scatter_add_(1, t, torch.full_like(t, -1, dtype=dx.dtype))
+    def backward(ctx, dy, _dlog_p, _dq, _ddenom):
+        # δ_prev_n = (softmax(a_n) Σ_c q_nc - q_n) · δ_n   (δ ÷ the mean's denominator)
+        # dE/dt_nc = -(1 - ε) w_c log p_nc · δ_n            (probability targets)
+        log_p, q, denom, weight = ctx.saved_tensors
         if ctx.reduction == "none":
-            return dx * dy.unsqueeze(1), None, None
-        if ctx.reduction == "mean":
-            dy = dy / x.shape[0]
-        return dx * dy, None, None
+            g = dy.unsqueeze(1)
+        elif ctx.reduction == "mean":
+            g = dy / denom
+        else:
+            g = dy
+        dx = dt = None
+        if ctx.needs_input_grad[0]:
+            dx = (torch.exp(log_p) * q.sum(1, keepdim=True) - q) * g
+        if ctx.needs_input_grad[1]:
+            w = log_p.new_ones(log_p.shape[1]) if weight is None else weight
+            dt = -(1 - ctx.eps) * _per_channel(w, log_p.dim()) * log_p * g
+        return dx, dt, None, None, None, None
 
 
 _POOL_ATTRS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
@@ -895,7 +920,7 @@ KERNELS: dict[str, Kernel] = {
     "tanh": _kernel(Tanh, 1, ()),
     "flatten": _kernel(Flatten, 1, ("start_dim", "end_dim")),
     "linear": _kernel(Linear, 3, ()),
-    "cross_entropy": _kernel(CrossEntropy, 2, ("reduction",)),
+    "cross_entropy": _kernel(CrossEntropy, 3, ("reduction", "ignore_index", "label_smoothing"), n_outputs=4),
 }
 
 
@@ -923,10 +948,10 @@ class BatchNorm(Function):
             var, mu = torch.var_mean(x, dim=axes, correction=0)  # biased: normalises
             if running_mean is not None:
                 m = x.numel() // max(x.shape[1], 1)
-                running_mean.mul_(1 - momentum).add_(mu, alpha=momentum)
-                running_var.mul_(1 - momentum).add_(var, alpha=momentum * m / (m - 1))
+                running_mean.mul_(1 - momentum).add_(mu.to(running_mean.dtype), alpha=momentum)
+                running_var.mul_(1 - momentum).add_(var.to(running_var.dtype), alpha=momentum * m / (m - 1))
         else:
-            mu, var = running_mean, running_var
+            mu, var = running_mean.to(x.dtype), running_var.to(x.dtype)
         inv_std = torch.rsqrt(var + eps)
         x_hat = (x - _per_channel(mu, x.dim())) * _per_channel(inv_std, x.dim())
         a = x_hat * _per_channel(weight, x.dim()) if weight is not None else x_hat.clone()

@@ -404,6 +404,7 @@ class _Run:
             if a is not None
             and name not in self.spec.integer_inputs
             and name not in self.spec.state_inputs  # updated in place, never differentiated
+            and name not in self.spec.constant_inputs
             and a.dtype.kind == "f"
         ]
 

@@ -110,7 +110,14 @@ def _case_list() -> Iterator[Case]:
             ("dropout-error-p-string", "dropout", (x,), {"p": "0.5"}, TypeError, "p must be a number"),
             ("dropout-error-training", "dropout", (x,), {"training": "yes"}, TypeError, "training"),
             ("dropout-error-dims", "dropout", (x,), {"dims": 4}, ValueError, "dims"),
-            ("dropout2d-error-ndim", "dropout", (x,), {"dims": 2}, ValueError, "input must have 4 dimensions"),
+            (
+                "dropout2d-error-ndim",
+                "dropout",
+                (x,),
+                {"dims": 2},
+                ValueError,
+                "input must have 4 dimensions",
+            ),
             ("dropout-error-generator", "dropout", (x,), {"generator": "seed"}, TypeError, "generator"),
         ]
     )

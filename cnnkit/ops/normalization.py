@@ -22,7 +22,7 @@ from cnnkit.conformance.cases import Case, Random, Seeds, error_cases
 from cnnkit.dispatch import call
 from cnnkit.layer import BufferSpec, Layer, ParamSpec
 from cnnkit.ops._shared import BackendArg
-from cnnkit.spec import OpSpec, PropertySkip, as_bool, as_float, as_int_tuple
+from cnnkit.spec import FLOAT_DTYPES, OpSpec, PropertySkip, as_bool, as_float, as_int_tuple
 
 __all__ = [
     "FUNCTIONS",
@@ -222,7 +222,8 @@ class BatchNormSpec(OpSpec):
     - training, through the mean and the variance:
       ``δ_prev = (g - mean(g) - ŷ · mean(g ŷ)) / √(σ² + ε)``.
 
-    The running statistics are state (no gradient). Inputs are taken in the order
+    The running statistics are state (no gradient) and may have a wider floating dtype than
+    the data (float32 beside float16, as torch allows). Inputs are taken in the order
     ``input, weight, bias, running_mean, running_var`` (the layer's parameters first).
 
     Canonical attributes: ``training`` (bool), ``momentum`` (float in ``[0, 1]``),
@@ -235,6 +236,17 @@ class BatchNormSpec(OpSpec):
     state_inputs = frozenset({"running_mean", "running_var"})
     defaults: Mapping[str, Any] = {"training": False, "momentum": 0.1, "eps": 1e-5}
     properties = (running_statistics_update,)
+
+    def _check_dtypes(self, where, infos):
+        # the running statistics may keep a wider dtype than the data (float32 beside float16, as torch)
+        data = [None if n in self.state_inputs else info for n, info in zip(self.inputs, infos)]
+        super()._check_dtypes(where, data)
+        for name, info in zip(self.inputs, infos):
+            if name in self.state_inputs and info is not None and info.dtype not in FLOAT_DTYPES:
+                raise TypeError(
+                    f"{where}: {name} must be a floating array ({', '.join(FLOAT_DTYPES)}), "
+                    f"got dtype {info.dtype}"
+                )
 
     def check(self, where, infos, attrs):
         x, weight, bias, running_mean, running_var = infos
