@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from cnnkit.backend import Backend
+from cnnkit.layer import Parameter, describe_only
 from cnnkit.layers import Layer, Sequential, backend_of
 from cnnkit.registry import get_backend, get_registry, use_backend
 
@@ -149,13 +150,30 @@ def _build(node: Any, where: str, layers: dict[str, type], trail: str, depth: in
     config = node.get("config", {})
     if not isinstance(config, dict):
         raise ValueError(f"{where}: the config of {name} at {at} is not an object")
-    extra = {"rng": _ShapeOnly(np.random.PCG64(0))} if _takes_rng(cls) and "rng" not in config else {}
+    takes_rng = _takes_rng(cls)
+    extra = {"rng": _ShapeOnly(np.random.PCG64(0))} if takes_rng and "rng" not in config else {}
     try:
-        return cls(**config, **extra)
+        if takes_rng:
+            return cls(**config, **extra)
+        with describe_only():  # parameters and buffers that are not drawn (a batch norm's): shapes only
+            layer = cls(**config)
+        _shape_only(layer)
+        return layer
     except Exception as exc:  # whatever a hostile config makes a constructor raise, named
         raise ValueError(
             f"{where}: cannot build {name} at {at} from {_brief(config)}: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def _shape_only(layer: Layer) -> None:
+    """Give a layer built by :func:`describe_only` zero-stride parameters and buffers of its shapes
+    (the file's arrays replace them once their shapes are held against these)."""
+    for name, spec in layer.param_specs().items():
+        value = None if spec is None else np.broadcast_to(np.float64(0), spec.shape)
+        setattr(layer, name, None if value is None else Parameter(value, name))
+    for name, bspec in layer.buffer_specs().items():
+        zero = np.int64(0) if bspec is not None and bspec.integer else np.float64(0)
+        setattr(layer, name, None if bspec is None else Parameter(np.broadcast_to(zero, bspec.shape), name))
 
 
 def _brief(value: Any, limit: int = 200) -> str:

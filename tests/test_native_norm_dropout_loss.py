@@ -368,3 +368,24 @@ def test_layer_constructors_refuse_bad_arguments_naming_them():
         BatchNorm2d(3)(np.zeros((2, 3, 4)))
     with pytest.raises(ValueError, match="batch_norm: running_var must have shape"):
         cf.batch_norm(np.zeros((2, 3)), np.zeros(3), np.ones(2), training=True)
+
+
+def test_loading_a_huge_batch_norm_allocates_nothing_before_its_arrays_are_checked(tmp_path):
+    import json
+    import tracemalloc
+
+    arch = {
+        "format": "cnnkit-model",
+        "version": 1,
+        "model": {"class": "BatchNorm2d", "config": {"num_features": 10**9}},
+        "metadata": {},
+    }
+    path = tmp_path / "huge.npz"
+    np.savez(path, __architecture__=np.array(json.dumps(arch)))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="missing weight"):
+            io.load(path)
+        assert tracemalloc.get_traced_memory()[1] < 50 * 2**20
+    finally:
+        tracemalloc.stop()
