@@ -5,7 +5,9 @@ Every op is a pair ``<op>_forward(*inputs, **attrs) -> (output, ctx)`` and
 for an absent bias or integer targets), collected in :data:`KERNELS`. Inputs
 arrive validated and attributes canonical (see :mod:`cnnkit.ops`): tuples per
 spatial axis, padding as ``((before, after), ...)``. One implementation serves
-1, 2 and 3 spatial dimensions; the output has the input's dtype.
+1, 2 and 3 spatial dimensions; the output has the input's dtype. Batch norm and
+dropout sit in their own section at the end (batch norm updates its running
+statistics in place, as torch's does).
 
 Symbols are the lecture's: ``x`` (the input ``y^{l-1}``), ``W``, ``b``, ``δ``
 (``dE/da``, the incoming gradient), ``S`` stride, ``D`` dilation, ``F`` kernel

@@ -3,8 +3,9 @@
 The ops come in the same order and under the same names as in
 :mod:`cnnkit_numpy.ops`: ``conv``, ``max_pool``, ``avg_pool``, ``lp_pool``,
 ``relu``, ``leaky_relu``, ``sigmoid``, ``tanh``, ``flatten``, ``linear``,
-``cross_entropy``. Each ``forward`` uses torch's forward primitives (``conv``,
-``max_pool``, ``avg_pool``, ``matmul``); each ``backward`` computes the
+``cross_entropy``, then ``batch_norm`` and ``dropout`` (their own section at the
+end). Each ``forward`` uses torch's forward primitives (``conv``, ``max_pool``,
+``avg_pool``, ``matmul``); each ``backward`` computes the
 lecture's formulas itself, with forward primitives as the engine: it never
 calls autograd, ``torch.nn.grad`` or aten's own ``*_backward`` ops.
 
@@ -43,8 +44,10 @@ from cnnkit_torch.sizes import COLUMNS_CHUNK_BYTES
 __all__ = [
     "KERNELS",
     "AvgPool",
+    "BatchNorm",
     "Conv",
     "CrossEntropy",
+    "Dropout",
     "Flatten",
     "LeakyReLU",
     "Linear",
