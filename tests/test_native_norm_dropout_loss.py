@@ -389,3 +389,33 @@ def test_loading_a_huge_batch_norm_allocates_nothing_before_its_arrays_are_check
         assert tracemalloc.get_traced_memory()[1] < 50 * 2**20
     finally:
         tracemalloc.stop()
+
+
+def test_dropout_layers_backward_through_their_mask_and_the_modules_draw_torchs():
+    x = np.random.default_rng(6).uniform(1, 2, (8, 4, 3)).astype(np.float32)
+    layer = cnnkit.layers.Dropout1d(0.5)
+    y = layer(x)
+    g = np.ones_like(y)
+    np.testing.assert_array_equal(layer.backward(g), np.where(y != 0, 2.0, 0.0))
+    xt = torch.from_numpy(x)
+    torch.manual_seed(2)
+    ours = cnn.Dropout1d(0.5)(xt)
+    torch.manual_seed(2)
+    assert torch.equal(ours, torch.nn.Dropout1d(0.5)(xt))
+    assert repr(cnn.Dropout(0.25)) == repr(torch.nn.Dropout(0.25))
+
+
+def test_cross_entropy_loss_layer_on_segmentation_logits_and_soft_targets():
+    rng = np.random.default_rng(7)
+    z = rng.normal(size=(2, 3, 4, 4))
+    t = rng.integers(0, 3, (2, 4, 4))
+    loss = CrossEntropyLoss(ignore_index=0)
+    zt = _t(z, grad=True)
+    ref = F.cross_entropy(zt, _t(t), ignore_index=0)
+    np.testing.assert_allclose(loss(z, t), ref.item(), rtol=1e-12)
+    np.testing.assert_allclose(
+        loss.backward(), torch.autograd.grad(ref, zt)[0].numpy(), rtol=1e-9, atol=1e-14
+    )
+    soft = rng.dirichlet(np.ones(3), size=(2, 4, 4)).transpose(0, 3, 1, 2).copy()
+    ref = F.cross_entropy(_t(z), _t(soft), label_smoothing=0.1)
+    np.testing.assert_allclose(CrossEntropyLoss(label_smoothing=0.1)(z, soft), ref.item(), rtol=1e-12)
