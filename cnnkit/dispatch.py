@@ -9,6 +9,8 @@ pullback can run the backend's hand-derived ``backward``.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import numbers
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -125,6 +127,17 @@ def _size_checks(where: str, spec: OpSpec, infos: list[TensorInfo | None], canon
     geometry.check_output_size(where, out_shape)
 
 
+@functools.cache
+def _values_take_attrs(cls: type) -> bool:
+    """Whether ``cls.check_values`` takes the canonical attributes (a fourth argument)."""
+    try:
+        return (
+            len(inspect.signature(cls.check_values).parameters) >= 5
+        )  # self, where, inputs, to_numpy, attrs
+    except (TypeError, ValueError):
+        return False
+
+
 def call(
     op: str, *inputs: Any, backend: str | Backend | None = None, where: str | None = None, **attrs: Any
 ) -> Any:
@@ -167,7 +180,10 @@ def call(
     ]
     canonical = spec.bind(where, infos, attrs)
     _size_checks(where, spec, infos, canonical)
-    spec.check_values(where, arrays, be.to_numpy)
+    if _values_take_attrs(type(spec)):
+        spec.check_values(where, arrays, be.to_numpy, canonical)
+    else:  # a record written before check_values took the canonical attributes
+        spec.check_values(where, arrays, be.to_numpy)
     kernel = registry.kernel(be.name, op)
     tape = _TAPE.get()
     if tape is None:

@@ -14,7 +14,9 @@ with ``allow_pickle=False``) holding
   and load like the built-in ones.
 - one array per parameter, named as :meth:`cnnkit.layers.Layer.named_parameters`
   names them (``"0.weight"``, ``"0.bias"``, ``"7.weight"``, ...), stored as
-  NumPy arrays whatever backend they came from.
+  NumPy arrays whatever backend they came from; and one per buffer (a batch
+  norm's ``"1.running_mean"``, ``"1.running_var"``, ``"1.num_batches_tracked"``,
+  torch's state-dict keys).
 
 A model saved from one backend loads on any other and computes the same
 outputs. Any file that is not such a model (truncated, corrupted, a weight
@@ -36,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from cnnkit.backend import Backend
+from cnnkit.layer import Parameter, describe_only
 from cnnkit.layers import Layer, Sequential, backend_of
 from cnnkit.registry import get_backend, get_registry, use_backend
 
@@ -84,7 +87,8 @@ def save(model: Layer, path: str | os.PathLike, *, metadata: dict[str, Any] | No
         )
     except TypeError as exc:
         raise ValueError(f"save {path}: a layer's config() or the metadata is not JSON ({exc})") from exc
-    arrays = {name: np.asarray(backend_of(p.data).to_numpy(p.data)) for name, p in model.named_parameters()}
+    state = [*model.named_parameters(), *model.named_buffers()]  # buffers: running statistics
+    arrays = {name: np.asarray(backend_of(p.data).to_numpy(p.data)) for name, p in state}
     with open(path, "wb") as f:
         np.savez(f, **{_ARCH_KEY: np.array(arch)}, **arrays)
     return path
@@ -146,13 +150,30 @@ def _build(node: Any, where: str, layers: dict[str, type], trail: str, depth: in
     config = node.get("config", {})
     if not isinstance(config, dict):
         raise ValueError(f"{where}: the config of {name} at {at} is not an object")
-    extra = {"rng": _ShapeOnly(np.random.PCG64(0))} if _takes_rng(cls) and "rng" not in config else {}
+    takes_rng = _takes_rng(cls)
+    extra = {"rng": _ShapeOnly(np.random.PCG64(0))} if takes_rng and "rng" not in config else {}
     try:
-        return cls(**config, **extra)
+        if takes_rng:
+            return cls(**config, **extra)
+        with describe_only():  # parameters and buffers that are not drawn (a batch norm's): shapes only
+            layer = cls(**config)
+        _shape_only(layer)
+        return layer
     except Exception as exc:  # whatever a hostile config makes a constructor raise, named
         raise ValueError(
             f"{where}: cannot build {name} at {at} from {_brief(config)}: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def _shape_only(layer: Layer) -> None:
+    """Give a layer built by :func:`describe_only` zero-stride parameters and buffers of its shapes
+    (the file's arrays replace them once their shapes are held against these)."""
+    for name, spec in layer.param_specs().items():
+        value = None if spec is None else np.broadcast_to(np.float64(0), spec.shape)
+        setattr(layer, name, None if value is None else Parameter(value, name))
+    for name, bspec in layer.buffer_specs().items():
+        zero = np.int64(0) if bspec is not None and bspec.integer else np.float64(0)
+        setattr(layer, name, None if bspec is None else Parameter(np.broadcast_to(zero, bspec.shape), name))
 
 
 def _brief(value: Any, limit: int = 200) -> str:
@@ -313,10 +334,11 @@ def load(path: str | os.PathLike, backend: str | Backend | None = None, **option
     with use_backend("numpy", dtype="float64"):
         model = _build(arch.get("model"), where, get_registry().layers(), "")
     params = dict(model.named_parameters())
-    missing = [name for name in params if name not in arrays]
+    buffers = dict(model.named_buffers())
+    missing = [name for name in [*params, *buffers] if name not in arrays]
     if missing:
         raise ValueError(f"{where}: missing weight(s) {missing} for the saved architecture")
-    extra = [name for name in arrays if name not in params]
+    extra = [name for name in arrays if name not in params and name not in buffers]
     if extra:
         raise ValueError(f"{where}: weight(s) {extra} belong to no parameter of the saved architecture")
     for name, p in params.items():
@@ -331,6 +353,20 @@ def load(path: str | os.PathLike, backend: str | Backend | None = None, **option
         if not np.all(np.isfinite(value)):
             raise ValueError(f"{where}: weight {name!r} holds NaN or infinite values")
         p.data = value
+    for name, b in buffers.items():
+        value = arrays[name]
+        if tuple(value.shape) != b.shape:
+            raise ValueError(
+                f"{where}: buffer {name!r} has shape {tuple(value.shape)} but the architecture "
+                f"needs {b.shape}"
+            )
+        want_int = np.asarray(b.data).dtype.kind in "iu"
+        if want_int != (value.dtype.kind in "iu") or value.dtype.kind not in "iuf":
+            kind = "an integer" if want_int else "a floating"
+            raise ValueError(f"{where}: buffer {name!r} has dtype {value.dtype}, expected {kind} dtype")
+        if not want_int and not np.all(np.isfinite(value)):
+            raise ValueError(f"{where}: buffer {name!r} holds NaN or infinite values")
+        b.data = value.astype(np.int64) if want_int else value
     model.to(be)
     metadata = arch.get("metadata", {})
     model.metadata = metadata if isinstance(metadata, dict) else {}

@@ -5,9 +5,16 @@ Every layer is defined once, beside its op's record in :mod:`cnnkit.ops`, as a
 
 - the constructor validates the hyperparameters (with the core's helpers and
   messages) and keeps them as attributes;
-- :meth:`Layer.param_specs` declares each parameter's shape and initialisation;
+- :meth:`Layer.param_specs` declares each parameter's shape and initialisation,
+  :meth:`Layer.buffer_specs` each buffer's (state that is not learnt, such as a
+  batch norm's running statistics: saved, loaded and moved with the parameters,
+  registered with ``register_buffer`` by the torch adapter);
 - :meth:`Layer.function` is the layer's math, one :mod:`cnnkit.functional` call
-  taking the input and then the parameters in :attr:`Layer.param_names` order;
+  taking the input, then the parameters in :attr:`Layer.param_names` order,
+  then the buffers in :attr:`Layer.buffer_names` order;
+- :attr:`Layer.training` says whether the layer runs in training mode
+  (:meth:`Layer.train`, :meth:`Layer.eval`; ``Sequential`` passes it on), as
+  ``torch.nn.Module.training`` does (random masks, batch statistics);
 - :meth:`Layer.config` returns the constructor arguments that rebuild it
   (:mod:`cnnkit.io` saves them), :meth:`Layer.extra_repr` what ``torch.nn``
   prints for its namesake.
@@ -40,7 +47,7 @@ from cnnkit.backend import Backend
 from cnnkit.dispatch import vjp
 from cnnkit.registry import get_backend, get_registry, use_backend
 
-__all__ = ["Layer", "ParamSpec", "Parameter", "Sequential", "backend_of", "describe_only"]
+__all__ = ["BufferSpec", "Layer", "ParamSpec", "Parameter", "Sequential", "backend_of", "describe_only"]
 
 
 @dataclass(frozen=True)
@@ -52,8 +59,8 @@ class ParamSpec:
         fan_in: the inputs each output unit sees; values are drawn from
             ``U(±1/√fan_in)``.
         init: ``"kaiming_uniform"`` (a weight: torch calls
-            ``kaiming_uniform_(a=√5)``, the same distribution) or ``"uniform"``
-            (a bias).
+            ``kaiming_uniform_(a=√5)``, the same distribution), ``"uniform"``
+            (a bias), ``"ones"`` or ``"zeros"`` (a batch norm's scale and shift).
     """
 
     shape: tuple[int, ...]
@@ -63,6 +70,30 @@ class ParamSpec:
     @property
     def bound(self) -> float:
         return 1.0 / math.sqrt(self.fan_in) if self.fan_in > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class BufferSpec:
+    """How one buffer (state that is not learnt) is made: its shape, its first value, its kind.
+
+    Attributes:
+        shape: the buffer's shape (``()`` for a counter).
+        fill: the value every entry starts at.
+        integer: an ``int64`` counter (``num_batches_tracked``) instead of the
+            parameters' floating dtype.
+        value: the first values themselves, flat (a loss's class weights), instead of ``fill``.
+    """
+
+    shape: tuple[int, ...]
+    fill: float = 0.0
+    integer: bool = False
+    value: tuple[float, ...] | None = None
+
+    def make(self) -> np.ndarray:
+        dtype = np.int64 if self.integer else np.float64
+        if self.value is not None:
+            return np.array(self.value, dtype=dtype).reshape(self.shape)
+        return np.full(self.shape, self.fill, dtype=dtype)
 
 
 _DESCRIBE_ONLY: ContextVar[bool] = ContextVar("cnnkit_describe_only", default=False)
@@ -84,7 +115,7 @@ def describe_only() -> Iterator[None]:
 
 
 class Parameter:
-    """A learnable array and the gradient the last ``backward`` left for it."""
+    """A learnable array and the gradient the last ``backward`` left for it (a buffer: no gradient)."""
 
     def __init__(self, data: Any, name: str = "") -> None:
         self.data = data
@@ -147,6 +178,10 @@ class Layer:
 
     #: Names of the parameters, in the order :meth:`function` takes them.
     param_names: tuple[str, ...] = ()
+    #: Names of the buffers, taken by :meth:`function` after the parameters.
+    buffer_names: tuple[str, ...] = ()
+    #: Training mode (masks drop units, batch statistics normalise and move the running ones).
+    training: bool = True
     #: The backend the parameters were created on (``None``: decided per call).
     backend: Backend | None = None
 
@@ -166,6 +201,21 @@ class Layer:
     def param_specs(self) -> dict[str, ParamSpec | None]:
         """Each parameter of :attr:`param_names` with its shape and init (``None``: absent)."""
         return {}
+
+    def buffer_specs(self) -> dict[str, BufferSpec | None]:
+        """Each buffer of :attr:`buffer_names` with its shape and first value (``None``: absent)."""
+        return {}
+
+    def train(self, mode: bool = True) -> Layer:
+        """Set training mode (``False``: evaluation); returns ``self``, as ``torch.nn.Module.train``."""
+        if not isinstance(mode, (bool, np.bool_)):
+            raise TypeError(f"{type(self).__name__}.train: mode must be True or False, got {mode!r}")
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> Layer:
+        """Evaluation mode: ``train(False)``; returns ``self``."""
+        return self.train(False)
 
     def extra_repr(self) -> str:
         """What ``torch.nn`` prints inside its namesake's parentheses (the torch module's repr)."""
@@ -187,8 +237,15 @@ class Layer:
         be = self.backend = get_backend(backend)
         gen = _rng(seed, rng)
         for name, spec in self.param_specs().items():
-            values = None if spec is None else gen.uniform(-spec.bound, spec.bound, spec.shape)
+            if spec is None:
+                values = None
+            elif spec.init in ("ones", "zeros"):
+                values = np.full(spec.shape, 1.0 if spec.init == "ones" else 0.0)
+            else:
+                values = gen.uniform(-spec.bound, spec.bound, spec.shape)
             setattr(self, name, None if values is None else self._make_parameter(name, values, be))
+        for name, bspec in self.buffer_specs().items():
+            setattr(self, name, None if bspec is None else self._make_buffer(name, bspec.make(), be))
 
     # -- parameters -------------------------------------------------------------------
 
@@ -206,6 +263,21 @@ class Layer:
     def _make_parameter(self, name: str, values: np.ndarray, backend: Backend) -> Parameter:
         return Parameter(backend.asarray(np.asarray(values), dtype=backend.default_dtype), name)
 
+    def _make_buffer(self, name: str, values: np.ndarray, backend: Backend) -> Parameter:
+        dtype = "int64" if values.dtype.kind in "iu" else backend.default_dtype
+        return Parameter(backend.asarray(np.array(values), dtype=dtype), name)
+
+    def buffers(self) -> list[Parameter]:
+        """The buffers, in :attr:`buffer_names` order (absent ones skipped)."""
+        return [b for _, b in self.named_buffers()]
+
+    def named_buffers(self) -> Iterator[tuple[str, Parameter]]:
+        """``(name, buffer)`` pairs; named as :func:`cnnkit.io.save` writes them (torch's keys)."""
+        for name in self.buffer_names:
+            b = getattr(self, name, None)
+            if b is not None:
+                yield name, b
+
     def to(self, backend: str | Backend, **options: Any) -> Layer:
         """Move the parameters to ``backend`` (a name with options, or an instance); returns ``self``.
 
@@ -219,14 +291,17 @@ class Layer:
         for p in self.parameters():
             p.data = be.asarray(backend_of(p.data).to_numpy(p.data), dtype=be.default_dtype)
             p.grad = None
-        if self.param_names:
+        for b in self.buffers():
+            values = np.array(backend_of(b.data).to_numpy(b.data))
+            b.data = be.asarray(values, dtype="int64" if values.dtype.kind in "iu" else be.default_dtype)
+        if self.param_names or self.buffer_names:
             self.backend = be
         return self
 
     def _run_backend(self, x: Any) -> Backend:
         if self.backend is not None:
             return self.backend
-        params = self.parameters()
+        params = self.parameters() + self.buffers()
         if not params and not hasattr(x, "shape"):
             raise TypeError(
                 f"{type(self).__name__}: input must be an array (a NumPy array or a backend's), "
@@ -238,6 +313,7 @@ class Layer:
         """The input on ``be``, floating inputs in the parameters' dtype (on every backend alike)."""
         datas = [None if p is None else p.data for p in (getattr(self, n, None) for n in self.param_names)]
         ref = next((d for d in datas if d is not None), None)
+        datas += [None if b is None else b.data for b in (getattr(self, n, None) for n in self.buffer_names)]
         if not hasattr(x, "shape"):
             return x, datas  # lists: the op converts (and names) them
         if not be.is_native(x):
@@ -361,9 +437,9 @@ class Sequential(Layer):
 
     @property  # type: ignore[override]
     def backend(self) -> Backend | None:
-        """The backend of the first layer that has parameters (``None`` if none has)."""
+        """The backend of the first layer that has parameters or buffers (``None`` if none has)."""
         for layer in self.layers:
-            if layer.parameters():
+            if layer.parameters() or layer.buffers():
                 return layer._run_backend(None)
         return None
 
@@ -374,6 +450,17 @@ class Sequential(Layer):
         for i, layer in enumerate(self.layers):
             for name, p in layer.named_parameters():
                 yield f"{i}.{name}", p
+
+    def named_buffers(self) -> Iterator[tuple[str, Parameter]]:
+        for i, layer in enumerate(self.layers):
+            for name, b in layer.named_buffers():
+                yield f"{i}.{name}", b
+
+    def train(self, mode: bool = True) -> Sequential:
+        super().train(mode)
+        for layer in self.layers:
+            layer.train(mode)
+        return self
 
     def to(self, backend: str | Backend, **options: Any) -> Sequential:
         for layer in self.layers:

@@ -150,6 +150,12 @@ class OpSpec:
         optional: inputs that may be ``None`` (a missing bias).
         integer_inputs: inputs that hold integers (class indices); all others
             are floating and must share one dtype.
+        state_inputs: inputs that are state, not data: the kernel may update
+            them in place (a batch norm's running statistics, as torch does)
+            and returns no gradient for them; the conformance suite neither
+            differentiates nor snapshots them.
+        constant_inputs: floating inputs the op gives no gradient for (a loss's class
+            weights, as torch's); the conformance suite does not differentiate them.
         defaults: every attribute with its default; ``REQUIRED`` marks one
             without a default.
         properties: checks of what the lecture states for the op, each run on
@@ -163,6 +169,8 @@ class OpSpec:
     inputs: tuple[str, ...] = ("input",)
     optional: frozenset[str] = frozenset()
     integer_inputs: frozenset[str] = frozenset()
+    state_inputs: frozenset[str] = frozenset()
+    constant_inputs: frozenset[str] = frozenset()
     defaults: Mapping[str, Any] = {}
 
     def bind(
@@ -230,8 +238,11 @@ class OpSpec:
         """The output shape for validated inputs and canonical attributes."""
         raise NotImplementedError
 
-    def check_values(self, where: str, inputs: Sequence[Any], to_numpy: Any) -> None:
-        """Check input *values* (not only shapes) where an op needs it; ``to_numpy`` reads an input.
+    def check_values(
+        self, where: str, inputs: Sequence[Any], to_numpy: Any, attrs: Mapping[str, Any] | None = None
+    ) -> None:
+        """Check input *values* (not only shapes) where an op needs it; ``to_numpy`` reads an input,
+        ``attrs`` are the canonical attributes (an ``ignore_index``).
 
         Only ops whose inputs index something (class targets) override this.
         """

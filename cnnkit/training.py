@@ -80,7 +80,8 @@ def predict(model: Layer, X: Any, *, batch_size: int = 256, shifts: Sequence[int
 
     Args:
         model: any layer (usually a :class:`cnnkit.layers.Sequential`).
-        X: inputs ``(N, ...)``, a NumPy array or the backend's.
+        X: inputs ``(N, ...)``, a NumPy array or the backend's; the model runs in
+            evaluation mode (:meth:`cnnkit.layer.Layer.eval`), then gets its mode back.
         batch_size: examples per forward pass.
         shifts: test-time augmentation: the mean of the logits of ``X`` rolled
             circularly by each of these shifts along its last axis (``(-1, 0, 1)``:
@@ -103,17 +104,22 @@ def predict(model: Layer, X: Any, *, batch_size: int = 256, shifts: Sequence[int
     be, dtype = _model_backend(model)
     X = X if be.is_native(X) else np.asarray(X)
     outs = []
-    for start in range(0, len(X), batch_size):
-        # the model's backend and dtype (a float32 batch for a float64 model is cast, not refused)
-        xb = be.asarray(X[start : start + batch_size], dtype=dtype)
-        outs.append(np.asarray(be.to_numpy(model.infer(xb))))
+    was_training = model.training
+    model.eval()  # dropout passes through, batch norm uses its running statistics
+    try:
+        for start in range(0, len(X), batch_size):
+            # the model's backend and dtype (a float32 batch for a float64 model is cast, not refused)
+            xb = be.asarray(X[start : start + batch_size], dtype=dtype)
+            outs.append(np.asarray(be.to_numpy(model.infer(xb))))
+    finally:
+        model.train(was_training)
     return np.concatenate(outs) if outs else np.zeros((0,))
 
 
 def evaluate(
     model: Layer, X: Any, y: Any, *, batch_size: int = 256, shifts: Sequence[int] = ()
 ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (0..1) of ``model`` on ``(X, y)``.
+    """Mean cross-entropy and accuracy (0..1) of ``model`` on ``(X, y)``, in evaluation mode.
 
     ``shifts``: test-time augmentation, as :func:`predict` (the loss is that of the mean logits).
 
@@ -159,8 +165,9 @@ def fit(
     """Train ``model`` with mini-batch SGD on the backend its parameters live on.
 
     Each epoch visits the training examples in an order drawn from
-    ``numpy.random.default_rng(seed)`` (the last batch may be smaller), then
-    evaluates on the held-out set if one is given.
+    ``numpy.random.default_rng(seed)`` (the last batch may be smaller) in training
+    mode (:meth:`cnnkit.layer.Layer.train`), then evaluates on the held-out set if
+    one is given, in evaluation mode. The model is left in training mode.
 
     Args:
         model: the network (its ``forward``/``backward`` are used).
@@ -226,6 +233,7 @@ def fit(
         start = time.perf_counter()
         epoch_lr = float(optimizer.lr)
         order = rng.permutation(n)
+        model.train()  # dropout drops, batch norm normalises by the batch (evaluate switches back)
         bar = _Progress(n, f"epoch {epoch}/{epochs}", stream)
         total_loss, correct = 0.0, 0
         for b in range(0, n, batch_size):

@@ -101,6 +101,8 @@ def test_every_op_is_named_in_at_most_four_library_files(spec):
         if p.is_file() and p.suffix == ".py" and word.search(p.read_text())
     )
     files = [f for f in files if not f.startswith(USERS)]
+    if (ROOT / "cnnkit" / "ops" / f"{spec.name}.py").exists():  # a family named after its op:
+        files.remove("cnnkit/ops/__init__.py")  # the family list names the module, not the op
     assert len(files) <= 4, files
 
 

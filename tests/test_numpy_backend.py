@@ -260,12 +260,12 @@ def test_float32_stays_float32(name, forward):
 def test_cross_entropy_float32_and_zero_d_output(reduction):
     z = rand(5, 4, dtype=np.float32)
     t = np.array([0, 3, 1, 1, 2])
-    out, ctx = ops.cross_entropy_forward(z, t, reduction=reduction)
+    out, ctx = ops.cross_entropy_forward(z, t, reduction=reduction, ignore_index=-100, label_smoothing=0.0)
     assert out.dtype == np.float32
     assert out.shape == ((5,) if reduction == "none" else ())
     assert isinstance(out, np.ndarray)
-    dz, dt = ops.cross_entropy_backward(ctx, np.ones(out.shape, dtype=np.float64))
-    assert dz.dtype == np.float32 and dt is None
+    dz, dt, dw = ops.cross_entropy_backward(ctx, np.ones(out.shape, dtype=np.float64))
+    assert dz.dtype == np.float32 and dt is None and dw is None
 
 
 # -- gradients against central finite differences (float64, through cnnkit.vjp) ---------

@@ -418,7 +418,7 @@ def test_dense_activations_and_loss_match_native_autograd(device, dtype):
     target = torch.tensor([0, 3, 1, 1, 2], device=device)
     for reduction in ("mean", "sum", "none"):
         ours, theirs = leaf(logits), leaf(logits)
-        y = cf.cross_entropy(ours, target, reduction, backend="torch")
+        y = cf.cross_entropy(ours, target, reduction=reduction, backend="torch")
         y_ref = F.cross_entropy(theirs, target, reduction=reduction)
         close(y, y_ref, dtype)
         close(grads(y, [ours])[0], grads(y_ref, [theirs])[0], dtype)
@@ -447,11 +447,18 @@ def _record_checks() -> dict:
             floats = [
                 i
                 for i, (n, v) in enumerate(zip(spec.inputs, values))
-                if v is not None and n not in spec.integer_inputs
+                if v is not None
+                and n not in spec.integer_inputs
+                and n not in spec.state_inputs | spec.constant_inputs  # no gradient by design
             ]
 
-            def fn(*xs, _case=case, _values=values, _floats=floats):
-                args = [None if v is None else torch.from_numpy(v) for v in _values]
+            state = [i for i, n in enumerate(spec.inputs) if n in spec.state_inputs]
+
+            def fn(*xs, _case=case, _values=values, _floats=floats, _state=state):
+                args = [None if v is None else torch.from_numpy(v.copy()) for v in _values]
+                for i in _state:  # running statistics live beside the data (updated in place)
+                    if args[i] is not None:
+                        args[i] = args[i].to(xs[0].device)
                 for i, x in zip(_floats, xs):
                     args[i] = x
                 return cnnkit.call(_case.op, *args, backend="torch", **_case.attrs)
@@ -505,7 +512,7 @@ GRADCHECKS = {
     "global_avg_pool": (lambda x: cf.global_avg_pool(x, backend="torch"), [(2, 3, 5)]),
     "global_lp_pool": (lambda x: cf.global_lp_pool(x, 3.0, backend="torch"), [(1, 2, 2, 2, 3)]),
     "cross_entropy_sum": (
-        lambda x: cf.cross_entropy(x, torch.tensor([2, 0, 2]), "sum", backend="torch"),
+        lambda x: cf.cross_entropy(x, torch.tensor([2, 0, 2]), reduction="sum", backend="torch"),
         [(3, 4)],
     ),
 }
@@ -555,8 +562,12 @@ def test_vjp_runs_the_same_hand_derived_backward(device):
     assert torch.equal(pullback(torch.ones_like(p))[0], torch.autograd.grad(F.max_pool2d(x, 2).sum(), x)[0])
     logits, t = _g(3, 4).to(device), torch.tensor([0, 1, 3], device=device)
     loss, pullback = cnnkit.vjp(cf.cross_entropy, logits, t, backend="torch")
-    dl, dt = pullback(torch.ones_like(loss))
-    assert dt is None and torch.allclose(dl, torch.autograd.grad(F.cross_entropy(logits, t), logits)[0])
+    dl, dt, dw = pullback(torch.ones_like(loss))
+    assert (
+        dt is None
+        and dw is None
+        and torch.allclose(dl, torch.autograd.grad(F.cross_entropy(logits, t), logits)[0])
+    )
 
 
 def test_backward_computes_only_requested_gradients(monkeypatch):

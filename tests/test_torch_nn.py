@@ -104,7 +104,7 @@ def test_cross_entropy_matches_torch_and_its_gradient():
     t = torch.tensor([0, 4, 2, 2, 1, 3])
     for reduction in ("mean", "sum", "none"):
         a1, a2 = a.clone().requires_grad_(), a.clone().requires_grad_()
-        e1 = cnn.CrossEntropyLoss(reduction)(a1, t)
+        e1 = cnn.CrossEntropyLoss(reduction=reduction)(a1, t)
         e2 = torch.nn.CrossEntropyLoss(reduction=reduction)(a2, t)
         torch.testing.assert_close(e1, e2, rtol=1e-12, atol=0)
         e1.sum().backward()
@@ -261,7 +261,7 @@ def test_training_with_torch_optim_sgd_matches_native_torch_nn():
         (lambda: cnn.MaxPool2d(2, return_indices=True), "return_indices"),
         (lambda: cnn.AvgPool3d((2, 2)), "kernel_size"),
         (lambda: cnn.Linear(0, 3), "in_features"),
-        (lambda: cnn.CrossEntropyLoss("avg"), "reduction"),
+        (lambda: cnn.CrossEntropyLoss(reduction="avg"), "reduction"),
         (lambda: cnn.LPPool2d(0, 2), "norm_type"),
         (lambda: cnn.LPPool1d(-1.5, 2), "norm_type"),
         (lambda: cnn.LPPool3d(float("inf"), 2), "norm_type"),

@@ -33,8 +33,8 @@ def test_cross_entropy_values_and_gradient():
     onehot = np.eye(3)[t]
     np.testing.assert_allclose(loss.backward(), (p - onehot) / 2, rtol=1e-12)
     np.testing.assert_allclose(loss.backward(np.array(3.0)), 3 * (p - onehot) / 2, rtol=1e-12)
-    np.testing.assert_allclose(CrossEntropyLoss("none")(z, t), expected, rtol=1e-12)
-    assert float(CrossEntropyLoss("sum")(z, t)) == pytest.approx(expected.sum(), rel=1e-12)
+    np.testing.assert_allclose(CrossEntropyLoss(reduction="none")(z, t), expected, rtol=1e-12)
+    assert float(CrossEntropyLoss(reduction="sum")(z, t)) == pytest.approx(expected.sum(), rel=1e-12)
     with pytest.raises(RuntimeError, match="backward called before forward"):
         CrossEntropyLoss().backward()
 
@@ -44,7 +44,7 @@ def test_cross_entropy_is_stable_on_huge_logits(dtype, big):
     # a naive exp(z) overflows here; the shifted log-sum-exp gives the exact answer
     z = np.array([[big, 0.0, -big], [-big, big, 0.0]], dtype=dtype)
     t = np.array([0, 0])
-    loss = CrossEntropyLoss("none")
+    loss = CrossEntropyLoss(reduction="none")
     per_example = np.asarray(loss(z, t), dtype=np.float64)
     assert np.all(np.isfinite(per_example))
     np.testing.assert_allclose(per_example, [0.0, 2 * big], rtol=1e-6)

@@ -187,8 +187,8 @@ def _ce_mean_not_divided(k: Kernel) -> Kernel:
     """The mean loss's gradient not divided by N (the sum's gradient)."""
 
     def backward(ctx: Any, g: Any) -> Any:
-        dz, dt = k.backward(ctx, g)
-        return (dz * ctx[0].shape[0] if ctx[2] == "mean" else dz), dt
+        dz, dt, dw = k.backward(ctx, g)
+        return (dz * ctx[2] if ctx[3] == "mean" else dz), dt, dw
 
     return Kernel(forward=k.forward, backward=backward)
 
@@ -299,8 +299,11 @@ def _nan_to_zero(out: Any, inputs: tuple, attrs: dict) -> Any:
 def _ce_global_max(k: Kernel) -> Kernel:
     """Cross-entropy stabilised with the batch's largest logit instead of each row's."""
 
-    def forward(z: Any, t: Any, **attrs: Any) -> Any:
-        _, ctx = k.forward(z, t, **attrs)
+    def forward(z: Any, t: Any, weight: Any = None, **attrs: Any) -> Any:
+        out, ctx = k.forward(z, t, weight, **attrs)
+        plain = z.ndim == 2 and weight is None and t.dtype.kind in "iu" and not attrs["label_smoothing"]
+        if not plain or (t == attrs["ignore_index"]).any():
+            return out, ctx  # the bug lives in the plain (N, C) path
         with np.errstate(all="ignore"):
             m = z.max() if z.size else 0.0
             lse = m + np.log(np.exp(z - m).sum(axis=1))
@@ -560,6 +563,50 @@ MUTANTS: tuple[Mutant, ...] = (
         "the mean taken over classes instead of samples",
     ),
     _m("cross_entropy-mean-grad-not-divided", "cross_entropy", "gradient", "backward", _ce_mean_not_divided),
+)
+
+
+# -- batch norm and dropout (issue 10b) ----------------------------------------------------------
+
+
+def _bn_biased_running_var(k: Kernel) -> Kernel:
+    """The running variance moved by the biased batch variance (the one that normalises)."""
+
+    def forward(x: Any, weight: Any = None, bias: Any = None, rm: Any = None, rv: Any = None, **attrs: Any):
+        before = None if rv is None else np.array(rv)
+        out, ctx = k.forward(x, weight, bias, rm, rv, **attrs)
+        if attrs["training"] and rv is not None:
+            axes = (0, *range(2, x.ndim))
+            rv[...] = (1 - attrs["momentum"]) * before + attrs["momentum"] * x.var(axis=axes)
+        return out, ctx
+
+    return Kernel(forward=forward, backward=k.backward)
+
+
+def _dropout_unscaled(out: Any, inputs: tuple, attrs: dict) -> Any:
+    """Kept units not scaled by 1/(1 - p): the expected value shrinks."""
+    return out * (1 - attrs["p"]) if attrs["training"] else out
+
+
+MUTANTS += (
+    _m("batch_norm-running-var-biased", "batch_norm", "value", "properties", _bn_biased_running_var),
+    _m(
+        "batch_norm-grad-skips-mean-and-variance",
+        "batch_norm",
+        "gradient",
+        "backward",
+        _ctx(lambda ctx: (*ctx[:4], False)),
+        "the training backward as if μ and σ² were constants (the evaluation formula)",
+    ),
+    _m("dropout-unscaled", "dropout", "value", "properties", _out(_dropout_unscaled)),
+    _m(
+        "dropout-grad-ignores-mask",
+        "dropout",
+        "gradient",
+        "properties",
+        _ctx(lambda mask: None),
+        "the gradient passed through unmasked (as in evaluation)",
+    ),
 )
 
 

@@ -5,7 +5,9 @@ Every op is a pair ``<op>_forward(*inputs, **attrs) -> (output, ctx)`` and
 for an absent bias or integer targets), collected in :data:`KERNELS`. Inputs
 arrive validated and attributes canonical (see :mod:`cnnkit.ops`): tuples per
 spatial axis, padding as ``((before, after), ...)``. One implementation serves
-1, 2 and 3 spatial dimensions; the output has the input's dtype.
+1, 2 and 3 spatial dimensions; the output has the input's dtype. Batch norm and
+dropout sit in their own section at the end (batch norm updates its running
+statistics in place, as torch's does).
 
 Symbols are the lecture's: ``x`` (the input ``y^{l-1}``), ``W``, ``b``, ``δ``
 (``dE/da``, the incoming gradient), ``S`` stride, ``D`` dilation, ``F`` kernel
@@ -597,37 +599,55 @@ def linear_backward(ctx, grad_output):
 
 
 @_quiet
-def cross_entropy_forward(logits, target, *, reduction):
-    """``E_n = -log softmax(z_n)[t_n] = logsumexp(z_n) - z_n[t_n]``, then mean, sum or none.
+def cross_entropy_forward(logits, target, weight=None, *, reduction, ignore_index=-100, label_smoothing=0.0):
+    """``E_n = -Σ_c q_nc log softmax(z_n)_c``, then mean, sum or none (torch's semantics).
 
-    Shapes: logits ``(N, C)``, target ``(N,)`` ints -> ``()`` (mean, sum) or ``(N,)``.
+    ``q_nc = w_c ((1 - ε)[c = t_n] + ε/C)`` for class indices (0 where ``t_n`` is ignored),
+    ``w_c ((1 - ε) t_nc + ε/C)`` for probabilities. Mean: ``Σ E_n / Σ_n w_{t_n}`` over the
+    positions kept (class indices), ``Σ E_n / (N·Π spatial)`` (probabilities).
+    Shapes: logits ``(N, C, *)``, target ``(N, *)`` ints or ``(N, C, *)`` -> ``()`` or ``(N, *)``.
     """
+    c = logits.shape[1]
     z = logits - logits.max(axis=1, keepdims=True)  # stable: the largest logit is 0
-    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))  # (N, C) log-softmax
-    rows = np.arange(logits.shape[0])
-    loss = -log_p[rows, target]  # (N,)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))  # (N, C, *) log-softmax
+    w = np.ones(c, dtype=logits.dtype) if weight is None else weight
+    w_c = w.reshape((1, c) + (1,) * (logits.ndim - 2))  # (1, C, 1, ...)
+    eps = label_smoothing
+    probabilities = target.dtype.kind == "f"
+    if probabilities:
+        q = w_c * (target * (1 - eps) + eps / c)  # (N, C, *)
+        denom = logits.size // c if logits.size else 0
+    else:
+        kept = target != ignore_index  # (N, *)
+        t = np.where(kept, target, 0)
+        classes = np.arange(c).reshape((1, c) + (1,) * (logits.ndim - 2))
+        q = w_c * np.where(classes == t[:, None], 1 - eps + eps / c, eps / c)
+        q *= kept[:, None]
+        denom = (w[t] * kept).sum()
+    q = q.astype(logits.dtype, copy=False)
+    loss = -np.where(q != 0, q * log_p, 0).sum(axis=1)  # (N, *): a zero target never meets -inf
     if reduction == "sum":
         out = np.asarray(loss.sum(), dtype=logits.dtype)
     elif reduction == "mean":
-        out = np.asarray(loss.sum() / logits.shape[0], dtype=logits.dtype)
+        out = np.asarray(loss.sum() / denom, dtype=logits.dtype)
     else:
-        out = loss
-    return out, (log_p, target, reduction)
+        out = loss.astype(logits.dtype, copy=False)
+    return out, (log_p, q, denom, reduction, probabilities, w_c, eps)
 
 
 @_quiet
 def cross_entropy_backward(ctx, grad_output):
-    # dE/dz = softmax(z) - onehot(t)   (divided by N for the mean)
-    log_p, target, reduction = ctx
-    n = log_p.shape[0]
-    dz = np.exp(log_p)
-    dz[np.arange(n), target] -= 1
+    # dE/dz_n = (softmax(z_n) Σ_c q_nc - q_n) · δ_n   (δ ÷ the mean's denominator)
+    # dE/dt_nc = -(1 - ε) w_c log p_nc · δ_n           (probability targets)
+    log_p, q, denom, reduction, probabilities, w_c, eps = ctx
     g = np.asarray(grad_output, dtype=log_p.dtype)
     if reduction == "none":
-        dz *= g[:, None]
-    else:
-        dz *= g / n if reduction == "mean" else g
-    return dz, None
+        g = g[:, None]  # (N, 1, *)
+    elif reduction == "mean":
+        g = g / np.asarray(denom, dtype=log_p.dtype)
+    dz = (np.exp(log_p) * q.sum(axis=1, keepdims=True) - q) * g
+    dt = (-(1 - eps) * w_c * log_p * g).astype(log_p.dtype, copy=False) if probabilities else None
+    return dz.astype(log_p.dtype, copy=False), dt, None
 
 
 #: ``{op: (forward, backward)}`` for every core op, registered by :mod:`cnnkit_numpy.plugin`.
@@ -644,3 +664,99 @@ KERNELS: dict[str, tuple[Any, Any]] = {
     "linear": (linear_forward, linear_backward),
     "cross_entropy": (cross_entropy_forward, cross_entropy_backward),
 }
+
+
+# -- normalisation and dropout (issue 10b) -----------------------------------------------------
+
+
+def _channel_axes(x: np.ndarray) -> tuple[int, ...]:
+    """Every axis but the channel axis 1: what batch norm reduces over."""
+    return (0, *range(2, x.ndim))
+
+
+def _per_channel(v: np.ndarray, ndim: int) -> np.ndarray:
+    """``(C,)`` -> ``(1, C, 1, ...)`` to broadcast against ``(N, C, *)``."""
+    return v.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+@_quiet
+def batch_norm_forward(
+    x, weight=None, bias=None, running_mean=None, running_var=None, *, training, momentum, eps
+):
+    """``ŷ = (x - μ) / √(σ² + ε)``, ``a = γ ŷ + β``; training: batch μ, σ² (biased), running stats move.
+
+    ``r_μ ← (1 - M) r_μ + M μ`` and ``r_σ² ← (1 - M) r_σ² + M σ² m/(m - 1)``, ``m`` values per channel.
+    """
+    axes = _channel_axes(x)
+    if training:
+        mu = x.mean(axis=axes)  # (C,)
+        var = ((x - _per_channel(mu, x.ndim)) ** 2).mean(axis=axes)  # biased: normalises
+        if running_mean is not None:
+            m = x.size // max(x.shape[1], 1)
+            running_mean[...] = (1 - momentum) * running_mean + momentum * mu
+            running_var[...] = (1 - momentum) * running_var + momentum * var * (m / (m - 1))
+    else:
+        mu, var = running_mean.astype(x.dtype, copy=False), running_var.astype(x.dtype, copy=False)
+    inv_std = (1.0 / np.sqrt(var + eps)).astype(x.dtype)  # (C,)
+    x_hat = (x - _per_channel(mu, x.ndim)) * _per_channel(inv_std, x.ndim)  # (N, C, *)
+    a = x_hat * _per_channel(weight, x.ndim) if weight is not None else x_hat.copy()
+    if bias is not None:
+        a += _per_channel(bias, x.ndim)
+    return a.astype(x.dtype, copy=False), (x_hat, inv_std, weight, bias is not None, training)
+
+
+@_quiet
+def batch_norm_backward(ctx, grad_output):
+    # g = δ γ;  δ_prev = (g - mean(g) - ŷ·mean(g ŷ)) / √(σ² + ε) (training), g / √(σ² + ε) (eval)
+    # dE/dγ = Σ δ ŷ,  dE/dβ = Σ δ
+    x_hat, inv_std, weight, has_bias, training = ctx
+    delta = _as(grad_output, x_hat.dtype)
+    ndim, axes = x_hat.ndim, _channel_axes(x_hat)
+    g = delta * _per_channel(weight, ndim) if weight is not None else delta
+    if training:
+        g_mean = g.mean(axis=axes, keepdims=True)
+        gx_mean = (g * x_hat).mean(axis=axes, keepdims=True)
+        dx = (g - g_mean - x_hat * gx_mean) * _per_channel(inv_std, ndim)
+    else:
+        dx = g * _per_channel(inv_std, ndim)
+    dw = (delta * x_hat).sum(axis=axes) if weight is not None else None
+    db = delta.sum(axis=axes) if has_bias else None
+    return dx.astype(x_hat.dtype, copy=False), dw, db, None, None
+
+
+def _dropout_generator(generator: Any) -> np.random.Generator:
+    """The generator a dropout mask is drawn from: the one passed, a seed's, or cnnkit's own."""
+    if isinstance(generator, np.random.Generator):
+        return generator
+    if generator is not None:  # an int seed
+        return np.random.default_rng(generator)
+    from cnnkit.ops.dropout import default_generator
+
+    return default_generator()
+
+
+def dropout_forward(x, *, p, training, mask_dims, generator):
+    """``a = y ⊙ mask``, ``mask = keep / (1 - p)``, ``keep ~ Bernoulli(1 - p)`` over the first
+    ``mask_dims`` axes (whole channels for dropout1d/2d/3d); the identity in eval or for ``p = 0``."""
+    if not training or p == 0.0:
+        return x.copy(), None
+    shape = x.shape[:mask_dims] + (1,) * (x.ndim - mask_dims)
+    keep = _dropout_generator(generator).random(shape) >= p  # P(keep) = 1 - p
+    mask = keep.astype(x.dtype) * np.asarray(1.0 / (1.0 - p), dtype=x.dtype)
+    return x * mask, mask
+
+
+def dropout_backward(ctx, grad_output):
+    # δ_prev = δ ⊙ mask (the forward's mask; δ itself in eval)
+    mask = ctx
+    if mask is None:
+        return (np.array(grad_output, copy=True),)
+    return (_as(grad_output, mask.dtype) * mask,)
+
+
+KERNELS.update(
+    {
+        "batch_norm": (batch_norm_forward, batch_norm_backward),
+        "dropout": (dropout_forward, dropout_backward),
+    }
+)

@@ -86,7 +86,7 @@ def train_step(
     xb, yb = X[idx], y[idx]
     optimizer.zero_grad()
     logits = net(xb)
-    loss_sum = CrossEntropyLoss("sum")(logits, yb)
+    loss_sum = CrossEntropyLoss(reduction="sum")(logits, yb)
     (loss_sum * scale).backward()
     optimizer.step()
     if scale == 0.0:

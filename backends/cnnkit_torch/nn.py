@@ -81,6 +81,14 @@ class CnnkitModule(torch.nn.Module):
                 self.register_parameter(
                     name, torch.nn.Parameter(torch.empty(spec.shape, device=device, dtype=dtype))
                 )
+        for name, bspec in layer.buffer_specs().items():  # running statistics: state, not learnt
+            if bspec is None:
+                self.register_buffer(name, None)
+            else:
+                value = torch.from_numpy(bspec.make())
+                kind = {} if bspec.integer else {"dtype": dtype or torch.get_default_dtype()}
+                self.register_buffer(name, value.to(device=device, **kind))
+        self.training = layer.training
         self.reset_parameters()
 
     @classmethod
@@ -97,6 +105,15 @@ class CnnkitModule(torch.nn.Module):
                 src = params[key].data
                 value = torch.from_numpy(np.array(backend_of(src).to_numpy(src)))
                 p.data = value.to(device=p.device, dtype=dtype or value.dtype)
+            buffers = dict(layer.named_buffers())
+            for key, b in module.named_buffers(recurse=False):
+                src = buffers[key].data
+                value = torch.from_numpy(np.array(backend_of(src).to_numpy(src)))
+                integer = not value.is_floating_point()
+                setattr(
+                    module, key, value.to(device=b.device, dtype=None if integer else dtype or value.dtype)
+                )
+        module.train(layer.training)
         return module
 
     def reset_parameters(self) -> None:
@@ -108,20 +125,26 @@ class CnnkitModule(torch.nn.Module):
                 continue
             if spec.init == "kaiming_uniform":
                 init.kaiming_uniform_(p, a=math.sqrt(5))
+            elif spec.init in ("ones", "zeros"):
+                (init.ones_ if spec.init == "ones" else init.zeros_)(p)
             else:
                 init.uniform_(p, -spec.bound, spec.bound)
 
     def forward(self, *inputs: Any) -> Any:
         params = [getattr(self, name) for name in self.layer.param_names]
+        buffers = [getattr(self, name) for name in self.layer.buffer_names]
+        self.layer.training = self.training  # module.train() / module.eval() reach the definition
         with use_backend(_BACKEND):
-            return self.layer.function(*inputs, *params)
+            return self.layer.function(*inputs, *params, *buffers)
 
     def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)
         except AttributeError:
-            if name != "layer" and "layer" in self.__dict__ and not name.startswith("_"):
-                return getattr(self.__dict__["layer"], name)
+            layer = self.__dict__.get("layer")
+            own = () if layer is None else (*layer.param_names, *layer.buffer_names)  # torch's to hold
+            if name != "layer" and layer is not None and not name.startswith("_") and name not in own:
+                return getattr(layer, name)
             raise
 
     def extra_repr(self) -> str:
@@ -190,14 +213,15 @@ def from_cnnkit(layer: Any, *, device: Any = None, dtype: Any = None) -> torch.n
         torch.Size([2, 10])
     """
     if isinstance(layer, Sequential):
-        return torch.nn.Sequential(*(from_cnnkit(child, device=device, dtype=dtype) for child in layer))
+        seq = torch.nn.Sequential(*(from_cnnkit(child, device=device, dtype=dtype) for child in layer))
+        return seq.train(layer.training)
     if not isinstance(layer, Layer):
         raise TypeError(f"from_cnnkit: expected a cnnkit layer, got {type(layer).__name__}")
     return module_class(type(layer)).from_layer(layer, device=device, dtype=dtype)
 
 
 def copy_to_cnnkit(module: torch.nn.Module, layer: Any) -> Any:
-    """Write ``module``'s parameters into cnnkit layer ``layer`` (the inverse of :func:`from_cnnkit`).
+    """Write ``module``'s parameters and buffers into ``layer`` (the inverse of :func:`from_cnnkit`).
 
     The values keep ``layer``'s backend and dtype. Returns ``layer``.
 
@@ -217,6 +241,13 @@ def copy_to_cnnkit(module: torch.nn.Module, layer: Any) -> Any:
         be = backend_of(p.data)
         p.data = be.asarray(src.numpy(), dtype=be.dtype_name(p.data))
         p.grad = None
+    ours_b = dict(module.named_buffers())
+    for key, b in layer.named_buffers():
+        if key not in ours_b:
+            raise ValueError(f"copy_to_cnnkit: module has no buffer {key!r}")
+        be = backend_of(b.data)
+        b.data = be.asarray(ours_b[key].detach().cpu().numpy(), dtype=be.dtype_name(b.data))
+    layer.train(module.training)
     return layer
 
 

@@ -3,8 +3,9 @@
 The ops come in the same order and under the same names as in
 :mod:`cnnkit_numpy.ops`: ``conv``, ``max_pool``, ``avg_pool``, ``lp_pool``,
 ``relu``, ``leaky_relu``, ``sigmoid``, ``tanh``, ``flatten``, ``linear``,
-``cross_entropy``. Each ``forward`` uses torch's forward primitives (``conv``,
-``max_pool``, ``avg_pool``, ``matmul``); each ``backward`` computes the
+``cross_entropy``, then ``batch_norm`` and ``dropout`` (their own section at the
+end). Each ``forward`` uses torch's forward primitives (``conv``, ``max_pool``,
+``avg_pool``, ``matmul``); each ``backward`` computes the
 lecture's formulas itself, with forward primitives as the engine: it never
 calls autograd, ``torch.nn.grad`` or aten's own ``*_backward`` ops.
 
@@ -43,8 +44,10 @@ from cnnkit_torch.sizes import COLUMNS_CHUNK_BYTES
 __all__ = [
     "KERNELS",
     "AvgPool",
+    "BatchNorm",
     "Conv",
     "CrossEntropy",
+    "Dropout",
     "Flatten",
     "LeakyReLU",
     "Linear",
@@ -848,37 +851,62 @@ class Linear(Function):
 
 
 class CrossEntropy(Function):
-    """``E_n = log Σ_c e^{a[n, c]} - a[n, t_n]``, reduced by mean, sum or not at all."""
+    """``E_n = -Σ_c q_nc log softmax(a_n)_c`` (``q``: the weighted, smoothed target), reduced by
+    torch's mean, a sum or not at all; returns ``(E, log p, q, the mean's denominator)``."""
 
     @staticmethod
-    def forward(x, target, reduction):
-        lse = torch.logsumexp(x, 1)
-        loss = lse - x.gather(1, target.long().unsqueeze(1)).squeeze(1)
+    def forward(x, target, weight, reduction, ignore_index, label_smoothing):
+        c = x.shape[1]
+        log_p = torch.log_softmax(x, 1)
+        w = x.new_ones(c) if weight is None else weight
+        w_c = _per_channel(w, x.dim())
+        eps = label_smoothing
+        if target.is_floating_point():
+            q = w_c * (target * (1 - eps) + eps / c)
+            denom = x.new_tensor(float(x.numel() // c if x.numel() else 0))
+        else:
+            target = target.to(x.device)  # class indices may stay on the host (the core read them)
+            kept = target != ignore_index
+            t = torch.where(kept, target, 0).long()
+            q = torch.full_like(x, eps / c)
+            q.scatter_(1, t.unsqueeze(1), 1 - eps + eps / c)
+            q = q * w_c * kept.unsqueeze(1)
+            denom = (w[t] * kept).sum()
+        loss = -torch.where(q != 0, q * log_p, 0).sum(1)
         if reduction == "mean":
-            return loss.mean()
-        return loss.sum() if reduction == "sum" else loss
+            loss = loss.sum() / denom
+        elif reduction == "sum":
+            loss = loss.sum()
+        return loss, log_p, q, denom
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, target, reduction = inputs
-        ctx.save_for_backward(x, target)
+        _x, _target, weight, reduction, _ignore_index, label_smoothing = inputs
+        _loss, log_p, q, denom = output
+        ctx.mark_non_differentiable(log_p, q, denom)
+        ctx.save_for_backward(log_p, q, denom, weight)
         ctx.reduction = reduction
+        ctx.eps = label_smoothing
 
     @staticmethod
     @_first_order_only
-    def backward(ctx, dy):
-        # δ_prev = (softmax(a) - onehot(t)) · δ   (÷ N for the mean)
-        if not ctx.needs_input_grad[0]:
-            return None, None, None
-        x, target = ctx.saved_tensors
-        dx = torch.softmax(x, 1)
-        t = target.long().unsqueeze(1)
-        dx.scatter_add_(1, t, torch.full_like(t, -1, dtype=dx.dtype))
+    def backward(ctx, dy, _dlog_p, _dq, _ddenom):
+        # δ_prev_n = (softmax(a_n) Σ_c q_nc - q_n) · δ_n   (δ ÷ the mean's denominator)
+        # dE/dt_nc = -(1 - ε) w_c log p_nc · δ_n            (probability targets)
+        log_p, q, denom, weight = ctx.saved_tensors
         if ctx.reduction == "none":
-            return dx * dy.unsqueeze(1), None, None
-        if ctx.reduction == "mean":
-            dy = dy / x.shape[0]
-        return dx * dy, None, None
+            g = dy.unsqueeze(1)
+        elif ctx.reduction == "mean":
+            g = dy / denom
+        else:
+            g = dy
+        dx = dt = None
+        if ctx.needs_input_grad[0]:
+            dx = (torch.exp(log_p) * q.sum(1, keepdim=True) - q) * g
+        if ctx.needs_input_grad[1]:
+            w = log_p.new_ones(log_p.shape[1]) if weight is None else weight
+            dt = -(1 - ctx.eps) * _per_channel(w, log_p.dim()) * log_p * g
+        return dx, dt, None, None, None, None
 
 
 _POOL_ATTRS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
@@ -895,5 +923,117 @@ KERNELS: dict[str, Kernel] = {
     "tanh": _kernel(Tanh, 1, ()),
     "flatten": _kernel(Flatten, 1, ("start_dim", "end_dim")),
     "linear": _kernel(Linear, 3, ()),
-    "cross_entropy": _kernel(CrossEntropy, 2, ("reduction",)),
+    "cross_entropy": _kernel(CrossEntropy, 3, ("reduction", "ignore_index", "label_smoothing"), n_outputs=4),
 }
+
+
+# -- normalisation and dropout (issue 10b) -----------------------------------------------------
+
+
+def _channel_axes(x: torch.Tensor) -> list[int]:
+    """Every axis but the channel axis 1: what batch norm reduces over."""
+    return [0, *range(2, x.dim())]
+
+
+def _per_channel(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    """``(C,)`` -> ``(1, C, 1, ...)`` to broadcast against ``(N, C, *)``."""
+    return v.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+class BatchNorm(Function):
+    """``a = γ (y - μ)/√(σ² + ε) + β``; returns ``(a, ŷ, 1/√(σ² + ε))``; training moves the running
+    statistics in place (no gradient), as torch's: ``r ← (1 - M) r + M s``, unbiased ``σ²`` for ``r_σ²``."""
+
+    @staticmethod
+    def forward(x, weight, bias, running_mean, running_var, training, momentum, eps):
+        axes = _channel_axes(x)
+        if training:
+            var, mu = torch.var_mean(x, dim=axes, correction=0)  # biased: normalises
+            if running_mean is not None:
+                m = x.numel() // max(x.shape[1], 1)
+                running_mean.mul_(1 - momentum).add_(mu.to(running_mean.dtype), alpha=momentum)
+                running_var.mul_(1 - momentum).add_(var.to(running_var.dtype), alpha=momentum * m / (m - 1))
+        else:
+            mu, var = running_mean.to(x.dtype), running_var.to(x.dtype)
+        inv_std = torch.rsqrt(var + eps)
+        x_hat = (x - _per_channel(mu, x.dim())) * _per_channel(inv_std, x.dim())
+        a = x_hat * _per_channel(weight, x.dim()) if weight is not None else x_hat.clone()
+        if bias is not None:
+            a = a + _per_channel(bias, x.dim())
+        return a, x_hat, inv_std
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _x, weight, bias, _rm, _rv, training, _momentum, _eps = inputs
+        _a, x_hat, inv_std = output
+        ctx.mark_non_differentiable(x_hat, inv_std)
+        ctx.save_for_backward(x_hat, inv_std, weight)
+        ctx.training = training
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    @_first_order_only
+    def backward(ctx, dy, _dx_hat, _dinv_std):
+        # g = δ γ;  δ_prev = (g - mean(g) - ŷ·mean(g ŷ)) / √(σ² + ε) (training), g / √(σ² + ε) (eval)
+        # dE/dγ = Σ δ ŷ,  dE/dβ = Σ δ
+        x_hat, inv_std, weight = ctx.saved_tensors
+        ndim, axes = x_hat.dim(), _channel_axes(x_hat)
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            g = dy * _per_channel(weight, ndim) if weight is not None else dy
+            if ctx.training:
+                g_mean = g.mean(dim=axes, keepdim=True)
+                gx_mean = (g * x_hat).mean(dim=axes, keepdim=True)
+                dx = (g - g_mean - x_hat * gx_mean) * _per_channel(inv_std, ndim)
+            else:
+                dx = g * _per_channel(inv_std, ndim)
+        if weight is not None and ctx.needs_input_grad[1]:
+            dw = (dy * x_hat).sum(dim=axes)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = dy.sum(dim=axes)
+        return dx, dw, db, None, None, None, None, None
+
+
+def _dropout_generator(generator: Any, device: torch.device) -> torch.Generator | None:
+    """The generator a dropout mask is drawn from: the one passed, a seed's, or torch's default."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    return torch.Generator(device=device).manual_seed(int(generator))
+
+
+class Dropout(Function):
+    """``a = y ⊙ mask``, ``mask = Bernoulli(1 - p) / (1 - p)`` over the first ``mask_dims`` axes;
+    returns ``(a, mask)`` (``mask`` empty for the identity: eval or ``p = 0``)."""
+
+    @staticmethod
+    def forward(x, p, training, mask_dims, generator):
+        if not training or p == 0.0:
+            return x.clone(), x.new_empty(0)
+        shape = tuple(x.shape[:mask_dims]) + (1,) * (x.dim() - mask_dims)
+        gen = _dropout_generator(generator, x.device)
+        mask = x.new_empty(shape).bernoulli_(1 - p, generator=gen).div_(1 - p)
+        return x * mask, mask
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _y, mask = output
+        ctx.mark_non_differentiable(mask)
+        ctx.save_for_backward(mask)
+
+    @staticmethod
+    @_first_order_only
+    def backward(ctx, dy, _dmask):
+        # δ_prev = δ ⊙ mask (the forward's mask; δ itself in eval)
+        (mask,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None
+        dx = dy.clone() if mask.numel() == 0 else dy * mask
+        return dx, None, None, None, None
+
+
+KERNELS.update(
+    {
+        "batch_norm": _kernel(BatchNorm, 5, ("training", "momentum", "eps"), n_outputs=3),
+        "dropout": _kernel(Dropout, 1, ("p", "training", "mask_dims", "generator"), n_outputs=2),
+    }
+)

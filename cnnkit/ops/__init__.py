@@ -8,6 +8,8 @@ family              what it holds (each op's record, functions and layers)
 :mod:`.activation`  the element-wise activations
 :mod:`.dense`       flattening and the dense layer
 :mod:`.loss`        softmax cross-entropy and its loss object
+:mod:`.normalization` batch norm (running statistics as state) and BatchNorm1d/2d/3d
+:mod:`.dropout`     dropout, dropout1d/2d/3d (whole channels), their layers
 ==================  ==============================================================
 
 A record (:class:`cnnkit.spec.OpSpec`) holds an op's inputs, attributes,
@@ -22,11 +24,13 @@ Canonical attributes, as kernels receive them, are in each record's docstring.
 
 from __future__ import annotations
 
-from cnnkit.ops import activation, convolution, dense, loss, pooling
+from cnnkit.ops import activation, convolution, dense, dropout, loss, normalization, pooling
 from cnnkit.ops.activation import ActivationSpec
 from cnnkit.ops.convolution import ConvSpec
 from cnnkit.ops.dense import FlattenSpec, LinearSpec
+from cnnkit.ops.dropout import DropoutSpec
 from cnnkit.ops.loss import CrossEntropySpec
+from cnnkit.ops.normalization import BatchNormSpec
 from cnnkit.ops.pooling import AvgPoolSpec, LpPoolSpec, MaxPoolSpec
 from cnnkit.spec import FLOAT_DTYPES, OpSpec, TensorInfo, as_bool, as_float, as_int_tuple
 
@@ -40,8 +44,10 @@ __all__ = [
     "FLOAT_DTYPES",
     "ActivationSpec",
     "AvgPoolSpec",
+    "BatchNormSpec",
     "ConvSpec",
     "CrossEntropySpec",
+    "DropoutSpec",
     "FlattenSpec",
     "LinearSpec",
     "LpPoolSpec",
@@ -54,7 +60,7 @@ __all__ = [
 ]
 
 #: The families, in the order their ops are listed and their cases run.
-FAMILIES = (convolution, pooling, activation, dense, loss)
+FAMILIES = (convolution, pooling, activation, dense, loss, normalization, dropout)
 
 BUILTIN_SPECS: tuple[OpSpec, ...] = tuple(spec for family in FAMILIES for spec in family.SPECS)
 BUILTIN_FUNCTIONS = tuple(fn for family in FAMILIES for fn in family.FUNCTIONS)
