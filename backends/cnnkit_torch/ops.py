@@ -18,6 +18,24 @@ Function's ``apply`` (autograd records cnnkit's gradients) and whose
 ``backward`` on a plain context object, under ``torch.no_grad()``, for
 :func:`cnnkit.vjp`.
 
+Higher-order gradients, by hand. Every ``backward`` is itself differentiable, because it is
+built from cnnkit's own Functions (or elementwise torch ops), never from a ``torch.no_grad``
+block hidden from autograd: the conv's gradients are :class:`ConvGrad` (the input gradient a
+transposed conv, the weight gradient a conv; its backward is :class:`Conv` and
+:class:`ConvGrad` again), max pooling's is the scatter :class:`MaxPoolGrad` (its backward the
+gather :class:`MaxPoolGather`), average pooling's :class:`AvgPoolGrad` (its backward the pool),
+the window sums of Lp pooling :class:`WindowSum`/:class:`WindowSpread` (each the other's
+adjoint). ``create_graph=True``, gradgradcheck, Hessians and gradient penalties therefore run
+the lecture's formulas at every order. To adopt this in a new Function:
+
+- write the backward's linear pieces as Functions whose ``backward`` is their adjoint, and
+  call them through :func:`_grad_apply` (``fn.apply`` while a graph is recorded, a plain call
+  of ``fn.forward`` otherwise, so first order costs nothing extra);
+- elementwise parts (masks, ``σ(1 - σ)``) may stay plain torch ops on saved tensors;
+- where an op truly stays first order, decorate its ``backward`` with
+  :func:`_first_order_only`: every route to a second derivative then raises one clear error
+  instead of returning zeros.
+
 Attributes arrive in the core's canonical form (see :mod:`cnnkit.ops`) and are
 never validated again here. Nothing here leaves the device: no ``.item()``,
 no ``.cpu()``, no NumPy.
@@ -43,16 +61,22 @@ from cnnkit_torch.sizes import COLUMNS_CHUNK_BYTES
 __all__ = [
     "KERNELS",
     "AvgPool",
+    "AvgPoolGrad",
     "Conv",
+    "ConvGrad",
     "CrossEntropy",
     "Flatten",
     "LeakyReLU",
     "Linear",
     "LpPool",
     "MaxPool",
+    "MaxPoolGather",
+    "MaxPoolGrad",
     "ReLU",
     "Sigmoid",
     "Tanh",
+    "WindowSpread",
+    "WindowSum",
 ]
 
 Pads = Sequence[tuple[int, int]]
@@ -231,6 +255,15 @@ def _first_order_only(fn: Any) -> Any:
         return out if many else out[0]
 
     return backward
+
+
+def _grad_apply(fn: type[Function], *args: Any) -> Any:
+    """Run a gradient Function inside a ``backward``: ``fn.apply`` when autograd is recording
+    (``create_graph=True``: the gradient is differentiated again through ``fn``'s own
+    hand-derived ``backward``), else ``fn.forward`` directly (first order: no node, no cost)."""
+    if torch.is_grad_enabled():
+        return fn.apply(*args)
+    return fn.forward(*args)
 
 
 # -- the plain context used by cnnkit.vjp ------------------------------------------------------
@@ -506,36 +539,83 @@ class Conv(Function):
         ctx.attrs = (stride, padding, dilation, groups, flip)
 
     @staticmethod
-    @_first_order_only
     def backward(ctx, dy):
         # dE/dW = y ⋆ δ (δ stride-dilated);  δ_prev = δ ⋆_full rot180(W);  dE/db = Σ_ij δ
         x, w = ctx.saved_tensors
-        stride, padding, dilation, groups, flip = ctx.attrs
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        spatial = _spatial(w)
-        if _is_empty(x) or _is_empty(w):  # N = 0 or C = 0: every sum over n or c is empty
-            dx = torch.zeros_like(x) if need_x else None
-            dw = torch.zeros_like(w) if need_w else None
-            db = dy.sum((0, *spatial)) if need_b else None
-            return dx, dw, db, None, None, None, None, None
-        w_used = w.flip(spatial) if flip and need_x else w  # rot180(W) is read by δ_prev only
-        dx = dw = db = None
-        if groups == 1 and x.shape[1] <= 4 and w.shape[0] >= 16 and (need_x or need_w):
-            dx, dw = _conv_grads_im2col(x, w_used, dy, stride, padding, dilation, need_x, need_w)
-        else:
-            if need_x:
-                dx = _conv_input_grad(dy, w_used, x.shape, stride, padding, dilation, groups)
-            if need_w:
-                dw = _conv_weight_grad(x, dy, w.shape[2:], stride, padding, dilation, groups)
-        if dw is not None and flip:
-            dw = dw.flip(spatial)
-        if dw is not None and dw.stride() != w.stride() and _dense(w):
-            # laid out like W (a size-1 axis can leave other strides): DDP's buckets expect it;
-            # a broadcast W (stride 0) has no such layout: its gradient stays dense
-            dw = torch.empty_strided(w.shape, w.stride(), dtype=dw.dtype, device=dw.device).copy_(dw)
-        if need_b:
-            db = dy.sum((0, *spatial))
+        dx = dw = None
+        if need_x or need_w:
+            dx, dw = _grad_apply(ConvGrad, x, w, dy, *ctx.attrs, need_x, need_w)
+        db = dy.sum((0, *_spatial(w))) if need_b else None
         return dx, dw, db, None, None, None, None, None
+
+
+def _conv_grads(x, w, dy, stride, padding, dilation, groups, flip, need_x, need_w):
+    """``(δ_prev, dE/dW)`` of ``a = W ⋆ y`` by the fastest route for the shape (``None`` where
+    not asked for)."""
+    spatial = _spatial(w)
+    if _is_empty(x) or _is_empty(w):  # N = 0 or C = 0: every sum over n or c is empty
+        return (torch.zeros_like(x) if need_x else None), (torch.zeros_like(w) if need_w else None)
+    w_used = w.flip(spatial) if flip and need_x else w  # rot180(W) is read by δ_prev only
+    dx = dw = None
+    if groups == 1 and x.shape[1] <= 4 and w.shape[0] >= 16 and (need_x or need_w):
+        dx, dw = _conv_grads_im2col(x, w_used, dy, stride, padding, dilation, need_x, need_w)
+    else:
+        if need_x:
+            dx = _conv_input_grad(dy, w_used, x.shape, stride, padding, dilation, groups)
+        if need_w:
+            dw = _conv_weight_grad(x, dy, w.shape[2:], stride, padding, dilation, groups)
+    if dw is not None and flip:
+        dw = dw.flip(spatial)
+    if dw is not None and dw.stride() != w.stride() and _dense(w):
+        # laid out like W (a size-1 axis can leave other strides): DDP's buckets expect it;
+        # a broadcast W (stride 0) has no such layout: its gradient stays dense
+        dw = torch.empty_strided(w.shape, w.stride(), dtype=dw.dtype, device=dw.device).copy_(dw)
+    return dx, dw
+
+
+class ConvGrad(Function):
+    """``(δ_prev, dE/dW)`` of a conv, as a Function of ``(y, W, δ)`` so it differentiates again.
+
+    ``δ_prev = Tᵀ_W δ`` (the transposed conv) is linear in ``δ`` and in ``W``; ``dE/dW = W(y, δ)``
+    (the input correlated with the deltas) is linear in ``y`` and in ``δ``. With incoming
+    ``(ġ_x, ġ_W)``, from ``⟨ġ_x, Tᵀ_W δ⟩ = ⟨W ⋆ ġ_x, δ⟩`` and ``⟨ġ_W, W(y, δ)⟩ = ⟨ġ_W ⋆ y, δ⟩``:
+
+    - ``d/dδ = ġ_x ⋆ W + y ⋆ ġ_W``  (two forward convs: :class:`Conv`)
+    - ``d/dW = W(ġ_x, δ)``           (a conv's weight gradient: this Function again)
+    - ``d/dy = Tᵀ_{ġ_W} δ``           (a transposed conv: this Function again)
+
+    ``flip`` carries through unchanged (``rot180`` is its own adjoint). The first-order route
+    for each shape is :func:`_conv_grads`'s; every derivative order is built from cnnkit's
+    Functions, so Hessians and gradient penalties are hand-derived too.
+    """
+
+    @staticmethod
+    def forward(x, w, dy, stride, padding, dilation, groups, flip, need_x, need_w):
+        return _conv_grads(x, w, dy, stride, padding, dilation, groups, flip, need_x, need_w)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, w, dy, *attrs = inputs
+        ctx.save_for_backward(x, w, dy)
+        ctx.attrs = tuple(attrs[:5])
+
+    @staticmethod
+    def backward(ctx, ggx, ggw):
+        x, w, dy = ctx.saved_tensors
+        need_x, need_w, need_dy = ctx.needs_input_grad[:3]
+        gx = gw = gdy = None
+        if ggw is not None and need_x:
+            gx = _grad_apply(ConvGrad, x, ggw, dy, *ctx.attrs, True, False)[0]
+        if ggx is not None and need_w:
+            gw = _grad_apply(ConvGrad, ggx, w, dy, *ctx.attrs, False, True)[1]
+        if need_dy:
+            if ggx is not None:
+                gdy = _grad_apply(Conv, ggx, w, None, *ctx.attrs)
+            if ggw is not None:
+                part = _grad_apply(Conv, x, ggw, None, *ctx.attrs)
+                gdy = part if gdy is None else gdy + part
+        return gx, gw, gdy, None, None, None, None, None, None, None
 
 
 # -- pooling -----------------------------------------------------------------------------------
@@ -600,7 +680,6 @@ class MaxPool(Function):
         ctx.pads = None if fits else _read_padding(x, kernel_size, stride, padding, dilation, ceil_mode)
 
     @staticmethod
-    @_first_order_only
     def backward(ctx, dy, _didx):
         # δ_prev[winner(i)] += δ[i]; every unit that did not win gets 0
         (idx,) = ctx.saved_tensors
@@ -608,15 +687,63 @@ class MaxPool(Function):
             return None, None, None, None, None, None
         if math.prod(ctx.x_shape) == 0:  # N = 0 or C = 0
             return dy.new_zeros(ctx.x_shape), None, None, None, None, None
-        n, c, *size = ctx.x_shape
-        if ctx.pads is not None:
-            size = [s + lo + hi for s, (lo, hi) in zip(size, ctx.pads)]
-        dx = dy.new_zeros((n, c, math.prod(size)))
-        dx.scatter_add_(2, idx.reshape(n, c, -1), dy.reshape(n, c, -1))
-        dx = dx.view(n, c, *size)
-        if ctx.pads is not None:
-            dx = _crop(dx, ctx.pads, ctx.x_shape[2:])
-        return dx, None, None, None, None, None
+        return _grad_apply(MaxPoolGrad, dy, idx, ctx.x_shape, ctx.pads), None, None, None, None, None
+
+
+def _max_pool_scatter(dy, idx, x_shape, pads):
+    n, c, *size = x_shape
+    if pads is not None:
+        size = [s + lo + hi for s, (lo, hi) in zip(size, pads)]
+    dx = dy.new_zeros((n, c, math.prod(size)))
+    dx.scatter_add_(2, idx.reshape(n, c, -1), dy.reshape(n, c, -1))
+    dx = dx.view(n, c, *size)
+    return _crop(dx, pads, x_shape[2:]) if pads is not None else dx
+
+
+def _max_pool_gather(g, idx, pads):
+    n, c = g.shape[:2]
+    g = _pad(g, pads) if pads is not None else g
+    return g.reshape(n, c, -1).gather(2, idx.reshape(n, c, -1)).view(idx.shape)
+
+
+class MaxPoolGrad(Function):
+    """``δ_prev = scatter(δ → winners)``, linear in ``δ``; its adjoint is the gather
+    ``ġ[winner(i)]`` (:class:`MaxPoolGather`), whose adjoint is this scatter again."""
+
+    @staticmethod
+    def forward(dy, idx, x_shape, pads):
+        return _max_pool_scatter(dy, idx, x_shape, pads)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _dy, idx, _x_shape, pads = inputs
+        ctx.save_for_backward(idx)
+        ctx.pads = pads
+
+    @staticmethod
+    def backward(ctx, gg):
+        (idx,) = ctx.saved_tensors
+        return _grad_apply(MaxPoolGather, gg, idx, ctx.pads), None, None, None
+
+
+class MaxPoolGather(Function):
+    """``g[i] = ġ_pad[winner(i)]``: the adjoint of :class:`MaxPoolGrad`."""
+
+    @staticmethod
+    def forward(g, idx, pads):
+        return _max_pool_gather(g, idx, pads)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        g, idx, pads = inputs
+        ctx.save_for_backward(idx)
+        ctx.pads = pads
+        ctx.g_shape = g.shape
+
+    @staticmethod
+    def backward(ctx, gg):
+        (idx,) = ctx.saved_tensors
+        return _grad_apply(MaxPoolGrad, gg, idx, ctx.g_shape, ctx.pads), None, None
 
 
 def _avg_pool_forward(x, kernel, stride, padding, dilation, ceil_mode, count_include_pad):
@@ -647,20 +774,38 @@ class AvgPool(Function):
         ctx.attrs = [kernel_size, stride, padding, dilation, *rest]
 
     @staticmethod
-    @_first_order_only
     def backward(ctx, dy):
         # δ_prev[u] = Σ_{windows i ∋ u} δ[i] / |window_i|
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None, None, None
-        kernel, stride, padding, dilation, ceil_mode, include_pad = ctx.attrs
-        size = ctx.x_shape[2:]
         if math.prod(ctx.x_shape) == 0:  # N = 0 or C = 0
             return dy.new_zeros(ctx.x_shape), None, None, None, None, None, None
+        return _grad_apply(AvgPoolGrad, dy, ctx.x_shape, *ctx.attrs), None, None, None, None, None, None
+
+
+class AvgPoolGrad(Function):
+    """``δ_prev = Aᵀ δ`` for the linear pool ``a = A y``; its adjoint is the pool itself
+    (:class:`AvgPool` applied to the incoming gradient)."""
+
+    @staticmethod
+    def forward(dy, x_shape, kernel, stride, padding, dilation, ceil_mode, include_pad):
+        size = x_shape[2:]
         count = _window_count(size, dy.shape[2:], kernel, stride, padding, dilation, include_pad, dy)
-        pads = [pool_padding(n, f, s, p, dl, ceil_mode) for n, f, s, p, dl in zip(size, *ctx.attrs[:4])]
+        pads = [
+            pool_padding(n, f, s, p, dl, ceil_mode)
+            for n, f, s, p, dl in zip(size, kernel, stride, padding, dilation)
+        ]
         full = [n + lo + hi for n, (lo, hi) in zip(size, pads)]
         dx = _window_spread(dy / count, full, kernel, stride, dilation)
-        return _crop(dx, pads, size), None, None, None, None, None, None
+        return _crop(dx, pads, size)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.attrs = inputs[2:]
+
+    @staticmethod
+    def backward(ctx, gg):
+        return _grad_apply(AvgPool, gg, *ctx.attrs), None, None, None, None, None, None, None
 
 
 def _lp_power(x: torch.Tensor, p: float) -> torch.Tensor:
@@ -691,7 +836,6 @@ class LpPool(Function):
         ctx.attrs = [kernel_size, stride, padding, dilation, *rest]
 
     @staticmethod
-    @_first_order_only
     def backward(ctx, dy):
         # δ_prev[u] = Σ_{windows i ∋ u} δ[i] · a[i]^(1-p) · |y[u]|^(p-1) · sign(y[u])  (0 where a[i] = 0)
         if not ctx.needs_input_grad[0]:
@@ -706,13 +850,46 @@ class LpPool(Function):
             dy if p == 1.0 else torch.where(a != 0, dy * a.pow(1.0 - p), torch.zeros_like(dy))
         )  # NaN stays NaN
         full = [n + lo + hi for n, (lo, hi) in zip(size, pads)]
-        spread = _crop(_window_spread(g, full, kernel, stride, dilation), pads, size)
+        spread = _crop(_grad_apply(WindowSpread, g, tuple(full), kernel, stride, dilation), pads, size)
         if p == 2.0:
             return spread * x, None, None, None, None, None, None
         local = x.sign() if p == 1.0 else x.sign() * x.abs().pow(p - 1.0)
         if p < 1.0:  # |y|^(p-1) is infinite at 0, where sign(y) = 0: that unit gets 0
             local = torch.where(x != 0, local, torch.zeros_like(local))
         return spread * local, None, None, None, None, None, None
+
+
+class WindowSpread(Function):
+    """:func:`_window_spread` (linear in ``g``); its adjoint is :class:`WindowSum`."""
+
+    @staticmethod
+    def forward(g, size, kernel, stride, dilation):
+        return _window_spread(g, size, kernel, stride, dilation)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.attrs = inputs[2:]
+
+    @staticmethod
+    def backward(ctx, gg):
+        return _grad_apply(WindowSum, gg, *ctx.attrs), None, None, None, None
+
+
+class WindowSum(Function):
+    """:func:`_window_sum` of an already padded input (linear); its adjoint is :class:`WindowSpread`."""
+
+    @staticmethod
+    def forward(x_pad, kernel, stride, dilation):
+        return _window_sum(x_pad, kernel, stride, dilation)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.size = tuple(inputs[0].shape[2:])
+        ctx.attrs = inputs[1:]
+
+    @staticmethod
+    def backward(ctx, gg):
+        return _grad_apply(WindowSpread, gg, ctx.size, *ctx.attrs), None, None, None
 
 
 # -- activations -------------------------------------------------------------------------------
@@ -730,7 +907,6 @@ class ReLU(Function):
         ctx.save_for_backward(output)
 
     @staticmethod
-    @_first_order_only
     def backward(ctx, dy):
         # δ_prev = f'(a) ⊙ δ,  f'(a) = 1 where a > 0, else 0
         (y,) = ctx.saved_tensors
@@ -751,7 +927,6 @@ class LeakyReLU(Function):
         ctx.negative_slope = negative_slope
 
     @staticmethod
-    @_first_order_only
     def backward(ctx, dy):
         # δ_prev = f'(a) ⊙ δ,  f'(a) = 1 where a > 0, else negative_slope
         (x,) = ctx.saved_tensors
@@ -772,7 +947,6 @@ class Sigmoid(Function):
         ctx.save_for_backward(output)
 
     @staticmethod
-    @_first_order_only
     def backward(ctx, dy):
         # δ_prev = f'(a) ⊙ δ,  f'(a) = σ(a)(1 - σ(a))
         (y,) = ctx.saved_tensors
@@ -791,7 +965,6 @@ class Tanh(Function):
         ctx.save_for_backward(output)
 
     @staticmethod
-    @_first_order_only
     def backward(ctx, dy):
         # δ_prev = f'(a) ⊙ δ,  f'(a) = 1 - tanh(a)^2
         (y,) = ctx.saved_tensors
@@ -815,7 +988,6 @@ class Flatten(Function):
         ctx.x_shape = inputs[0].shape
 
     @staticmethod
-    @_first_order_only
     def backward(ctx, dy):
         # δ_prev = δ reshaped back to the input's shape
         return (dy.reshape(ctx.x_shape).clone() if ctx.needs_input_grad[0] else None), None, None
@@ -834,7 +1006,6 @@ class Linear(Function):
         ctx.save_for_backward(x, w)
 
     @staticmethod
-    @_first_order_only
     def backward(ctx, dy):
         # δ_prev = δ W;  dE/dW = δᵀ y;  dE/db = Σ_n δ
         x, w = ctx.saved_tensors
@@ -865,15 +1036,18 @@ class CrossEntropy(Function):
         ctx.reduction = reduction
 
     @staticmethod
-    @_first_order_only
     def backward(ctx, dy):
         # δ_prev = (softmax(a) - onehot(t)) · δ   (÷ N for the mean)
         if not ctx.needs_input_grad[0]:
             return None, None, None
         x, target = ctx.saved_tensors
-        dx = torch.softmax(x, 1)
         t = target.long().unsqueeze(1)
-        dx.scatter_add_(1, t, torch.full_like(t, -1, dtype=dx.dtype))
+        if torch.is_grad_enabled():  # differentiable again: softmax = exp(a - logsumexp(a))
+            onehot = torch.zeros_like(x).scatter_(1, t, 1.0)
+            dx = (x - torch.logsumexp(x, 1, keepdim=True)).exp() - onehot
+        else:
+            dx = torch.softmax(x, 1)
+            dx.scatter_add_(1, t, torch.full_like(t, -1, dtype=dx.dtype))
         if ctx.reduction == "none":
             return dx * dy.unsqueeze(1), None, None
         if ctx.reduction == "mean":
