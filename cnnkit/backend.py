@@ -48,6 +48,15 @@ class Backend(abc.ABC):
     def to_numpy(self, x: Any) -> np.ndarray:
         """A NumPy copy (or view) of the native array ``x``, on the host."""
 
+    def check_values(self, spec: Any, where: str, arrays: Any) -> None:
+        """Run ``spec.check_values`` (the checks of input *values*, such as class targets).
+
+        The default reads the inputs through :meth:`to_numpy`. A backend whose arrays may not
+        be read on the host at call time (traced, transformed, on an accelerator) overrides
+        this and checks the same values in its kernel instead.
+        """
+        spec.check_values(where, arrays, self.to_numpy)
+
     @abc.abstractmethod
     def dtype_name(self, x: Any) -> str:
         """The NumPy-style dtype name of a native array: ``"float32"``, ``"int64"``, ..."""

@@ -167,7 +167,7 @@ def call(
     ]
     canonical = spec.bind(where, infos, attrs)
     _size_checks(where, spec, infos, canonical)
-    spec.check_values(where, arrays, be.to_numpy)
+    be.check_values(spec, where, arrays)
     kernel = registry.kernel(be.name, op)
     tape = _TAPE.get()
     if tape is None:

@@ -266,6 +266,39 @@ def _grad_apply(fn: type[Function], *args: Any) -> Any:
     return fn.forward(*args)
 
 
+class CnnkitFunction(Function):
+    """The base of every Function here: ``forward`` takes no ctx (``setup_context`` does the
+    saving), so torch.func can transform it, and ``generate_vmap_rule``: ``vmap`` runs the
+    Function's own ``forward``/``backward`` on batched tensors (they are pure torch; the routes
+    that view memory with ``as_strided`` step aside under a transform, see :func:`_transformed`).
+    Forward mode (``jvp``, ``torch.func.jvp``, ``torch.autograd.forward_ad``) runs each class's
+    hand-written ``jvp`` staticmethod; tensors it reads are saved with :func:`_save`."""
+
+    generate_vmap_rule = True
+
+
+def _save(ctx: Any, *tensors: Any) -> None:
+    """Save ``tensors`` for ``backward`` and for ``jvp`` (forward mode reads its own saved list)."""
+    ctx.save_for_backward(*tensors)
+    ctx.save_for_forward(*tensors)
+
+
+def _transformed(*tensors: Any) -> bool:
+    """True under a torch.func transform (vmap, grad, jvp wrap tensors): only routes of plain,
+    batchable torch ops (no ``as_strided``, no in-place writes into a fresh buffer) may run."""
+    return any(
+        isinstance(t, torch.Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors
+    )
+
+
+def host_readable(*tensors: Any) -> bool:
+    """True where reading these tensors on the host costs no device sync and breaks no trace:
+    CPU tensors, in eager mode, outside any torch.func transform."""
+    if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
+        return False
+    return all(not isinstance(t, torch.Tensor) or t.device.type in ("cpu", "meta") for t in tensors)
+
+
 # -- the plain context used by cnnkit.vjp ------------------------------------------------------
 
 
@@ -278,6 +311,9 @@ class _Ctx:
 
     def save_for_backward(self, *tensors: Any) -> None:
         self.saved_tensors = tensors
+
+    def save_for_forward(self, *tensors: Any) -> None:
+        pass
 
     def mark_non_differentiable(self, *tensors: Any) -> None:
         pass
@@ -516,7 +552,7 @@ def _conv_forward(x, w, b, stride, padding, dilation, groups, flip):
     return _CONV[x.dim() - 2](_pad(x, rest), w, b, stride, sym, dilation, groups)
 
 
-class Conv(Function):
+class Conv(CnnkitFunction):
     """``a = W ⋆ y + b`` (``flip=True``: ``rot180(W)``), in 1, 2 or 3 dimensions."""
 
     @staticmethod
@@ -534,9 +570,10 @@ class Conv(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, w, _b, stride, padding, dilation, groups, flip = inputs
-        ctx.save_for_backward(x, w)
+        _save(ctx, x, w)
         stride, dilation = _bounded(x.shape, w.shape[2:], stride, padding, dilation)
         ctx.attrs = (stride, padding, dilation, groups, flip)
+        ctx.out_size = tuple(output.shape[2:])
 
     @staticmethod
     def backward(ctx, dy):
@@ -549,6 +586,22 @@ class Conv(Function):
         db = dy.sum((0, *_spatial(w))) if need_b else None
         return dx, dw, db, None, None, None, None, None
 
+    @staticmethod
+    def jvp(ctx, dx, dw, db, *_):
+        # ȧ = W ⋆ ẏ + Ẇ ⋆ y + ḃ  (bilinear)
+        x, w = ctx.saved_tensors
+        stride, padding, dilation, groups, flip = ctx.attrs
+        out = None
+        if dx is not None:
+            out = _conv_forward(dx, w, None, stride, padding, dilation, groups, flip)
+        if dw is not None:
+            part = _conv_forward(x, dw, None, stride, padding, dilation, groups, flip)
+            out = part if out is None else out + part
+        if db is not None:
+            part = db.view(1, -1, *([1] * (x.dim() - 2)))
+            out = part.expand(x.shape[0], -1, *ctx.out_size) if out is None else out + part
+        return out
+
 
 def _conv_grads(x, w, dy, stride, padding, dilation, groups, flip, need_x, need_w):
     """``(δ_prev, dE/dW)`` of ``a = W ⋆ y`` by the fastest route for the shape (``None`` where
@@ -558,7 +611,12 @@ def _conv_grads(x, w, dy, stride, padding, dilation, groups, flip, need_x, need_
         return (torch.zeros_like(x) if need_x else None), (torch.zeros_like(w) if need_w else None)
     w_used = w.flip(spatial) if flip and need_x else w  # rot180(W) is read by δ_prev only
     dx = dw = None
-    if groups == 1 and x.shape[1] <= 4 and w.shape[0] >= 16 and (need_x or need_w):
+    if _transformed(x, w, dy):  # batchable ops only: the transposed conv and the conv
+        if need_x:
+            dx = _conv_input_grad(dy, w_used, x.shape, stride, padding, dilation, groups)
+        if need_w:
+            dw = _conv_weight_grad_conv(x, dy, w.shape[2:], stride, padding, dilation, groups)
+    elif groups == 1 and x.shape[1] <= 4 and w.shape[0] >= 16 and (need_x or need_w):
         dx, dw = _conv_grads_im2col(x, w_used, dy, stride, padding, dilation, need_x, need_w)
     else:
         if need_x:
@@ -567,14 +625,14 @@ def _conv_grads(x, w, dy, stride, padding, dilation, groups, flip, need_x, need_
             dw = _conv_weight_grad(x, dy, w.shape[2:], stride, padding, dilation, groups)
     if dw is not None and flip:
         dw = dw.flip(spatial)
-    if dw is not None and dw.stride() != w.stride() and _dense(w):
+    if dw is not None and dw.stride() != w.stride() and _dense(w) and not _transformed(w, dw):
         # laid out like W (a size-1 axis can leave other strides): DDP's buckets expect it;
         # a broadcast W (stride 0) has no such layout: its gradient stays dense
         dw = torch.empty_strided(w.shape, w.stride(), dtype=dw.dtype, device=dw.device).copy_(dw)
     return dx, dw
 
 
-class ConvGrad(Function):
+class ConvGrad(CnnkitFunction):
     """``(δ_prev, dE/dW)`` of a conv, as a Function of ``(y, W, δ)`` so it differentiates again.
 
     ``δ_prev = Tᵀ_W δ`` (the transposed conv) is linear in ``δ`` and in ``W``; ``dE/dW = W(y, δ)``
@@ -597,8 +655,9 @@ class ConvGrad(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, w, dy, *attrs = inputs
-        ctx.save_for_backward(x, w, dy)
+        _save(ctx, x, w, dy)
         ctx.attrs = tuple(attrs[:5])
+        ctx.need = tuple(attrs[5:7])
 
     @staticmethod
     def backward(ctx, ggx, ggw):
@@ -616,6 +675,24 @@ class ConvGrad(Function):
                 part = _grad_apply(Conv, x, ggw, None, *ctx.attrs)
                 gdy = part if gdy is None else gdy + part
         return gx, gw, gdy, None, None, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, dx, dw, ddy, *_):
+        # bilinear: (Tᵀ_W δ)˙ = Tᵀ_Ẇ δ + Tᵀ_W δ̇;  W(y, δ)˙ = W(ẏ, δ) + W(y, δ̇)
+        x, w, dy = ctx.saved_tensors
+        need_x, need_w = ctx.need
+        gx = gw = None
+
+        def add(a, b):
+            return b if a is None else (a if b is None else a + b)
+
+        if ddy is not None:
+            gx, gw = _conv_grads(x, w, ddy, *ctx.attrs, need_x, need_w)
+        if dw is not None and need_x:
+            gx = add(gx, _conv_grads(x, dw, dy, *ctx.attrs, True, False)[0])
+        if dx is not None and need_w:
+            gw = add(gw, _conv_grads(dx, w, dy, *ctx.attrs, False, True)[1])
+        return gx, gw
 
 
 # -- pooling -----------------------------------------------------------------------------------
@@ -659,7 +736,7 @@ def _max_pool_forward(x, kernel, stride, padding, dilation, ceil_mode):
     return y, idx, pads
 
 
-class MaxPool(Function):
+class MaxPool(CnnkitFunction):
     """``a[i] = max_m y_pad[S·i + D·m]``; returns ``(a, winner)``, the winner's flat index."""
 
     @staticmethod
@@ -674,7 +751,7 @@ class MaxPool(Function):
         stride, dilation = _bounded(x.shape, kernel_size, stride, padding, dilation)
         _y, idx = output
         ctx.mark_non_differentiable(idx)
-        ctx.save_for_backward(idx)
+        _save(ctx, idx)
         ctx.x_shape = x.shape
         fits = _torch_pool_fits(x, kernel_size, padding)
         ctx.pads = None if fits else _read_padding(x, kernel_size, stride, padding, dilation, ceil_mode)
@@ -689,13 +766,24 @@ class MaxPool(Function):
             return dy.new_zeros(ctx.x_shape), None, None, None, None, None
         return _grad_apply(MaxPoolGrad, dy, idx, ctx.x_shape, ctx.pads), None, None, None, None, None
 
+    @staticmethod
+    def jvp(ctx, dx, *_):
+        # ȧ[i] = ẏ[winner(i)]
+        (idx,) = ctx.saved_tensors
+        if math.prod(ctx.x_shape) == 0:
+            return torch.zeros(idx.shape, dtype=dx.dtype, device=dx.device), None
+        return _max_pool_gather(dx, idx, ctx.pads), None
+
 
 def _max_pool_scatter(dy, idx, x_shape, pads):
     n, c, *size = x_shape
     if pads is not None:
         size = [s + lo + hi for s, (lo, hi) in zip(size, pads)]
     dx = dy.new_zeros((n, c, math.prod(size)))
-    dx.scatter_add_(2, idx.reshape(n, c, -1), dy.reshape(n, c, -1))
+    if _transformed(dy, idx):
+        dx = dx.scatter_add(2, idx.reshape(n, c, -1), dy.reshape(n, c, -1))
+    else:
+        dx.scatter_add_(2, idx.reshape(n, c, -1), dy.reshape(n, c, -1))
     dx = dx.view(n, c, *size)
     return _crop(dx, pads, x_shape[2:]) if pads is not None else dx
 
@@ -706,7 +794,7 @@ def _max_pool_gather(g, idx, pads):
     return g.reshape(n, c, -1).gather(2, idx.reshape(n, c, -1)).view(idx.shape)
 
 
-class MaxPoolGrad(Function):
+class MaxPoolGrad(CnnkitFunction):
     """``δ_prev = scatter(δ → winners)``, linear in ``δ``; its adjoint is the gather
     ``ġ[winner(i)]`` (:class:`MaxPoolGather`), whose adjoint is this scatter again."""
 
@@ -716,17 +804,23 @@ class MaxPoolGrad(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _dy, idx, _x_shape, pads = inputs
-        ctx.save_for_backward(idx)
+        _dy, idx, x_shape, pads = inputs
+        _save(ctx, idx)
         ctx.pads = pads
+        ctx.x_shape = x_shape
 
     @staticmethod
     def backward(ctx, gg):
         (idx,) = ctx.saved_tensors
         return _grad_apply(MaxPoolGather, gg, idx, ctx.pads), None, None, None
 
+    @staticmethod
+    def jvp(ctx, ddy, *_):
+        (idx,) = ctx.saved_tensors
+        return _max_pool_scatter(ddy, idx, ctx.x_shape, ctx.pads)
 
-class MaxPoolGather(Function):
+
+class MaxPoolGather(CnnkitFunction):
     """``g[i] = ġ_pad[winner(i)]``: the adjoint of :class:`MaxPoolGrad`."""
 
     @staticmethod
@@ -736,7 +830,7 @@ class MaxPoolGather(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         g, idx, pads = inputs
-        ctx.save_for_backward(idx)
+        _save(ctx, idx)
         ctx.pads = pads
         ctx.g_shape = g.shape
 
@@ -744,6 +838,11 @@ class MaxPoolGather(Function):
     def backward(ctx, gg):
         (idx,) = ctx.saved_tensors
         return _grad_apply(MaxPoolGrad, gg, idx, ctx.g_shape, ctx.pads), None, None
+
+    @staticmethod
+    def jvp(ctx, dg, *_):
+        (idx,) = ctx.saved_tensors
+        return _max_pool_gather(dg, idx, ctx.pads)
 
 
 def _avg_pool_forward(x, kernel, stride, padding, dilation, ceil_mode, count_include_pad):
@@ -758,7 +857,7 @@ def _avg_pool_forward(x, kernel, stride, padding, dilation, ceil_mode, count_inc
     return s / count
 
 
-class AvgPool(Function):
+class AvgPool(CnnkitFunction):
     """``a[i] = Σ_m y_pad[S·i + D·m] / |window_i|``."""
 
     @staticmethod
@@ -782,8 +881,13 @@ class AvgPool(Function):
             return dy.new_zeros(ctx.x_shape), None, None, None, None, None, None
         return _grad_apply(AvgPoolGrad, dy, ctx.x_shape, *ctx.attrs), None, None, None, None, None, None
 
+    @staticmethod
+    def jvp(ctx, dx, *_):
+        # linear: ȧ = A ẏ
+        return AvgPool.forward(dx, *ctx.attrs)
 
-class AvgPoolGrad(Function):
+
+class AvgPoolGrad(CnnkitFunction):
     """``δ_prev = Aᵀ δ`` for the linear pool ``a = A y``; its adjoint is the pool itself
     (:class:`AvgPool` applied to the incoming gradient)."""
 
@@ -801,11 +905,16 @@ class AvgPoolGrad(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
+        ctx.x_shape = inputs[1]
         ctx.attrs = inputs[2:]
 
     @staticmethod
     def backward(ctx, gg):
         return _grad_apply(AvgPool, gg, *ctx.attrs), None, None, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, ddy, *_):
+        return AvgPoolGrad.forward(ddy, ctx.x_shape, *ctx.attrs)
 
 
 def _lp_power(x: torch.Tensor, p: float) -> torch.Tensor:
@@ -814,7 +923,7 @@ def _lp_power(x: torch.Tensor, p: float) -> torch.Tensor:
     return x.abs() if p == 1.0 else x.abs().pow(p)
 
 
-class LpPool(Function):
+class LpPool(CnnkitFunction):
     """``a[i] = (Σ_m |y_pad[S·i + D·m]|^p)^(1/p)``, the true Lp norm of each window."""
 
     @staticmethod
@@ -832,7 +941,7 @@ class LpPool(Function):
     def setup_context(ctx, inputs, output):
         x, kernel_size, stride, padding, dilation, *rest = inputs
         stride, dilation = _bounded(x.shape, kernel_size, stride, padding, dilation)
-        ctx.save_for_backward(x, output)
+        _save(ctx, x, output)
         ctx.attrs = [kernel_size, stride, padding, dilation, *rest]
 
     @staticmethod
@@ -858,8 +967,25 @@ class LpPool(Function):
             local = torch.where(x != 0, local, torch.zeros_like(local))
         return spread * local, None, None, None, None, None, None
 
+    @staticmethod
+    def jvp(ctx, dx, *_):
+        # ȧ[i] = a[i]^(1-p) · Σ_m |y[u]|^(p-1) · sign(y[u]) · ẏ[u]   (0 where a[i] = 0)
+        x, a = ctx.saved_tensors
+        kernel, stride, padding, dilation, ceil_mode, p = ctx.attrs
+        if _is_empty(x):
+            return torch.zeros_like(a)
+        pads = _read_padding(x, kernel, stride, padding, dilation, ceil_mode)
+        if p == 2.0:
+            local = x
+        else:
+            local = x.sign() if p == 1.0 else x.sign() * x.abs().pow(p - 1.0)
+            if p < 1.0:
+                local = torch.where(x != 0, local, torch.zeros_like(local))
+        s = _window_sum(_pad(local * dx, pads), kernel, stride, dilation)
+        return s if p == 1.0 else torch.where(a != 0, s * a.pow(1.0 - p), torch.zeros_like(s))
 
-class WindowSpread(Function):
+
+class WindowSpread(CnnkitFunction):
     """:func:`_window_spread` (linear in ``g``); its adjoint is :class:`WindowSum`."""
 
     @staticmethod
@@ -868,14 +994,19 @@ class WindowSpread(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
+        ctx.size = inputs[1]
         ctx.attrs = inputs[2:]
 
     @staticmethod
     def backward(ctx, gg):
         return _grad_apply(WindowSum, gg, *ctx.attrs), None, None, None, None
 
+    @staticmethod
+    def jvp(ctx, dg, *_):
+        return _window_spread(dg, ctx.size, *ctx.attrs)
 
-class WindowSum(Function):
+
+class WindowSum(CnnkitFunction):
     """:func:`_window_sum` of an already padded input (linear); its adjoint is :class:`WindowSpread`."""
 
     @staticmethod
@@ -891,11 +1022,15 @@ class WindowSum(Function):
     def backward(ctx, gg):
         return _grad_apply(WindowSpread, gg, ctx.size, *ctx.attrs), None, None, None
 
+    @staticmethod
+    def jvp(ctx, dx, *_):
+        return _window_sum(dx, *ctx.attrs)
+
 
 # -- activations -------------------------------------------------------------------------------
 
 
-class ReLU(Function):
+class ReLU(CnnkitFunction):
     """``y' = max(0, a)``."""
 
     @staticmethod
@@ -904,7 +1039,7 @@ class ReLU(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output)
+        _save(ctx, output)
 
     @staticmethod
     def backward(ctx, dy):
@@ -912,8 +1047,13 @@ class ReLU(Function):
         (y,) = ctx.saved_tensors
         return (dy * (y > 0) if ctx.needs_input_grad[0] else None,)
 
+    @staticmethod
+    def jvp(ctx, dx):
+        (y,) = ctx.saved_tensors
+        return dx * (y > 0)
 
-class LeakyReLU(Function):
+
+class LeakyReLU(CnnkitFunction):
     """``y' = a`` where ``a > 0``, else ``negative_slope · a``."""
 
     @staticmethod
@@ -923,7 +1063,7 @@ class LeakyReLU(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, negative_slope = inputs
-        ctx.save_for_backward(x)
+        _save(ctx, x)
         ctx.negative_slope = negative_slope
 
     @staticmethod
@@ -934,8 +1074,13 @@ class LeakyReLU(Function):
             return None, None
         return torch.where(x > 0, dy, dy * ctx.negative_slope), None
 
+    @staticmethod
+    def jvp(ctx, dx, _):
+        (x,) = ctx.saved_tensors
+        return torch.where(x > 0, dx, dx * ctx.negative_slope)
 
-class Sigmoid(Function):
+
+class Sigmoid(CnnkitFunction):
     """``y' = σ(a) = 1 / (1 + e^-a)``."""
 
     @staticmethod
@@ -944,7 +1089,7 @@ class Sigmoid(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output)
+        _save(ctx, output)
 
     @staticmethod
     def backward(ctx, dy):
@@ -952,8 +1097,13 @@ class Sigmoid(Function):
         (y,) = ctx.saved_tensors
         return (dy * y * (1 - y) if ctx.needs_input_grad[0] else None,)
 
+    @staticmethod
+    def jvp(ctx, dx):
+        (y,) = ctx.saved_tensors
+        return dx * y * (1 - y)
 
-class Tanh(Function):
+
+class Tanh(CnnkitFunction):
     """``y' = tanh(a)``."""
 
     @staticmethod
@@ -962,7 +1112,7 @@ class Tanh(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output)
+        _save(ctx, output)
 
     @staticmethod
     def backward(ctx, dy):
@@ -970,11 +1120,16 @@ class Tanh(Function):
         (y,) = ctx.saved_tensors
         return (dy * (1 - y * y) if ctx.needs_input_grad[0] else None,)
 
+    @staticmethod
+    def jvp(ctx, dx):
+        (y,) = ctx.saved_tensors
+        return dx * (1 - y * y)
+
 
 # -- flatten, linear, loss ---------------------------------------------------------------------
 
 
-class Flatten(Function):
+class Flatten(CnnkitFunction):
     """Merge dims ``start_dim..end_dim`` into one (a new tensor: the output owns its memory)."""
 
     @staticmethod
@@ -986,14 +1141,19 @@ class Flatten(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.x_shape = inputs[0].shape
+        ctx.out_shape = output.shape
 
     @staticmethod
     def backward(ctx, dy):
         # δ_prev = δ reshaped back to the input's shape
         return (dy.reshape(ctx.x_shape).clone() if ctx.needs_input_grad[0] else None), None, None
 
+    @staticmethod
+    def jvp(ctx, dx, *_):
+        return dx.reshape(ctx.out_shape).clone()
 
-class Linear(Function):
+
+class Linear(CnnkitFunction):
     """``a = y Wᵀ + b``."""
 
     @staticmethod
@@ -1003,7 +1163,7 @@ class Linear(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, w, _b = inputs
-        ctx.save_for_backward(x, w)
+        _save(ctx, x, w)
 
     @staticmethod
     def backward(ctx, dy):
@@ -1017,12 +1177,31 @@ class Linear(Function):
         db = dy2.sum(0) if need_b else None
         return dx, dw, db
 
+    @staticmethod
+    def jvp(ctx, dx, dw, db):
+        # ȧ = ẏ Wᵀ + y Ẇᵀ + ḃ
+        x, w = ctx.saved_tensors
+        out = None
+        if dx is not None:
+            out = F.linear(dx, w)
+        if dw is not None:
+            out = F.linear(x, dw) if out is None else out + F.linear(x, dw)
+        if db is not None:
+            out = db.expand(*x.shape[:-1], -1) if out is None else out + db
+        return out
 
-class CrossEntropy(Function):
+
+class CrossEntropy(CnnkitFunction):
     """``E_n = log Σ_c e^{a[n, c]} - a[n, t_n]``, reduced by mean, sum or not at all."""
 
     @staticmethod
     def forward(x, target, reduction):
+        if not host_readable(x, target) and target.numel():  # the core could not read them: here
+            classes = x.shape[1]
+            torch._assert_async(
+                ((target >= 0) & (target < classes)).all(),
+                f"cross_entropy: target holds a class index outside [0, {classes})",
+            )
         lse = torch.logsumexp(x, 1)
         loss = lse - x.gather(1, target.long().unsqueeze(1)).squeeze(1)
         if reduction == "mean":
@@ -1032,7 +1211,7 @@ class CrossEntropy(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, target, reduction = inputs
-        ctx.save_for_backward(x, target)
+        _save(ctx, x, target)
         ctx.reduction = reduction
 
     @staticmethod
@@ -1053,6 +1232,16 @@ class CrossEntropy(Function):
         if ctx.reduction == "mean":
             dy = dy / x.shape[0]
         return dx * dy, None, None
+
+    @staticmethod
+    def jvp(ctx, dx, *_):
+        # Ė_n = Σ_c (softmax(a)[n, c] - onehot(t_n)[c]) · ȧ[n, c], reduced as E is
+        x, target = ctx.saved_tensors
+        t = target.long().unsqueeze(1)
+        e = (torch.softmax(x, 1) * dx).sum(1) - dx.gather(1, t).squeeze(1)
+        if ctx.reduction == "mean":
+            return e.mean()
+        return e.sum() if ctx.reduction == "sum" else e
 
 
 _POOL_ATTRS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
