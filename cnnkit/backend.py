@@ -48,6 +48,14 @@ class Backend(abc.ABC):
     def to_numpy(self, x: Any) -> np.ndarray:
         """A NumPy copy (or view) of the native array ``x``, on the host."""
 
+    def prepare(self, spec: Any, arrays: list[Any]) -> list[Any]:
+        """The inputs as the op will see them, before validation (default: unchanged).
+
+        A backend with a mixed-precision mode (torch's autocast) casts them here, so the
+        spec validates the dtypes the op really runs in.
+        """
+        return arrays
+
     def check_values(self, spec: Any, where: str, arrays: Any) -> None:
         """Run ``spec.check_values`` (the checks of input *values*, such as class targets).
 

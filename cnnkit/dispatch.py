@@ -162,6 +162,7 @@ def call(
             raise TypeError(f"{where}: {name} cannot be read as an array ({exc})") from exc
         except (ValueError, OverflowError) as exc:
             raise TypeError(f"{where}: {name} cannot be read as an array ({exc})") from exc
+    arrays = be.prepare(spec, arrays)
     infos = [
         None if a is None else TensorInfo(tuple(int(s) for s in a.shape), be.dtype_name(a)) for a in arrays
     ]

@@ -183,3 +183,34 @@ def test_grad_and_jacrev_of_a_model_with_cnnkit_loss_match_native():
         torch.testing.assert_close(g[key], g_ref[key], **F64)
         torch.testing.assert_close(plain[key], plain_ref[key], **F64)
     torch.testing.assert_close(j, j_ref, **F64)
+
+
+# -- autocast ------------------------------------------------------------------------------------
+
+
+def test_autocast_bfloat16_forward_and_backward_match_native():
+    """Conv and linear run in bfloat16, pools and activations in their input's dtype, the loss
+    in float32, exactly as native ops under autocast; gradients come back in float32."""
+    ours, theirs = _pair(torch.float32)
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([0, 2, 1])
+    runs = []
+    for model, loss_fn in ((ours, cnn.CrossEntropyLoss()), (theirs, torch.nn.CrossEntropyLoss())):
+        dtypes, h = [], x.clone().requires_grad_(True)
+        with torch.autocast("cpu", torch.bfloat16):
+            out = h
+            for layer in model:
+                out = layer(out)
+                dtypes.append(out.dtype)
+            loss = loss_fn(out, t)
+        loss.backward()
+        runs.append((dtypes, loss, h.grad, [p.grad for p in model.parameters()]))
+    (dt, loss, gx, gp), (dt_ref, loss_ref, gx_ref, gp_ref) = runs
+    assert dt == dt_ref and torch.bfloat16 in dt and loss.dtype == loss_ref.dtype == torch.float32
+    tol = dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(loss, loss_ref, **tol)
+    assert gx.dtype == torch.float32
+    torch.testing.assert_close(gx, gx_ref, **tol)
+    for g, g_ref in zip(gp, gp_ref):
+        assert g.dtype == g_ref.dtype == torch.float32
+        torch.testing.assert_close(g, g_ref, **tol)

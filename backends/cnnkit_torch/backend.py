@@ -117,6 +117,13 @@ class TorchBackend(Backend):
             t = t.float()
         return t.cpu().numpy()
 
+    def prepare(self, spec: Any, arrays: list[Any]) -> list[Any]:
+        """Under ``torch.autocast``: the inputs cast as the op's Function declares
+        (:data:`cnnkit_torch.ops.AUTOCAST`), as native ops are; otherwise unchanged."""
+        from cnnkit_torch.ops import autocast_inputs
+
+        return autocast_inputs(spec.name, arrays)
+
     def check_values(self, spec: Any, where: str, arrays: Any) -> None:
         """On the host only where that reads nothing off a device and breaks no trace: plain CPU
         tensors in eager mode. Otherwise (CUDA, torch.compile, torch.func transforms) the kernel

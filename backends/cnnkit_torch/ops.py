@@ -276,6 +276,11 @@ class CnnkitFunction(Function):
 
     generate_vmap_rule = True
 
+    #: What ``torch.autocast`` does to the inputs (see :func:`autocast_inputs`): ``"lower"``
+    #: (conv, linear: the autocast dtype, as native conv and linear), ``"float32"`` (losses),
+    #: ``"promote"`` (the rest: the widest floating dtype among the inputs, as native ops).
+    autocast = "promote"
+
 
 def _save(ctx: Any, *tensors: Any) -> None:
     """Save ``tensors`` for ``backward`` and for ``jvp`` (forward mode reads its own saved list)."""
@@ -297,6 +302,35 @@ def host_readable(*tensors: Any) -> bool:
     if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
         return False
     return all(not isinstance(t, torch.Tensor) or t.device.type in ("cpu", "meta") for t in tensors)
+
+
+def _autocast_device(arrays: Sequence[Any]) -> str | None:
+    for a in arrays:
+        if isinstance(a, torch.Tensor):
+            dev = a.device.type
+            return dev if dev in ("cpu", "cuda") and torch.is_autocast_enabled(dev) else None
+    return None
+
+
+def autocast_inputs(op: str, arrays: list[Any]) -> list[Any]:
+    """The op's floating inputs cast as its Function's ``autocast`` declares, under an active
+    ``torch.autocast`` on their device (CPU, CUDA); unchanged otherwise. The casts are ordinary
+    autograd ops, so gradients come back in the inputs' own dtypes."""
+    dev = _autocast_device(arrays)
+    if dev is None:
+        return arrays
+    fn = _FUNCTIONS.get(op)
+    policy = getattr(fn, "autocast", "promote")
+    floats = [a for a in arrays if isinstance(a, torch.Tensor) and a.is_floating_point()]
+    if not floats:
+        return arrays
+    if policy == "lower":
+        target = torch.get_autocast_dtype(dev)
+    elif policy == "float32":
+        target = torch.float32
+    else:
+        target = functools.reduce(torch.promote_types, (a.dtype for a in floats))
+    return [a.to(target) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in arrays]
 
 
 # -- the plain context used by cnnkit.vjp ------------------------------------------------------
@@ -324,7 +358,12 @@ def _kernel(fn: type[Function], n_inputs: int, attrs: tuple[str, ...], n_outputs
     ``fn``'s own static methods on a :class:`_Ctx` for :func:`cnnkit.vjp`."""
 
     def call(*inputs: Any, **kw: Any) -> Any:
-        out = fn.apply(*inputs, *(kw[k] for k in attrs))
+        dev = _autocast_device(inputs)
+        if dev is None:
+            out = fn.apply(*inputs, *(kw[k] for k in attrs))
+        else:  # inputs already cast (autocast_inputs): the Function runs in their dtypes
+            with torch.autocast(dev, enabled=False):
+                out = fn.apply(*inputs, *(kw[k] for k in attrs))
         return out[0] if n_outputs > 1 else out
 
     def forward(*inputs: Any, **kw: Any) -> tuple[Any, _Ctx]:
@@ -344,6 +383,7 @@ def _kernel(fn: type[Function], n_inputs: int, attrs: tuple[str, ...], n_outputs
     forward.__name__ = f"{fn.__name__.lower()}_forward"
     backward.__name__ = f"{fn.__name__.lower()}_backward"
     call.__name__ = f"{fn.__name__.lower()}_apply"
+    call.function = fn  # type: ignore[attr-defined]
     return Kernel(forward=forward, backward=backward, call=call)
 
 
@@ -554,6 +594,8 @@ def _conv_forward(x, w, b, stride, padding, dilation, groups, flip):
 
 class Conv(CnnkitFunction):
     """``a = W ⋆ y + b`` (``flip=True``: ``rot180(W)``), in 1, 2 or 3 dimensions."""
+
+    autocast = "lower"
 
     @staticmethod
     def forward(x, w, b, stride, padding, dilation, groups, flip):
@@ -1156,6 +1198,8 @@ class Flatten(CnnkitFunction):
 class Linear(CnnkitFunction):
     """``a = y Wᵀ + b``."""
 
+    autocast = "lower"
+
     @staticmethod
     def forward(x, w, b):
         return F.linear(x, w, b)
@@ -1193,6 +1237,8 @@ class Linear(CnnkitFunction):
 
 class CrossEntropy(CnnkitFunction):
     """``E_n = log Σ_c e^{a[n, c]} - a[n, t_n]``, reduced by mean, sum or not at all."""
+
+    autocast = "float32"
 
     @staticmethod
     def forward(x, target, reduction):
@@ -1260,3 +1306,6 @@ KERNELS: dict[str, Kernel] = {
     "linear": _kernel(Linear, 3, ()),
     "cross_entropy": _kernel(CrossEntropy, 2, ("reduction",)),
 }
+
+#: The Function behind each op kind (its ``autocast`` declaration is read by :func:`autocast_inputs`).
+_FUNCTIONS: dict[str, type[Function]] = {op: k.call.function for op, k in KERNELS.items()}  # type: ignore[union-attr]
