@@ -38,6 +38,9 @@ class _Record:
 
 
 _TAPE: ContextVar[list[_Record] | None] = ContextVar("cnnkit_vjp_tape", default=None)
+#: How many vjp tapes are open (in any thread): while none is, call() reads no ContextVar,
+#: which keeps the path traceable by torch.compile.
+_OPEN_TAPES = 0
 
 
 def _real_array(x: Any, what: str, dtype: Any) -> np.ndarray:
@@ -170,7 +173,7 @@ def call(
     _size_checks(where, spec, infos, canonical)
     be.check_values(spec, where, arrays)
     kernel = registry.kernel(be.name, op)
-    tape = _TAPE.get()
+    tape = _TAPE.get() if _OPEN_TAPES else None
     if tape is None:
         return kernel(*arrays, **canonical)
     out, ctx = kernel.forward(*arrays, **canonical)
@@ -245,11 +248,14 @@ def vjp(fn: Callable[..., Any] | str, *inputs: Any, **attrs: Any) -> tuple[Any, 
             f"vjp: fn must be a cnnkit.functional function or an op name, got {_brief(fn)} "
             f"({type(fn).__name__})"
         )
+    global _OPEN_TAPES
     tape: list[_Record] = []
     token = _TAPE.set(tape)
+    _OPEN_TAPES += 1
     try:
         out = call(fn, *inputs, **attrs) if isinstance(fn, str) else fn(*inputs, **attrs)
     finally:
+        _OPEN_TAPES -= 1
         _TAPE.reset(token)
     if len(tape) != 1:
         name = fn if isinstance(fn, str) else getattr(fn, "__name__", repr(fn))

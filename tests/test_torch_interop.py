@@ -16,7 +16,11 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 F64 = dict(rtol=1e-7, atol=1e-9)
 
 # torch.func's forward mode scripts a helper on first use, and torch.jit.script now warns
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+# (and Dynamo instantiates autograd.Function classes while it traces them, which warns too)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning"),
+]
 
 
 def _pair(dtype=torch.float64):
@@ -214,3 +218,50 @@ def test_autocast_bfloat16_forward_and_backward_match_native():
     for g, g_ref in zip(gp, gp_ref):
         assert g.dtype == g_ref.dtype == torch.float32
         torch.testing.assert_close(g, g_ref, **tol)
+
+
+# -- torch.compile and torch.export --------------------------------------------------------------
+
+
+def _compile_pair():
+    torch.manual_seed(0)
+    ours = torch.nn.Sequential(
+        cnn.Conv2d(1, 4, 3, padding=1), cnn.ReLU(), cnn.MaxPool2d(2), cnn.Flatten(), cnn.Linear(64, 3)
+    )
+    theirs = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(64, 3),
+    )
+    theirs.load_state_dict(ours.state_dict())
+    return ours, theirs
+
+
+def test_compile_is_one_graph_with_no_break_and_matches_native():
+    ours, theirs = _compile_pair()
+    x = torch.randn(2, 1, 8, 8)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(ours)(x)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    compiled = torch.compile(ours, fullgraph=True, backend="aot_eager")
+    runs = []
+    for model in (compiled, compiled, theirs):  # the second call reuses the graph
+        xi = x.clone().requires_grad_(True)
+        y = model(xi)
+        y.square().sum().backward()
+        runs.append((y, xi.grad))
+    for y, g in runs[:2]:
+        torch.testing.assert_close(y, runs[2][0])
+        torch.testing.assert_close(g, runs[2][1])
+
+
+@pytest.mark.filterwarnings("ignore:While compiling, we found certain side effects:UserWarning")
+def test_strict_export_round_trip():
+    ours, _ = _compile_pair()
+    x = torch.randn(2, 1, 8, 8)
+    program = torch.export.export(ours, (x,), strict=True)
+    torch.testing.assert_close(program.module()(x), ours(x))
+    y = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(program.module()(y), ours(y))

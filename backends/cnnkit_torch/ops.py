@@ -291,6 +291,8 @@ def _save(ctx: Any, *tensors: Any) -> None:
 def _transformed(*tensors: Any) -> bool:
     """True under a torch.func transform (vmap, grad, jvp wrap tensors): only routes of plain,
     batchable torch ops (no ``as_strided``, no in-place writes into a fresh buffer) may run."""
+    if torch.compiler.is_compiling():  # traced by Dynamo: fake tensors, no transform
+        return False
     return any(
         isinstance(t, torch.Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors
     )
@@ -353,17 +355,33 @@ class _Ctx:
         pass
 
 
+def _traceable(fn: type[Function]) -> type[Function]:
+    """``fn`` as torch.compile traces it: the same forward, setup_context and backward, without
+    the ``jvp`` staticmethod (Dynamo refuses Functions that define one; a compiled graph runs no
+    forward mode)."""
+    if fn.jvp is Function.jvp:
+        return fn
+    return type(
+        fn.__name__,
+        (fn,),
+        {"jvp": Function.jvp, "__module__": fn.__module__, "__qualname__": fn.__qualname__},
+    )
+
+
 def _kernel(fn: type[Function], n_inputs: int, attrs: tuple[str, ...], n_outputs: int = 1) -> Kernel:
     """A :class:`Kernel` running ``fn``: ``call`` is ``fn.apply``; ``forward``/``backward`` run
     ``fn``'s own static methods on a :class:`_Ctx` for :func:`cnnkit.vjp`."""
 
+    traced = _traceable(fn)
+
     def call(*inputs: Any, **kw: Any) -> Any:
+        f = traced if torch.compiler.is_compiling() else fn
         dev = _autocast_device(inputs)
         if dev is None:
-            out = fn.apply(*inputs, *(kw[k] for k in attrs))
+            out = f.apply(*inputs, *(kw[k] for k in attrs))
         else:  # inputs already cast (autocast_inputs): the Function runs in their dtypes
             with torch.autocast(dev, enabled=False):
-                out = fn.apply(*inputs, *(kw[k] for k in attrs))
+                out = f.apply(*inputs, *(kw[k] for k in attrs))
         return out[0] if n_outputs > 1 else out
 
     def forward(*inputs: Any, **kw: Any) -> tuple[Any, _Ctx]:
