@@ -225,16 +225,15 @@ def test_autocast_bfloat16_forward_and_backward_match_native():
 
 def _compile_pair():
     torch.manual_seed(0)
+    # the second conv has 8 input channels: its weight gradient takes the GEMM route eagerly
     ours = torch.nn.Sequential(
-        cnn.Conv2d(1, 4, 3, padding=1), cnn.ReLU(), cnn.MaxPool2d(2), cnn.Flatten(), cnn.Linear(64, 3)
-    )
+        cnn.Conv2d(1, 8, 3, padding=1), cnn.ReLU(), cnn.MaxPool2d(2),
+        cnn.Conv2d(8, 4, 3, padding=1), cnn.Flatten(), cnn.Linear(64, 3),
+    )  # fmt: skip
     theirs = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 4, 3, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.MaxPool2d(2),
-        torch.nn.Flatten(),
-        torch.nn.Linear(64, 3),
-    )
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(8, 4, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(64, 3),
+    )  # fmt: skip
     theirs.load_state_dict(ours.state_dict())
     return ours, theirs
 
@@ -265,3 +264,64 @@ def test_strict_export_round_trip():
     torch.testing.assert_close(program.module()(x), ours(x))
     y = torch.randn(2, 1, 8, 8)
     torch.testing.assert_close(program.module()(y), ours(y))
+
+
+# -- expanded and unusual tensors ----------------------------------------------------------------
+
+_ROUTES = {  # x shape, w shape, stride, groups: one per Conv.backward route
+    "im2col": ((2, 2, 6, 6), (16, 2, 3, 3), 1, 1),
+    "gemm": ((2, 8, 6, 6), (4, 8, 3, 3), 1, 1),
+    "columns": ((2, 8, 7, 7), (4, 8, 3, 3), 2, 1),
+    "conv": ((2, 3, 6, 6), (6, 1, 3, 3), 1, 3),
+}
+
+
+def _expanded(*shapes, seed=5):
+    """Leaves of batch (first axis) 1, broadcast to ``shapes`` (stride 0 on the first axis)."""
+    g = torch.Generator().manual_seed(seed)
+    leaves = [torch.randn(1, *s[1:], dtype=torch.float64, generator=g).requires_grad_(True) for s in shapes]
+    return leaves, [leaf.expand(s) for leaf, s in zip(leaves, shapes)]
+
+
+def _non_contiguous_like(y):
+    g = torch.randn(y.shape[::-1], dtype=y.dtype, generator=torch.Generator().manual_seed(9))
+    return g.permute(*reversed(range(y.dim())))
+
+
+@pytest.mark.parametrize("route", list(_ROUTES))
+def test_broadcast_weights_expanded_batches_and_non_contiguous_gradients(route):
+    xs, ws, stride, groups = _ROUTES[route]
+    results = []
+    for conv in (cnn.Conv2d, torch.nn.Conv2d):
+        leaves, (x, w, b) = _expanded(xs, ws, (ws[0],))
+        y = torch.nn.functional.conv2d(x, w, b, stride, 1, 1, groups) if conv is torch.nn.Conv2d else None
+        if y is None:
+            from cnnkit import functional as cf
+
+            y = cf.conv2d(x, w, b, stride, 1, 1, groups, backend="torch")
+        gy = _non_contiguous_like(y)
+        first = torch.autograd.grad(y, leaves, gy, create_graph=True)
+        second = torch.autograd.grad(sum((g * g).sum() for g in first), leaves, materialize_grads=True)
+        results.append((y, first, second))
+    for ours, theirs in zip(*results):
+        for a, b in zip(
+            ours if isinstance(ours, tuple) else [ours], theirs if isinstance(theirs, tuple) else [theirs]
+        ):
+            torch.testing.assert_close(a, b, **F64)
+
+
+@pytest.mark.parametrize("op", ["max_pool2d", "avg_pool2d", "relu", "linear"])
+def test_expanded_inputs_of_the_other_ops(op):
+    from cnnkit import functional as cf
+
+    shapes = [(4, 5), (3, 5), (3,)] if op == "linear" else [(4, 3, 6, 6)]
+    ours = getattr(cf, op)
+    theirs = getattr(torch.nn.functional, op)
+    results = []
+    for fn in (lambda *a: ours(*a, backend="torch"), theirs):
+        leaves, inputs = _expanded(*shapes)
+        extra = (2,) if "pool" in op else ()
+        y = fn(*inputs, *extra)
+        results.append(torch.autograd.grad(y, leaves, _non_contiguous_like(y)))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, **F64)

@@ -36,6 +36,29 @@ the lecture's formulas at every order. To adopt this in a new Function:
   :func:`_first_order_only`: every route to a second derivative then raises one clear error
   instead of returning zeros.
 
+The rest of PyTorch's toolbox, and how a new Function joins it (a line or two each):
+
+- **Base class**: derive from :class:`CnnkitFunction` (not ``Function``): ``forward`` without
+  ctx plus ``setup_context``, and ``generate_vmap_rule = True``, so ``torch.func.vmap``,
+  ``grad``, ``jacrev`` run the Function's own methods on batched tensors. Routes that view
+  memory (``as_strided``, ``storage_offset``, writes into fresh buffers) step aside when
+  :func:`_transformed` is true (under a transform or while torch.compile traces).
+- **Forward mode**: a ``jvp(ctx, *tangents)`` staticmethod with the hand-derived tangent
+  formula (``torch.func.jvp``, ``jacfwd``, ``torch.autograd.forward_ad``); save what it reads
+  with :func:`_save` (``save_for_backward`` and ``save_for_forward`` at once).
+- **Autocast**: the class attribute ``autocast`` (``"lower"`` for conv/linear-like ops,
+  ``"float32"`` for losses, default ``"promote"``). :func:`autocast_inputs` casts the inputs
+  before the core validates them (``TorchBackend.prepare``) as native ops are cast, and the
+  Function then runs with autocast off in those dtypes; gradients return in the inputs' dtypes.
+  (``torch.amp.custom_fwd`` is not used: it writes to ``args[0]``, the ctx of old-style
+  Functions, and serves one device type; the attribute serves CPU and CUDA.)
+- **torch.compile / torch.export**: nothing to do. :func:`_kernel` hands Dynamo a twin of the
+  class without its ``jvp`` (:func:`_traceable`; Dynamo refuses Functions that define one);
+  the core's path takes no lock once the registry is collected, reads no ContextVar while
+  compiling, and checks values on the host only where :func:`host_readable` says so.
+- **TorchScript** (``torch.jit.script``) stays unsupported: it cannot script Python
+  ``autograd.Function`` classes or the core's dispatch (pluggy, dataclasses, kwargs).
+
 Attributes arrive in the core's canonical form (see :mod:`cnnkit.ops`) and are
 never validated again here. Nothing here leaves the device: no ``.item()``,
 no ``.cpu()``, no NumPy.
@@ -289,10 +312,11 @@ def _save(ctx: Any, *tensors: Any) -> None:
 
 
 def _transformed(*tensors: Any) -> bool:
-    """True under a torch.func transform (vmap, grad, jvp wrap tensors): only routes of plain,
-    batchable torch ops (no ``as_strided``, no in-place writes into a fresh buffer) may run."""
-    if torch.compiler.is_compiling():  # traced by Dynamo: fake tensors, no transform
-        return False
+    """True under a torch.func transform (vmap, grad, jvp wrap tensors) or while torch.compile
+    traces: only routes of plain, batchable, traceable torch ops (no ``as_strided`` or
+    ``storage_offset``, no in-place writes into a fresh buffer) may run."""
+    if torch.compiler.is_compiling():  # traced by Dynamo: no storage to view, functional ops only
+        return True
     return any(
         isinstance(t, torch.Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors
     )
