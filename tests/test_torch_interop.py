@@ -325,3 +325,30 @@ def test_expanded_inputs_of_the_other_ops(op):
         results.append(torch.autograd.grad(y, leaves, _non_contiguous_like(y)))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, **F64)
+
+
+def test_an_op_that_stays_first_order_raises_one_clear_error():
+    """_first_order_only: every route to a second derivative raises, none returns zeros."""
+    from cnnkit_torch import ops
+
+    class Square(ops.CnnkitFunction):
+        @staticmethod
+        def forward(x):
+            return x * x
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(inputs[0])
+
+        @staticmethod
+        @ops._first_order_only
+        def backward(ctx, dy):
+            (x,) = ctx.saved_tensors
+            return 2 * x * dy
+
+    x = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(Square.apply(x).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        g.sum().backward()
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        torch.autograd.functional.hessian(lambda v: Square.apply(v).sum(), x)

@@ -74,7 +74,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch._C import _functions as _autograd_functions
 from torch.autograd.function import Function, once_differentiable
 
 from cnnkit.geometry import bounded_window, conv_output_size, pool_output_size, pool_padding
@@ -247,35 +246,56 @@ def _is_empty(x: Any) -> bool:
 # -- once differentiable, and saying so ----------------------------------------------------------
 
 
-def _first_order_only(fn: Any) -> Any:
-    """``once_differentiable``, and a clear error on every double backward.
+class _SecondOrderError(Function):
+    """Passes gradients through unchanged; differentiating them raises ``message``. Its inputs
+    include the tensors the gradients were computed from, so every route to a second
+    derivative (``.backward()``, ``autograd.grad``, Hessians) reaches it and raises."""
 
-    torch's decorator runs ``backward`` without building a graph but attaches the node that
-    raises "trying to differentiate twice" only when the incoming gradient itself requires
-    grad. With ``create_graph=True`` and a plain incoming gradient (``grad(loss, x,
-    create_graph=True)``, a gradient penalty) the gradients came back as constants, so a second
-    differentiation failed with an unrelated message or silently dropped this op's part. Here
-    the error node is attached whenever ``backward`` runs with ``create_graph=True``.
+    @staticmethod
+    def forward(ctx, message, n, *tensors):
+        ctx.message = message
+        return tuple(t.clone() for t in tensors[:n])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(ctx.message)
+
+
+def _first_order_only(fn: Any) -> Any:
+    """Mark a ``backward`` first order only: one clear error on every second derivative.
+
+    With ``create_graph=True`` the gradients are computed without a graph and then passed
+    through :class:`_SecondOrderError`, whose inputs also hold the saved tensors and incoming
+    gradients that require grad: differentiating them again raises "trying to differentiate
+    twice", never returns zeros (torch's ``once_differentiable`` detaches the result from the
+    inputs, so a Hessian came back all zero). No cnnkit op needs it today; it is for an op whose
+    backward cannot be built from differentiable pieces.
     """
     inner = once_differentiable(fn)
     message = (
         f"cnnkit_torch.ops.{fn.__qualname__}: trying to differentiate twice a function that was "
-        "marked with @once_differentiable (cnnkit's hand-derived gradients are first order only)"
-    ).encode()
+        "marked first order only (its hand-derived backward is not itself differentiable)"
+    )
 
     @functools.wraps(fn)
     def backward(ctx: Any, *grad_outputs: Any) -> Any:
-        grads = inner(ctx, *grad_outputs)
         if not torch.is_grad_enabled():  # no create_graph: nothing will differentiate these
-            return grads
+            return inner(ctx, *grad_outputs)
+        with torch.no_grad():
+            grads = fn(ctx, *grad_outputs)
         many = isinstance(grads, tuple)
         grads_ = grads if many else (grads,)
-        if any(isinstance(g, torch.Tensor) and g.requires_grad for g in grads_):
-            return grads  # torch's decorator attached the error node already
-        fake = [g.detach().requires_grad_(True) if isinstance(g, torch.Tensor) else g for g in grads_]
-        out = _autograd_functions.DelayedError(message, len(fake))(*fake)
-        out = out if isinstance(out, tuple) else (out,)
-        return out if many else out[0]
+        sources = [
+            t for t in (*ctx.saved_tensors, *grad_outputs) if isinstance(t, torch.Tensor) and t.requires_grad
+        ]
+        where = [i for i, g in enumerate(grads_) if isinstance(g, torch.Tensor)]
+        if not sources or not where:
+            return grads
+        passed = _SecondOrderError.apply(message, len(where), *(grads_[i] for i in where), *sources)
+        out = list(grads_)
+        for i, g in zip(where, passed):
+            out[i] = g
+        return tuple(out) if many else out[0]
 
     return backward
 
