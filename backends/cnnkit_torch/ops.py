@@ -351,6 +351,8 @@ def host_readable(*tensors: Any) -> bool:
 
 
 def _autocast_device(arrays: Sequence[Any]) -> str | None:
+    if not torch._C._is_any_autocast_enabled():
+        return None
     for a in arrays:
         if isinstance(a, torch.Tensor):
             dev = a.device.type
