@@ -244,6 +244,10 @@ def test_compile_is_one_graph_with_no_break_and_matches_native():
     torch._dynamo.reset()
     explained = torch._dynamo.explain(ours)(x)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
     compiled = torch.compile(ours, fullgraph=True, backend="aot_eager")
     runs = []
     for model in (compiled, compiled, theirs):  # the second call reuses the graph
@@ -251,6 +255,7 @@ def test_compile_is_one_graph_with_no_break_and_matches_native():
         y = model(xi)
         y.square().sum().backward()
         runs.append((y, xi.grad))
+    assert counters["stats"]["unique_graphs"] == 1  # forward and backward, no recompile
     for y, g in runs[:2]:
         torch.testing.assert_close(y, runs[2][0])
         torch.testing.assert_close(g, runs[2][1])
