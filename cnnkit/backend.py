@@ -48,6 +48,28 @@ class Backend(abc.ABC):
     def to_numpy(self, x: Any) -> np.ndarray:
         """A NumPy copy (or view) of the native array ``x``, on the host."""
 
+    def prepare(self, spec: Any, arrays: list[Any]) -> list[Any]:
+        """The inputs as the op will see them, before validation (default: unchanged).
+
+        A backend with a mixed-precision mode (torch's autocast) casts them here, so the
+        spec validates the dtypes the op really runs in.
+        """
+        return arrays
+
+    def check_values(self, spec: Any, where: str, arrays: Any, attrs: Any = None) -> None:
+        """Run ``spec.check_values`` (the checks of input *values*, such as class targets).
+
+        The default reads the inputs through :meth:`to_numpy`. A backend whose arrays may not
+        be read on the host at call time (traced, transformed, on an accelerator) overrides
+        this and checks the same values in its kernel instead.
+        """
+        from cnnkit.spec import values_take_attrs
+
+        if attrs is not None and values_take_attrs(type(spec)):
+            spec.check_values(where, arrays, self.to_numpy, attrs)
+        else:
+            spec.check_values(where, arrays, self.to_numpy)
+
     @abc.abstractmethod
     def dtype_name(self, x: Any) -> str:
         """The NumPy-style dtype name of a native array: ``"float32"``, ``"int64"``, ..."""

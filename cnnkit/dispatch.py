@@ -9,8 +9,6 @@ pullback can run the backend's hand-derived ``backward``.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import numbers
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -40,6 +38,9 @@ class _Record:
 
 
 _TAPE: ContextVar[list[_Record] | None] = ContextVar("cnnkit_vjp_tape", default=None)
+#: How many vjp tapes are open (in any thread): while none is, call() reads no ContextVar,
+#: which keeps the path traceable by torch.compile.
+_OPEN_TAPES = 0
 
 
 def _real_array(x: Any, what: str, dtype: Any) -> np.ndarray:
@@ -127,17 +128,6 @@ def _size_checks(where: str, spec: OpSpec, infos: list[TensorInfo | None], canon
     geometry.check_output_size(where, out_shape)
 
 
-@functools.cache
-def _values_take_attrs(cls: type) -> bool:
-    """Whether ``cls.check_values`` takes the canonical attributes (a fourth argument)."""
-    try:
-        return (
-            len(inspect.signature(cls.check_values).parameters) >= 5
-        )  # self, where, inputs, to_numpy, attrs
-    except (TypeError, ValueError):
-        return False
-
-
 def call(
     op: str, *inputs: Any, backend: str | Backend | None = None, where: str | None = None, **attrs: Any
 ) -> Any:
@@ -175,17 +165,15 @@ def call(
             raise TypeError(f"{where}: {name} cannot be read as an array ({exc})") from exc
         except (ValueError, OverflowError) as exc:
             raise TypeError(f"{where}: {name} cannot be read as an array ({exc})") from exc
+    arrays = be.prepare(spec, arrays)
     infos = [
         None if a is None else TensorInfo(tuple(int(s) for s in a.shape), be.dtype_name(a)) for a in arrays
     ]
     canonical = spec.bind(where, infos, attrs)
     _size_checks(where, spec, infos, canonical)
-    if _values_take_attrs(type(spec)):
-        spec.check_values(where, arrays, be.to_numpy, canonical)
-    else:  # a record written before check_values took the canonical attributes
-        spec.check_values(where, arrays, be.to_numpy)
+    be.check_values(spec, where, arrays, canonical)
     kernel = registry.kernel(be.name, op)
-    tape = _TAPE.get()
+    tape = _TAPE.get() if _OPEN_TAPES else None
     if tape is None:
         return kernel(*arrays, **canonical)
     out, ctx = kernel.forward(*arrays, **canonical)
@@ -260,11 +248,14 @@ def vjp(fn: Callable[..., Any] | str, *inputs: Any, **attrs: Any) -> tuple[Any, 
             f"vjp: fn must be a cnnkit.functional function or an op name, got {_brief(fn)} "
             f"({type(fn).__name__})"
         )
+    global _OPEN_TAPES
     tape: list[_Record] = []
     token = _TAPE.set(tape)
+    _OPEN_TAPES += 1
     try:
         out = call(fn, *inputs, **attrs) if isinstance(fn, str) else fn(*inputs, **attrs)
     finally:
+        _OPEN_TAPES -= 1
         _TAPE.reset(token)
     if len(tape) != 1:
         name = fn if isinstance(fn, str) else getattr(fn, "__name__", repr(fn))

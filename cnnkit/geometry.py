@@ -325,7 +325,7 @@ def _nonneg(v: Any, name: str, prefix: str) -> int:
 def _extent(shape: Sequence[int]) -> int:
     """``Π max(1, n)``: the elements of ``shape`` with an empty axis counted as one unit, so
     that a batch of 0 does not hide a spatial axis too long to index."""
-    return math.prod(max(1, int(n)) for n in shape)
+    return math.prod([max(1, int(n)) for n in shape])
 
 
 def check_output_size(where: str, out_shape: Sequence[int], limit: int | None = None) -> None:

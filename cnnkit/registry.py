@@ -332,6 +332,9 @@ class Registry:
 
     def op(self, name: str) -> OpSpec:
         """The spec of op ``name``; ``KeyError`` lists the known ones."""
+        found = self._ops  # once collected: a plain dict read, no lock (traceable)
+        if found is not None and name in found:
+            return found[name][0]
         ops = self.ops()
         if name not in ops:
             raise KeyError(f"unknown op {name!r}; registered ops: {', '.join(sorted(ops))}")
@@ -420,6 +423,9 @@ class Registry:
         Raises:
             OpNotImplementedError: the backend lacks it; the message lists what it has.
         """
+        found = self._kernels.get(backend)  # once collected: a plain dict read, no lock (traceable)
+        if found is not None and op in found:
+            return found[op][0]
         kernels = self.kernels(backend)
         if op not in kernels:
             raise OpNotImplementedError(
@@ -531,6 +537,8 @@ _REGISTRY_LOCK = threading.Lock()
 def get_registry() -> Registry:
     """The process-wide registry, built on first use."""
     global _REGISTRY
+    if _REGISTRY is not None:  # built: no lock to take (and nothing a tracer cannot follow)
+        return _REGISTRY
     with _REGISTRY_LOCK:
         if _REGISTRY is None:
             _REGISTRY = Registry()
@@ -576,6 +584,20 @@ def use_backend(name: str | Backend, **options: Any) -> Iterator[Backend]:
         _CONTEXT_CHOICE.reset(token)
 
 
+#: The backend a graph tracer (torch.compile) pinned while it traces a call: a plain module
+#: global, since tracers cannot follow ContextVars. Set only through :func:`traced_backend`.
+_TRACED_CHOICE: Backend | None = None
+
+
+def traced_backend(backend: Backend | None) -> Backend | None:
+    """Pin ``backend`` as the active one for code being traced (returns the previous pin; pass
+    it back to restore). Unlike :func:`use_backend` it reads and writes no ContextVar, so a
+    tracer such as torch.compile follows it; it is process-wide, for the duration of a trace."""
+    global _TRACED_CHOICE
+    previous, _TRACED_CHOICE = _TRACED_CHOICE, backend
+    return previous
+
+
 def get_backend(backend: str | Backend | None = None, **options: Any) -> Backend:
     """The backend a call would use: ``backend`` if given, else the active choice.
 
@@ -588,6 +610,8 @@ def get_backend(backend: str | Backend | None = None, **options: Any) -> Backend
         return backend
     if backend is not None:
         return get_registry().backend(backend, **options)
+    if _TRACED_CHOICE is not None and not options:  # see traced_backend
+        return _TRACED_CHOICE
     choice = _CONTEXT_CHOICE.get() or _GLOBAL_CHOICE
     if isinstance(choice, Backend):  # use_backend(instance)
         return choice if not options else get_registry().backend(choice.name, **{**choice.options, **options})

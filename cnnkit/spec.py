@@ -27,6 +27,8 @@ cross-correlation.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -270,6 +272,18 @@ class OpSpec:
 
     def __repr__(self) -> str:
         return f"<OpSpec {self.name}({', '.join(self.inputs)})>"
+
+
+@functools.cache
+def values_take_attrs(cls: type) -> bool:
+    """Whether ``cls.check_values`` takes the canonical attributes (a fourth argument; older
+    records do not)."""
+    try:
+        return (
+            len(inspect.signature(cls.check_values).parameters) >= 5
+        )  # self, where, inputs, to_numpy, attrs
+    except (TypeError, ValueError):
+        return False
 
 
 def layout(dims: int, lead: str = "N, C") -> str:

@@ -662,21 +662,50 @@ def test_gradchecks_cover_every_conv_route_and_every_op(monkeypatch):
     assert {by_id[key] for key in GRADCHECKS if key in by_id} >= set(ops.KERNELS)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        next(k for k in GRADCHECKS if k.startswith(p))
-        for p in ("conv2d", "relu", "max_pool2d", "lp_pool2d", "linear", "cross_entropy")
-    ],
-)
-def test_double_backward_raises_a_clear_error(name):
-    """once_differentiable: a gradient built with create_graph=True cannot be differentiated again,
-    and says so, even when the incoming gradient itself needs no gradient."""
-    fn, _, inputs = _entry(name)
-    (dx,) = torch.autograd.grad(fn(*inputs).sum(), inputs[0], create_graph=True)
-    assert dx.requires_grad
-    with pytest.raises(RuntimeError, match="differentiate twice"):
-        dx.pow(2).sum().backward()
+_T = torch.tensor([2, 0, 1])
+SECOND_ORDER = {
+    "conv2d": (
+        lambda x, w: cf.conv2d(x, w, None, 2, 1, backend="torch"),
+        lambda x, w: F.conv2d(x, w, None, 2, 1),
+        [(2, 3, 6, 5), (4, 3, 3, 3)],
+    ),
+    "relu": (lambda x: cf.relu(x, backend="torch").pow(3), lambda x: F.relu(x).pow(3), [(3, 4)]),
+    "max_pool2d": (
+        lambda x: cf.max_pool2d(x, 2, 1, backend="torch").pow(2),
+        lambda x: F.max_pool2d(x, 2, 1).pow(2),
+        [(1, 2, 5, 5)],
+    ),
+    "lp_pool2d": (
+        lambda x: cf.lp_pool2d(x, 2.0, 2, backend="torch"),
+        lambda x: F.lp_pool2d(x, 2.0, 2),
+        [(1, 2, 4, 4)],
+    ),
+    "linear": (
+        lambda x, w: cf.linear(x, w, None, backend="torch").pow(2),
+        lambda x, w: F.linear(x, w).pow(2),
+        [(3, 4), (2, 4)],
+    ),
+    "cross_entropy": (
+        lambda x: cf.cross_entropy(x, _T, backend="torch"),
+        lambda x: F.cross_entropy(x, _T),
+        [(3, 4)],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(SECOND_ORDER))
+def test_double_backward_equals_native(name):
+    """A gradient built with create_graph=True differentiates again (by cnnkit's own Functions),
+    even when the incoming gradient itself needs no gradient, and equals native autograd's."""
+    ours, theirs, shapes = SECOND_ORDER[name]
+    results = []
+    for fn in (ours, theirs):
+        inputs = [_g(*s, seed=i) for i, s in enumerate(shapes)]
+        (dx,) = torch.autograd.grad(fn(*inputs).sum(), inputs[0], create_graph=True)
+        assert dx.requires_grad
+        results.append(torch.autograd.grad(dx.pow(2).sum(), inputs, materialize_grads=True))
+    for a, b in zip(*results):
+        close(a, b, torch.float64)
 
 
 @pytest.mark.parametrize("name", list(GRADCHECKS))

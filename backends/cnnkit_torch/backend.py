@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from cnnkit.backend import Backend
+from cnnkit.spec import OpSpec
 
 __all__ = ["TorchBackend", "dtype_name", "torch_dtype"]
 
@@ -116,6 +117,26 @@ class TorchBackend(Backend):
         if t.dtype in (torch.bfloat16,):  # NumPy has no bfloat16
             t = t.float()
         return t.cpu().numpy()
+
+    def prepare(self, spec: Any, arrays: list[Any]) -> list[Any]:
+        """Under ``torch.autocast``: the inputs cast as the op's Function declares
+        (:data:`cnnkit_torch.ops.AUTOCAST`), as native ops are; otherwise unchanged."""
+        if not torch._C._is_any_autocast_enabled():  # the common case, decided in ~0.1 µs
+            return arrays
+        from cnnkit_torch.ops import autocast_inputs
+
+        return autocast_inputs(spec.name, arrays)
+
+    def check_values(self, spec: Any, where: str, arrays: Any, attrs: Any = None) -> None:
+        """On the host only where that reads nothing off a device and breaks no trace: plain CPU
+        tensors in eager mode. Otherwise (CUDA, torch.compile, torch.func transforms) the kernel
+        checks the same values on the device (``CrossEntropy``: an asynchronous assert)."""
+        if type(spec).check_values is OpSpec.check_values:
+            return  # the op checks no values
+        from cnnkit_torch.ops import host_readable
+
+        if host_readable(*arrays):
+            super().check_values(spec, where, arrays, attrs)
 
     def dtype_name(self, x: Any) -> str:
         return dtype_name(x.dtype)

@@ -47,7 +47,7 @@ from torch.nn import init
 from cnnkit.layer import Layer, Sequential, backend_of, describe_only
 from cnnkit.layers import BUILTIN_LAYERS
 from cnnkit.losses import __all__ as _LOSS_NAMES
-from cnnkit.registry import use_backend
+from cnnkit.registry import get_registry, traced_backend, use_backend
 from cnnkit_torch.backend import TorchBackend
 
 #: The backend every module runs on: no device or dtype option, so tensors stay
@@ -74,6 +74,9 @@ class CnnkitModule(torch.nn.Module):
 
     def _adopt(self, layer: Layer, device: Any, dtype: Any) -> None:
         self.layer = layer
+        # the registry's lookups collected now, eagerly: a traced forward (torch.compile) then
+        # reads them from plain dicts and takes no lock
+        get_registry().kernels(_BACKEND.name)
         for name, spec in layer.param_specs().items():
             if spec is None:
                 self.register_parameter(name, None)
@@ -134,6 +137,12 @@ class CnnkitModule(torch.nn.Module):
         params = [getattr(self, name) for name in self.layer.param_names]
         buffers = [getattr(self, name) for name in self.layer.buffer_names]
         self.layer.training = self.training  # module.train() / module.eval() reach the definition
+        if torch.compiler.is_compiling():  # no ContextVar, no lock: the call traces into one graph
+            previous = traced_backend(_BACKEND)
+            try:
+                return self.layer.function(*inputs, *params, *buffers)
+            finally:
+                traced_backend(previous)
         with use_backend(_BACKEND):
             return self.layer.function(*inputs, *params, *buffers)
 

@@ -19,6 +19,47 @@ Function's ``apply`` (autograd records cnnkit's gradients) and whose
 ``backward`` on a plain context object, under ``torch.no_grad()``, for
 :func:`cnnkit.vjp`.
 
+Higher-order gradients, by hand. Every ``backward`` is itself differentiable, because it is
+built from cnnkit's own Functions (or elementwise torch ops), never from a ``torch.no_grad``
+block hidden from autograd: the conv's gradients are :class:`ConvGrad` (the input gradient a
+transposed conv, the weight gradient a conv; its backward is :class:`Conv` and
+:class:`ConvGrad` again), max pooling's is the scatter :class:`MaxPoolGrad` (its backward the
+gather :class:`MaxPoolGather`), average pooling's :class:`AvgPoolGrad` (its backward the pool),
+the window sums of Lp pooling :class:`WindowSum`/:class:`WindowSpread` (each the other's
+adjoint). ``create_graph=True``, gradgradcheck, Hessians and gradient penalties therefore run
+the lecture's formulas at every order. To adopt this in a new Function:
+
+- write the backward's linear pieces as Functions whose ``backward`` is their adjoint, and
+  call them through :func:`_grad_apply` (``fn.apply`` while a graph is recorded, a plain call
+  of ``fn.forward`` otherwise, so first order costs nothing extra);
+- elementwise parts (masks, ``σ(1 - σ)``) may stay plain torch ops on saved tensors;
+- where an op truly stays first order, decorate its ``backward`` with
+  :func:`_first_order_only`: every route to a second derivative then raises one clear error
+  instead of returning zeros.
+
+The rest of PyTorch's toolbox, and how a new Function joins it (a line or two each):
+
+- **Base class**: derive from :class:`CnnkitFunction` (not ``Function``): ``forward`` without
+  ctx plus ``setup_context``, and ``generate_vmap_rule = True``, so ``torch.func.vmap``,
+  ``grad``, ``jacrev`` run the Function's own methods on batched tensors. Routes that view
+  memory (``as_strided``, ``storage_offset``, writes into fresh buffers) step aside when
+  :func:`_transformed` is true (under a transform or while torch.compile traces).
+- **Forward mode**: a ``jvp(ctx, *tangents)`` staticmethod with the hand-derived tangent
+  formula (``torch.func.jvp``, ``jacfwd``, ``torch.autograd.forward_ad``); save what it reads
+  with :func:`_save` (``save_for_backward`` and ``save_for_forward`` at once).
+- **Autocast**: the class attribute ``autocast`` (``"lower"`` for conv/linear-like ops,
+  ``"float32"`` for losses, default ``"promote"``). :func:`autocast_inputs` casts the inputs
+  before the core validates them (``TorchBackend.prepare``) as native ops are cast, and the
+  Function then runs with autocast off in those dtypes; gradients return in the inputs' dtypes.
+  (``torch.amp.custom_fwd`` is not used: it writes to ``args[0]``, the ctx of old-style
+  Functions, and serves one device type; the attribute serves CPU and CUDA.)
+- **torch.compile / torch.export**: nothing to do. :func:`_kernel` hands Dynamo a twin of the
+  class without its ``jvp`` (:func:`_traceable`; Dynamo refuses Functions that define one);
+  the core's path takes no lock once the registry is collected, reads no ContextVar while
+  compiling, and checks values on the host only where :func:`host_readable` says so.
+- **TorchScript** (``torch.jit.script``) stays unsupported: it cannot script Python
+  ``autograd.Function`` classes or the core's dispatch (pluggy, dataclasses, kwargs).
+
 Attributes arrive in the core's canonical form (see :mod:`cnnkit.ops`) and are
 never validated again here. Nothing here leaves the device: no ``.item()``,
 no ``.cpu()``, no NumPy.
@@ -34,7 +75,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch._C import _functions as _autograd_functions
 from torch.autograd.function import Function, once_differentiable
 
 from cnnkit.geometry import bounded_window, conv_output_size, pool_output_size, pool_padding
@@ -44,8 +84,10 @@ from cnnkit_torch.sizes import COLUMNS_CHUNK_BYTES
 __all__ = [
     "KERNELS",
     "AvgPool",
+    "AvgPoolGrad",
     "BatchNorm",
     "Conv",
+    "ConvGrad",
     "CrossEntropy",
     "Dropout",
     "Flatten",
@@ -53,9 +95,13 @@ __all__ = [
     "Linear",
     "LpPool",
     "MaxPool",
+    "MaxPoolGather",
+    "MaxPoolGrad",
     "ReLU",
     "Sigmoid",
     "Tanh",
+    "WindowSpread",
+    "WindowSum",
 ]
 
 Pads = Sequence[tuple[int, int]]
@@ -203,37 +249,139 @@ def _is_empty(x: Any) -> bool:
 # -- once differentiable, and saying so ----------------------------------------------------------
 
 
-def _first_order_only(fn: Any) -> Any:
-    """``once_differentiable``, and a clear error on every double backward.
+class _SecondOrderError(Function):
+    """Passes gradients through unchanged; differentiating them raises ``message``. Its inputs
+    include the tensors the gradients were computed from, so every route to a second
+    derivative (``.backward()``, ``autograd.grad``, Hessians) reaches it and raises."""
 
-    torch's decorator runs ``backward`` without building a graph but attaches the node that
-    raises "trying to differentiate twice" only when the incoming gradient itself requires
-    grad. With ``create_graph=True`` and a plain incoming gradient (``grad(loss, x,
-    create_graph=True)``, a gradient penalty) the gradients came back as constants, so a second
-    differentiation failed with an unrelated message or silently dropped this op's part. Here
-    the error node is attached whenever ``backward`` runs with ``create_graph=True``.
+    @staticmethod
+    def forward(ctx, message, n, *tensors):
+        ctx.message = message
+        return tuple(t.clone() for t in tensors[:n])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(ctx.message)
+
+
+def _first_order_only(fn: Any) -> Any:
+    """Mark a ``backward`` first order only: one clear error on every second derivative.
+
+    With ``create_graph=True`` the gradients are computed without a graph and then passed
+    through :class:`_SecondOrderError`, whose inputs also hold the saved tensors and incoming
+    gradients that require grad: differentiating them again raises "trying to differentiate
+    twice", never returns zeros (torch's ``once_differentiable`` detaches the result from the
+    inputs, so a Hessian came back all zero). No cnnkit op needs it today; it is for an op whose
+    backward cannot be built from differentiable pieces.
     """
     inner = once_differentiable(fn)
     message = (
         f"cnnkit_torch.ops.{fn.__qualname__}: trying to differentiate twice a function that was "
-        "marked with @once_differentiable (cnnkit's hand-derived gradients are first order only)"
-    ).encode()
+        "marked first order only (its hand-derived backward is not itself differentiable)"
+    )
 
     @functools.wraps(fn)
     def backward(ctx: Any, *grad_outputs: Any) -> Any:
-        grads = inner(ctx, *grad_outputs)
         if not torch.is_grad_enabled():  # no create_graph: nothing will differentiate these
-            return grads
+            return inner(ctx, *grad_outputs)
+        with torch.no_grad():
+            grads = fn(ctx, *grad_outputs)
         many = isinstance(grads, tuple)
         grads_ = grads if many else (grads,)
-        if any(isinstance(g, torch.Tensor) and g.requires_grad for g in grads_):
-            return grads  # torch's decorator attached the error node already
-        fake = [g.detach().requires_grad_(True) if isinstance(g, torch.Tensor) else g for g in grads_]
-        out = _autograd_functions.DelayedError(message, len(fake))(*fake)
-        out = out if isinstance(out, tuple) else (out,)
-        return out if many else out[0]
+        sources = [
+            t for t in (*ctx.saved_tensors, *grad_outputs) if isinstance(t, torch.Tensor) and t.requires_grad
+        ]
+        where = [i for i, g in enumerate(grads_) if isinstance(g, torch.Tensor)]
+        if not sources or not where:
+            return grads
+        passed = _SecondOrderError.apply(message, len(where), *(grads_[i] for i in where), *sources)
+        out = list(grads_)
+        for i, g in zip(where, passed):
+            out[i] = g
+        return tuple(out) if many else out[0]
 
     return backward
+
+
+def _grad_apply(fn: type[Function], *args: Any) -> Any:
+    """Run a gradient Function inside a ``backward``: ``fn.apply`` when autograd is recording
+    (``create_graph=True``: the gradient is differentiated again through ``fn``'s own
+    hand-derived ``backward``), else ``fn.forward`` directly (first order: no node, no cost)."""
+    if torch.is_grad_enabled():
+        return fn.apply(*args)
+    return fn.forward(*args)
+
+
+class CnnkitFunction(Function):
+    """The base of every Function here: ``forward`` takes no ctx (``setup_context`` does the
+    saving), so torch.func can transform it, and ``generate_vmap_rule``: ``vmap`` runs the
+    Function's own ``forward``/``backward`` on batched tensors (they are pure torch; the routes
+    that view memory with ``as_strided`` step aside under a transform, see :func:`_transformed`).
+    Forward mode (``jvp``, ``torch.func.jvp``, ``torch.autograd.forward_ad``) runs each class's
+    hand-written ``jvp`` staticmethod; tensors it reads are saved with :func:`_save`."""
+
+    generate_vmap_rule = True
+
+    #: What ``torch.autocast`` does to the inputs (see :func:`autocast_inputs`): ``"lower"``
+    #: (conv, linear: the autocast dtype, as native conv and linear), ``"float32"`` (losses),
+    #: ``"promote"`` (the rest: the widest floating dtype among the inputs, as native ops).
+    autocast = "promote"
+
+
+def _save(ctx: Any, *tensors: Any) -> None:
+    """Save ``tensors`` for ``backward`` and for ``jvp`` (forward mode reads its own saved list)."""
+    ctx.save_for_backward(*tensors)
+    ctx.save_for_forward(*tensors)
+
+
+def _transformed(*tensors: Any) -> bool:
+    """True under a torch.func transform (vmap, grad, jvp wrap tensors) or while torch.compile
+    traces: only routes of plain, batchable, traceable torch ops (no ``as_strided`` or
+    ``storage_offset``, no in-place writes into a fresh buffer) may run."""
+    if torch.compiler.is_compiling():  # traced by Dynamo: no storage to view, functional ops only
+        return True
+    return any(
+        isinstance(t, torch.Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors
+    )
+
+
+def host_readable(*tensors: Any) -> bool:
+    """True where reading these tensors on the host costs no device sync and breaks no trace:
+    CPU tensors, in eager mode, outside any torch.func transform."""
+    if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
+        return False
+    return all(not isinstance(t, torch.Tensor) or t.device.type in ("cpu", "meta") for t in tensors)
+
+
+def _autocast_device(arrays: Sequence[Any]) -> str | None:
+    if not torch._C._is_any_autocast_enabled():
+        return None
+    for a in arrays:
+        if isinstance(a, torch.Tensor):
+            dev = a.device.type
+            return dev if dev in ("cpu", "cuda") and torch.is_autocast_enabled(dev) else None
+    return None
+
+
+def autocast_inputs(op: str, arrays: list[Any]) -> list[Any]:
+    """The op's floating inputs cast as its Function's ``autocast`` declares, under an active
+    ``torch.autocast`` on their device (CPU, CUDA); unchanged otherwise. The casts are ordinary
+    autograd ops, so gradients come back in the inputs' own dtypes."""
+    dev = _autocast_device(arrays)
+    if dev is None:
+        return arrays
+    fn = _FUNCTIONS.get(op)
+    policy = getattr(fn, "autocast", "promote")
+    floats = [a for a in arrays if isinstance(a, torch.Tensor) and a.is_floating_point()]
+    if not floats:
+        return arrays
+    if policy == "lower":
+        target = torch.get_autocast_dtype(dev)
+    elif policy == "float32":
+        target = torch.float32
+    else:
+        target = functools.reduce(torch.promote_types, (a.dtype for a in floats))
+    return [a.to(target) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in arrays]
 
 
 # -- the plain context used by cnnkit.vjp ------------------------------------------------------
@@ -249,16 +397,40 @@ class _Ctx:
     def save_for_backward(self, *tensors: Any) -> None:
         self.saved_tensors = tensors
 
+    def save_for_forward(self, *tensors: Any) -> None:
+        pass
+
     def mark_non_differentiable(self, *tensors: Any) -> None:
         pass
+
+
+def _traceable(fn: type[Function]) -> type[Function]:
+    """``fn`` as torch.compile traces it: the same forward, setup_context and backward, without
+    the ``jvp`` staticmethod (Dynamo refuses Functions that define one; a compiled graph runs no
+    forward mode)."""
+    if fn.jvp is Function.jvp:
+        return fn
+    return type(
+        fn.__name__,
+        (fn,),
+        {"jvp": Function.jvp, "__module__": fn.__module__, "__qualname__": fn.__qualname__},
+    )
 
 
 def _kernel(fn: type[Function], n_inputs: int, attrs: tuple[str, ...], n_outputs: int = 1) -> Kernel:
     """A :class:`Kernel` running ``fn``: ``call`` is ``fn.apply``; ``forward``/``backward`` run
     ``fn``'s own static methods on a :class:`_Ctx` for :func:`cnnkit.vjp`."""
 
+    traced = _traceable(fn)
+
     def call(*inputs: Any, **kw: Any) -> Any:
-        out = fn.apply(*inputs, *(kw[k] for k in attrs))
+        f = traced if torch.compiler.is_compiling() else fn
+        dev = _autocast_device(inputs)
+        if dev is None:
+            out = f.apply(*inputs, *(kw[k] for k in attrs))
+        else:  # inputs already cast (autocast_inputs): the Function runs in their dtypes
+            with torch.autocast(dev, enabled=False):
+                out = f.apply(*inputs, *(kw[k] for k in attrs))
         return out[0] if n_outputs > 1 else out
 
     def forward(*inputs: Any, **kw: Any) -> tuple[Any, _Ctx]:
@@ -278,6 +450,7 @@ def _kernel(fn: type[Function], n_inputs: int, attrs: tuple[str, ...], n_outputs
     forward.__name__ = f"{fn.__name__.lower()}_forward"
     backward.__name__ = f"{fn.__name__.lower()}_backward"
     call.__name__ = f"{fn.__name__.lower()}_apply"
+    call.function = fn  # type: ignore[attr-defined]
     return Kernel(forward=forward, backward=backward, call=call)
 
 
@@ -486,8 +659,10 @@ def _conv_forward(x, w, b, stride, padding, dilation, groups, flip):
     return _CONV[x.dim() - 2](_pad(x, rest), w, b, stride, sym, dilation, groups)
 
 
-class Conv(Function):
+class Conv(CnnkitFunction):
     """``a = W ⋆ y + b`` (``flip=True``: ``rot180(W)``), in 1, 2 or 3 dimensions."""
+
+    autocast = "lower"
 
     @staticmethod
     def forward(x, w, b, stride, padding, dilation, groups, flip):
@@ -504,41 +679,129 @@ class Conv(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, w, _b, stride, padding, dilation, groups, flip = inputs
-        ctx.save_for_backward(x, w)
+        _save(ctx, x, w)
         stride, dilation = _bounded(x.shape, w.shape[2:], stride, padding, dilation)
         ctx.attrs = (stride, padding, dilation, groups, flip)
+        ctx.out_size = tuple(output.shape[2:])
 
     @staticmethod
-    @_first_order_only
     def backward(ctx, dy):
         # dE/dW = y ⋆ δ (δ stride-dilated);  δ_prev = δ ⋆_full rot180(W);  dE/db = Σ_ij δ
         x, w = ctx.saved_tensors
-        stride, padding, dilation, groups, flip = ctx.attrs
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        spatial = _spatial(w)
-        if _is_empty(x) or _is_empty(w):  # N = 0 or C = 0: every sum over n or c is empty
-            dx = torch.zeros_like(x) if need_x else None
-            dw = torch.zeros_like(w) if need_w else None
-            db = dy.sum((0, *spatial)) if need_b else None
-            return dx, dw, db, None, None, None, None, None
-        w_used = w.flip(spatial) if flip and need_x else w  # rot180(W) is read by δ_prev only
-        dx = dw = db = None
-        if groups == 1 and x.shape[1] <= 4 and w.shape[0] >= 16 and (need_x or need_w):
-            dx, dw = _conv_grads_im2col(x, w_used, dy, stride, padding, dilation, need_x, need_w)
-        else:
-            if need_x:
-                dx = _conv_input_grad(dy, w_used, x.shape, stride, padding, dilation, groups)
-            if need_w:
-                dw = _conv_weight_grad(x, dy, w.shape[2:], stride, padding, dilation, groups)
-        if dw is not None and flip:
-            dw = dw.flip(spatial)
-        if dw is not None and dw.stride() != w.stride() and _dense(w):
-            # laid out like W (a size-1 axis can leave other strides): DDP's buckets expect it;
-            # a broadcast W (stride 0) has no such layout: its gradient stays dense
-            dw = torch.empty_strided(w.shape, w.stride(), dtype=dw.dtype, device=dw.device).copy_(dw)
-        if need_b:
-            db = dy.sum((0, *spatial))
+        dx = dw = None
+        if need_x or need_w:
+            dx, dw = _grad_apply(ConvGrad, x, w, dy, *ctx.attrs, need_x, need_w)
+        db = dy.sum((0, *_spatial(w))) if need_b else None
         return dx, dw, db, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, dx, dw, db, *_):
+        # ȧ = W ⋆ ẏ + Ẇ ⋆ y + ḃ  (bilinear)
+        x, w = ctx.saved_tensors
+        stride, padding, dilation, groups, flip = ctx.attrs
+        out = None
+        if dx is not None:
+            out = _conv_forward(dx, w, None, stride, padding, dilation, groups, flip)
+        if dw is not None:
+            part = _conv_forward(x, dw, None, stride, padding, dilation, groups, flip)
+            out = part if out is None else out + part
+        if db is not None:
+            part = db.view(1, -1, *([1] * (x.dim() - 2)))
+            out = part.expand(x.shape[0], -1, *ctx.out_size) if out is None else out + part
+        return out
+
+
+def _conv_grads(x, w, dy, stride, padding, dilation, groups, flip, need_x, need_w):
+    """``(δ_prev, dE/dW)`` of ``a = W ⋆ y`` by the fastest route for the shape (``None`` where
+    not asked for)."""
+    spatial = _spatial(w)
+    if _is_empty(x) or _is_empty(w):  # N = 0 or C = 0: every sum over n or c is empty
+        return (torch.zeros_like(x) if need_x else None), (torch.zeros_like(w) if need_w else None)
+    w_used = w.flip(spatial) if flip and need_x else w  # rot180(W) is read by δ_prev only
+    dx = dw = None
+    if _transformed(x, w, dy):  # batchable ops only: the transposed conv and the conv
+        if need_x:
+            dx = _conv_input_grad(dy, w_used, x.shape, stride, padding, dilation, groups)
+        if need_w:
+            dw = _conv_weight_grad_conv(x, dy, w.shape[2:], stride, padding, dilation, groups)
+    elif groups == 1 and x.shape[1] <= 4 and w.shape[0] >= 16 and (need_x or need_w):
+        dx, dw = _conv_grads_im2col(x, w_used, dy, stride, padding, dilation, need_x, need_w)
+    else:
+        if need_x:
+            dx = _conv_input_grad(dy, w_used, x.shape, stride, padding, dilation, groups)
+        if need_w:
+            dw = _conv_weight_grad(x, dy, w.shape[2:], stride, padding, dilation, groups)
+    if dw is not None and flip:
+        dw = dw.flip(spatial)
+    if dw is not None and dw.stride() != w.stride() and _dense(w) and not _transformed(w, dw):
+        # laid out like W (a size-1 axis can leave other strides): DDP's buckets expect it;
+        # a broadcast W (stride 0) has no such layout: its gradient stays dense
+        dw = torch.empty_strided(w.shape, w.stride(), dtype=dw.dtype, device=dw.device).copy_(dw)
+    return dx, dw
+
+
+class ConvGrad(CnnkitFunction):
+    """``(δ_prev, dE/dW)`` of a conv, as a Function of ``(y, W, δ)`` so it differentiates again.
+
+    ``δ_prev = Tᵀ_W δ`` (the transposed conv) is linear in ``δ`` and in ``W``; ``dE/dW = W(y, δ)``
+    (the input correlated with the deltas) is linear in ``y`` and in ``δ``. With incoming
+    ``(ġ_x, ġ_W)``, from ``⟨ġ_x, Tᵀ_W δ⟩ = ⟨W ⋆ ġ_x, δ⟩`` and ``⟨ġ_W, W(y, δ)⟩ = ⟨ġ_W ⋆ y, δ⟩``:
+
+    - ``d/dδ = ġ_x ⋆ W + y ⋆ ġ_W``  (two forward convs: :class:`Conv`)
+    - ``d/dW = W(ġ_x, δ)``           (a conv's weight gradient: this Function again)
+    - ``d/dy = Tᵀ_{ġ_W} δ``           (a transposed conv: this Function again)
+
+    ``flip`` carries through unchanged (``rot180`` is its own adjoint). The first-order route
+    for each shape is :func:`_conv_grads`'s; every derivative order is built from cnnkit's
+    Functions, so Hessians and gradient penalties are hand-derived too.
+    """
+
+    @staticmethod
+    def forward(x, w, dy, stride, padding, dilation, groups, flip, need_x, need_w):
+        return _conv_grads(x, w, dy, stride, padding, dilation, groups, flip, need_x, need_w)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, w, dy, *attrs = inputs
+        _save(ctx, x, w, dy)
+        ctx.attrs = tuple(attrs[:5])
+        ctx.need = tuple(attrs[5:7])
+
+    @staticmethod
+    def backward(ctx, ggx, ggw):
+        x, w, dy = ctx.saved_tensors
+        need_x, need_w, need_dy = ctx.needs_input_grad[:3]
+        gx = gw = gdy = None
+        if ggw is not None and need_x:
+            gx = _grad_apply(ConvGrad, x, ggw, dy, *ctx.attrs, True, False)[0]
+        if ggx is not None and need_w:
+            gw = _grad_apply(ConvGrad, ggx, w, dy, *ctx.attrs, False, True)[1]
+        if need_dy:
+            if ggx is not None:
+                gdy = _grad_apply(Conv, ggx, w, None, *ctx.attrs)
+            if ggw is not None:
+                part = _grad_apply(Conv, x, ggw, None, *ctx.attrs)
+                gdy = part if gdy is None else gdy + part
+        return gx, gw, gdy, None, None, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, dx, dw, ddy, *_):
+        # bilinear: (Tᵀ_W δ)˙ = Tᵀ_Ẇ δ + Tᵀ_W δ̇;  W(y, δ)˙ = W(ẏ, δ) + W(y, δ̇)
+        x, w, dy = ctx.saved_tensors
+        need_x, need_w = ctx.need
+        gx = gw = None
+
+        def add(a, b):
+            return b if a is None else (a if b is None else a + b)
+
+        if ddy is not None:
+            gx, gw = _conv_grads(x, w, ddy, *ctx.attrs, need_x, need_w)
+        if dw is not None and need_x:
+            gx = add(gx, _conv_grads(x, dw, dy, *ctx.attrs, True, False)[0])
+        if dx is not None and need_w:
+            gw = add(gw, _conv_grads(dx, w, dy, *ctx.attrs, False, True)[1])
+        return gx, gw
 
 
 # -- pooling -----------------------------------------------------------------------------------
@@ -582,7 +845,7 @@ def _max_pool_forward(x, kernel, stride, padding, dilation, ceil_mode):
     return y, idx, pads
 
 
-class MaxPool(Function):
+class MaxPool(CnnkitFunction):
     """``a[i] = max_m y_pad[S·i + D·m]``; returns ``(a, winner)``, the winner's flat index."""
 
     @staticmethod
@@ -597,13 +860,12 @@ class MaxPool(Function):
         stride, dilation = _bounded(x.shape, kernel_size, stride, padding, dilation)
         _y, idx = output
         ctx.mark_non_differentiable(idx)
-        ctx.save_for_backward(idx)
+        _save(ctx, idx)
         ctx.x_shape = x.shape
         fits = _torch_pool_fits(x, kernel_size, padding)
         ctx.pads = None if fits else _read_padding(x, kernel_size, stride, padding, dilation, ceil_mode)
 
     @staticmethod
-    @_first_order_only
     def backward(ctx, dy, _didx):
         # δ_prev[winner(i)] += δ[i]; every unit that did not win gets 0
         (idx,) = ctx.saved_tensors
@@ -611,15 +873,85 @@ class MaxPool(Function):
             return None, None, None, None, None, None
         if math.prod(ctx.x_shape) == 0:  # N = 0 or C = 0
             return dy.new_zeros(ctx.x_shape), None, None, None, None, None
-        n, c, *size = ctx.x_shape
-        if ctx.pads is not None:
-            size = [s + lo + hi for s, (lo, hi) in zip(size, ctx.pads)]
-        dx = dy.new_zeros((n, c, math.prod(size)))
+        return _grad_apply(MaxPoolGrad, dy, idx, ctx.x_shape, ctx.pads), None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, dx, *_):
+        # ȧ[i] = ẏ[winner(i)]
+        (idx,) = ctx.saved_tensors
+        if math.prod(ctx.x_shape) == 0:
+            return torch.zeros(idx.shape, dtype=dx.dtype, device=dx.device), None
+        return _max_pool_gather(dx, idx, ctx.pads), None
+
+
+def _max_pool_scatter(dy, idx, x_shape, pads):
+    n, c, *size = x_shape
+    if pads is not None:
+        size = [s + lo + hi for s, (lo, hi) in zip(size, pads)]
+    dx = dy.new_zeros((n, c, math.prod(size)))
+    if _transformed(dy, idx):
+        dx = dx.scatter_add(2, idx.reshape(n, c, -1), dy.reshape(n, c, -1))
+    else:
         dx.scatter_add_(2, idx.reshape(n, c, -1), dy.reshape(n, c, -1))
-        dx = dx.view(n, c, *size)
-        if ctx.pads is not None:
-            dx = _crop(dx, ctx.pads, ctx.x_shape[2:])
-        return dx, None, None, None, None, None
+    dx = dx.view(n, c, *size)
+    return _crop(dx, pads, x_shape[2:]) if pads is not None else dx
+
+
+def _max_pool_gather(g, idx, pads):
+    n, c = g.shape[:2]
+    g = _pad(g, pads) if pads is not None else g
+    return g.reshape(n, c, -1).gather(2, idx.reshape(n, c, -1)).view(idx.shape)
+
+
+class MaxPoolGrad(CnnkitFunction):
+    """``δ_prev = scatter(δ → winners)``, linear in ``δ``; its adjoint is the gather
+    ``ġ[winner(i)]`` (:class:`MaxPoolGather`), whose adjoint is this scatter again."""
+
+    @staticmethod
+    def forward(dy, idx, x_shape, pads):
+        return _max_pool_scatter(dy, idx, x_shape, pads)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _dy, idx, x_shape, pads = inputs
+        _save(ctx, idx)
+        ctx.pads = pads
+        ctx.x_shape = x_shape
+
+    @staticmethod
+    def backward(ctx, gg):
+        (idx,) = ctx.saved_tensors
+        return _grad_apply(MaxPoolGather, gg, idx, ctx.pads), None, None, None
+
+    @staticmethod
+    def jvp(ctx, ddy, *_):
+        (idx,) = ctx.saved_tensors
+        return _max_pool_scatter(ddy, idx, ctx.x_shape, ctx.pads)
+
+
+class MaxPoolGather(CnnkitFunction):
+    """``g[i] = ġ_pad[winner(i)]``: the adjoint of :class:`MaxPoolGrad`."""
+
+    @staticmethod
+    def forward(g, idx, pads):
+        return _max_pool_gather(g, idx, pads)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        g, idx, pads = inputs
+        _save(ctx, idx)
+        ctx.pads = pads
+        ctx.g_shape = g.shape
+
+    @staticmethod
+    def backward(ctx, gg):
+        (idx,) = ctx.saved_tensors
+        return _grad_apply(MaxPoolGrad, gg, idx, ctx.g_shape, ctx.pads), None, None
+
+    @staticmethod
+    def jvp(ctx, dg, *_):
+        (idx,) = ctx.saved_tensors
+        return _max_pool_gather(dg, idx, ctx.pads)
 
 
 def _avg_pool_forward(x, kernel, stride, padding, dilation, ceil_mode, count_include_pad):
@@ -634,7 +966,7 @@ def _avg_pool_forward(x, kernel, stride, padding, dilation, ceil_mode, count_inc
     return s / count
 
 
-class AvgPool(Function):
+class AvgPool(CnnkitFunction):
     """``a[i] = Σ_m y_pad[S·i + D·m] / |window_i|``."""
 
     @staticmethod
@@ -650,20 +982,48 @@ class AvgPool(Function):
         ctx.attrs = [kernel_size, stride, padding, dilation, *rest]
 
     @staticmethod
-    @_first_order_only
     def backward(ctx, dy):
         # δ_prev[u] = Σ_{windows i ∋ u} δ[i] / |window_i|
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None, None, None
-        kernel, stride, padding, dilation, ceil_mode, include_pad = ctx.attrs
-        size = ctx.x_shape[2:]
         if math.prod(ctx.x_shape) == 0:  # N = 0 or C = 0
             return dy.new_zeros(ctx.x_shape), None, None, None, None, None, None
+        return _grad_apply(AvgPoolGrad, dy, ctx.x_shape, *ctx.attrs), None, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, dx, *_):
+        # linear: ȧ = A ẏ
+        return AvgPool.forward(dx, *ctx.attrs)
+
+
+class AvgPoolGrad(CnnkitFunction):
+    """``δ_prev = Aᵀ δ`` for the linear pool ``a = A y``; its adjoint is the pool itself
+    (:class:`AvgPool` applied to the incoming gradient)."""
+
+    @staticmethod
+    def forward(dy, x_shape, kernel, stride, padding, dilation, ceil_mode, include_pad):
+        size = x_shape[2:]
         count = _window_count(size, dy.shape[2:], kernel, stride, padding, dilation, include_pad, dy)
-        pads = [pool_padding(n, f, s, p, dl, ceil_mode) for n, f, s, p, dl in zip(size, *ctx.attrs[:4])]
+        pads = [
+            pool_padding(n, f, s, p, dl, ceil_mode)
+            for n, f, s, p, dl in zip(size, kernel, stride, padding, dilation)
+        ]
         full = [n + lo + hi for n, (lo, hi) in zip(size, pads)]
         dx = _window_spread(dy / count, full, kernel, stride, dilation)
-        return _crop(dx, pads, size), None, None, None, None, None, None
+        return _crop(dx, pads, size)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.x_shape = inputs[1]
+        ctx.attrs = inputs[2:]
+
+    @staticmethod
+    def backward(ctx, gg):
+        return _grad_apply(AvgPool, gg, *ctx.attrs), None, None, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, ddy, *_):
+        return AvgPoolGrad.forward(ddy, ctx.x_shape, *ctx.attrs)
 
 
 def _lp_power(x: torch.Tensor, p: float) -> torch.Tensor:
@@ -672,7 +1032,7 @@ def _lp_power(x: torch.Tensor, p: float) -> torch.Tensor:
     return x.abs() if p == 1.0 else x.abs().pow(p)
 
 
-class LpPool(Function):
+class LpPool(CnnkitFunction):
     """``a[i] = (Σ_m |y_pad[S·i + D·m]|^p)^(1/p)``, the true Lp norm of each window."""
 
     @staticmethod
@@ -690,11 +1050,10 @@ class LpPool(Function):
     def setup_context(ctx, inputs, output):
         x, kernel_size, stride, padding, dilation, *rest = inputs
         stride, dilation = _bounded(x.shape, kernel_size, stride, padding, dilation)
-        ctx.save_for_backward(x, output)
+        _save(ctx, x, output)
         ctx.attrs = [kernel_size, stride, padding, dilation, *rest]
 
     @staticmethod
-    @_first_order_only
     def backward(ctx, dy):
         # δ_prev[u] = Σ_{windows i ∋ u} δ[i] · a[i]^(1-p) · |y[u]|^(p-1) · sign(y[u])  (0 where a[i] = 0)
         if not ctx.needs_input_grad[0]:
@@ -709,7 +1068,7 @@ class LpPool(Function):
             dy if p == 1.0 else torch.where(a != 0, dy * a.pow(1.0 - p), torch.zeros_like(dy))
         )  # NaN stays NaN
         full = [n + lo + hi for n, (lo, hi) in zip(size, pads)]
-        spread = _crop(_window_spread(g, full, kernel, stride, dilation), pads, size)
+        spread = _crop(_grad_apply(WindowSpread, g, tuple(full), kernel, stride, dilation), pads, size)
         if p == 2.0:
             return spread * x, None, None, None, None, None, None
         local = x.sign() if p == 1.0 else x.sign() * x.abs().pow(p - 1.0)
@@ -717,11 +1076,70 @@ class LpPool(Function):
             local = torch.where(x != 0, local, torch.zeros_like(local))
         return spread * local, None, None, None, None, None, None
 
+    @staticmethod
+    def jvp(ctx, dx, *_):
+        # ȧ[i] = a[i]^(1-p) · Σ_m |y[u]|^(p-1) · sign(y[u]) · ẏ[u]   (0 where a[i] = 0)
+        x, a = ctx.saved_tensors
+        kernel, stride, padding, dilation, ceil_mode, p = ctx.attrs
+        if _is_empty(x):
+            return torch.zeros_like(a)
+        pads = _read_padding(x, kernel, stride, padding, dilation, ceil_mode)
+        if p == 2.0:
+            local = x
+        else:
+            local = x.sign() if p == 1.0 else x.sign() * x.abs().pow(p - 1.0)
+            if p < 1.0:
+                local = torch.where(x != 0, local, torch.zeros_like(local))
+        s = _window_sum(_pad(local * dx, pads), kernel, stride, dilation)
+        return s if p == 1.0 else torch.where(a != 0, s * a.pow(1.0 - p), torch.zeros_like(s))
+
+
+class WindowSpread(CnnkitFunction):
+    """:func:`_window_spread` (linear in ``g``); its adjoint is :class:`WindowSum`."""
+
+    @staticmethod
+    def forward(g, size, kernel, stride, dilation):
+        return _window_spread(g, size, kernel, stride, dilation)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.size = inputs[1]
+        ctx.attrs = inputs[2:]
+
+    @staticmethod
+    def backward(ctx, gg):
+        return _grad_apply(WindowSum, gg, *ctx.attrs), None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, dg, *_):
+        return _window_spread(dg, ctx.size, *ctx.attrs)
+
+
+class WindowSum(CnnkitFunction):
+    """:func:`_window_sum` of an already padded input (linear); its adjoint is :class:`WindowSpread`."""
+
+    @staticmethod
+    def forward(x_pad, kernel, stride, dilation):
+        return _window_sum(x_pad, kernel, stride, dilation)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.size = tuple(inputs[0].shape[2:])
+        ctx.attrs = inputs[1:]
+
+    @staticmethod
+    def backward(ctx, gg):
+        return _grad_apply(WindowSpread, gg, ctx.size, *ctx.attrs), None, None, None
+
+    @staticmethod
+    def jvp(ctx, dx, *_):
+        return _window_sum(dx, *ctx.attrs)
+
 
 # -- activations -------------------------------------------------------------------------------
 
 
-class ReLU(Function):
+class ReLU(CnnkitFunction):
     """``y' = max(0, a)``."""
 
     @staticmethod
@@ -730,17 +1148,21 @@ class ReLU(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output)
+        _save(ctx, output)
 
     @staticmethod
-    @_first_order_only
     def backward(ctx, dy):
         # δ_prev = f'(a) ⊙ δ,  f'(a) = 1 where a > 0, else 0
         (y,) = ctx.saved_tensors
         return (dy * (y > 0) if ctx.needs_input_grad[0] else None,)
 
+    @staticmethod
+    def jvp(ctx, dx):
+        (y,) = ctx.saved_tensors
+        return dx * (y > 0)
 
-class LeakyReLU(Function):
+
+class LeakyReLU(CnnkitFunction):
     """``y' = a`` where ``a > 0``, else ``negative_slope · a``."""
 
     @staticmethod
@@ -750,11 +1172,10 @@ class LeakyReLU(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, negative_slope = inputs
-        ctx.save_for_backward(x)
+        _save(ctx, x)
         ctx.negative_slope = negative_slope
 
     @staticmethod
-    @_first_order_only
     def backward(ctx, dy):
         # δ_prev = f'(a) ⊙ δ,  f'(a) = 1 where a > 0, else negative_slope
         (x,) = ctx.saved_tensors
@@ -762,8 +1183,13 @@ class LeakyReLU(Function):
             return None, None
         return torch.where(x > 0, dy, dy * ctx.negative_slope), None
 
+    @staticmethod
+    def jvp(ctx, dx, _):
+        (x,) = ctx.saved_tensors
+        return torch.where(x > 0, dx, dx * ctx.negative_slope)
 
-class Sigmoid(Function):
+
+class Sigmoid(CnnkitFunction):
     """``y' = σ(a) = 1 / (1 + e^-a)``."""
 
     @staticmethod
@@ -772,17 +1198,21 @@ class Sigmoid(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output)
+        _save(ctx, output)
 
     @staticmethod
-    @_first_order_only
     def backward(ctx, dy):
         # δ_prev = f'(a) ⊙ δ,  f'(a) = σ(a)(1 - σ(a))
         (y,) = ctx.saved_tensors
         return (dy * y * (1 - y) if ctx.needs_input_grad[0] else None,)
 
+    @staticmethod
+    def jvp(ctx, dx):
+        (y,) = ctx.saved_tensors
+        return dx * y * (1 - y)
 
-class Tanh(Function):
+
+class Tanh(CnnkitFunction):
     """``y' = tanh(a)``."""
 
     @staticmethod
@@ -791,20 +1221,24 @@ class Tanh(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output)
+        _save(ctx, output)
 
     @staticmethod
-    @_first_order_only
     def backward(ctx, dy):
         # δ_prev = f'(a) ⊙ δ,  f'(a) = 1 - tanh(a)^2
         (y,) = ctx.saved_tensors
         return (dy * (1 - y * y) if ctx.needs_input_grad[0] else None,)
 
+    @staticmethod
+    def jvp(ctx, dx):
+        (y,) = ctx.saved_tensors
+        return dx * (1 - y * y)
+
 
 # -- flatten, linear, loss ---------------------------------------------------------------------
 
 
-class Flatten(Function):
+class Flatten(CnnkitFunction):
     """Merge dims ``start_dim..end_dim`` into one (a new tensor: the output owns its memory)."""
 
     @staticmethod
@@ -816,16 +1250,22 @@ class Flatten(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.x_shape = inputs[0].shape
+        ctx.out_shape = output.shape
 
     @staticmethod
-    @_first_order_only
     def backward(ctx, dy):
         # δ_prev = δ reshaped back to the input's shape
         return (dy.reshape(ctx.x_shape).clone() if ctx.needs_input_grad[0] else None), None, None
 
+    @staticmethod
+    def jvp(ctx, dx, *_):
+        return dx.reshape(ctx.out_shape).clone()
 
-class Linear(Function):
+
+class Linear(CnnkitFunction):
     """``a = y Wᵀ + b``."""
+
+    autocast = "lower"
 
     @staticmethod
     def forward(x, w, b):
@@ -834,10 +1274,9 @@ class Linear(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, w, _b = inputs
-        ctx.save_for_backward(x, w)
+        _save(ctx, x, w)
 
     @staticmethod
-    @_first_order_only
     def backward(ctx, dy):
         # δ_prev = δ W;  dE/dW = δᵀ y;  dE/db = Σ_n δ
         x, w = ctx.saved_tensors
@@ -849,10 +1288,28 @@ class Linear(Function):
         db = dy2.sum(0) if need_b else None
         return dx, dw, db
 
+    @staticmethod
+    def jvp(ctx, dx, dw, db):
+        # ȧ = ẏ Wᵀ + y Ẇᵀ + ḃ
+        x, w = ctx.saved_tensors
+        out = None
+        if dx is not None:
+            out = F.linear(dx, w)
+        if dw is not None:
+            out = F.linear(x, dw) if out is None else out + F.linear(x, dw)
+        if db is not None:
+            out = db.expand(*x.shape[:-1], -1) if out is None else out + db
+        return out
 
-class CrossEntropy(Function):
+
+class CrossEntropy(CnnkitFunction):
     """``E_n = -Σ_c q_nc log softmax(a_n)_c`` (``q``: the weighted, smoothed target), reduced by
-    torch's mean, a sum or not at all; returns ``(E, log p, q, the mean's denominator)``."""
+    torch's mean, a sum or not at all; returns ``(E, log p, q, the mean's denominator)``.
+
+    Its backward is differentiable again (softmax as ``exp(a - logsumexp(a))``); ``jvp`` is the
+    same formula contracted with the tangent."""
+
+    autocast = "float32"
 
     @staticmethod
     def forward(x, target, weight, reduction, ignore_index, label_smoothing):
@@ -867,6 +1324,11 @@ class CrossEntropy(Function):
         else:
             target = target.to(x.device)  # class indices may stay on the host (the core read them)
             kept = target != ignore_index
+            if not host_readable(x, target) and target.numel():  # the core could not read them: here
+                torch._assert_async(
+                    (~kept | ((target >= 0) & (target < c))).all(),
+                    f"cross_entropy: target holds a class index outside [0, {c})",
+                )
             t = torch.where(kept, target, 0).long()
             q = torch.full_like(x, eps / c)
             q.scatter_(1, t.unsqueeze(1), 1 - eps + eps / c)
@@ -881,32 +1343,48 @@ class CrossEntropy(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _x, _target, weight, reduction, _ignore_index, label_smoothing = inputs
-        _loss, log_p, q, denom = output
-        ctx.mark_non_differentiable(log_p, q, denom)
-        ctx.save_for_backward(log_p, q, denom, weight)
+        x, _target, weight, reduction, _ignore_index, label_smoothing = inputs
+        _loss, _log_p, q, denom = output
+        ctx.mark_non_differentiable(_log_p, q, denom)
+        _save(ctx, x, q, denom, weight)
         ctx.reduction = reduction
         ctx.eps = label_smoothing
 
     @staticmethod
-    @_first_order_only
+    def _scale(ctx: Any, dy: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
+        if ctx.reduction == "none":
+            return dy.unsqueeze(1)
+        return dy / denom if ctx.reduction == "mean" else dy
+
+    @staticmethod
     def backward(ctx, dy, _dlog_p, _dq, _ddenom):
         # δ_prev_n = (softmax(a_n) Σ_c q_nc - q_n) · δ_n   (δ ÷ the mean's denominator)
         # dE/dt_nc = -(1 - ε) w_c log p_nc · δ_n            (probability targets)
-        log_p, q, denom, weight = ctx.saved_tensors
-        if ctx.reduction == "none":
-            g = dy.unsqueeze(1)
-        elif ctx.reduction == "mean":
-            g = dy / denom
-        else:
-            g = dy
+        x, q, denom, weight = ctx.saved_tensors
+        log_p = x - torch.logsumexp(x, 1, keepdim=True)  # differentiable again when grad is enabled
+        g = CrossEntropy._scale(ctx, dy, denom)
         dx = dt = None
         if ctx.needs_input_grad[0]:
-            dx = (torch.exp(log_p) * q.sum(1, keepdim=True) - q) * g
+            dx = (log_p.exp() * q.sum(1, keepdim=True) - q) * g
         if ctx.needs_input_grad[1]:
-            w = log_p.new_ones(log_p.shape[1]) if weight is None else weight
-            dt = -(1 - ctx.eps) * _per_channel(w, log_p.dim()) * log_p * g
+            w = x.new_ones(x.shape[1]) if weight is None else weight
+            dt = -(1 - ctx.eps) * _per_channel(w, x.dim()) * log_p * g
         return dx, dt, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, dx, dt, *_):
+        # Ė_n = Σ_c (softmax(a_n)_c Σ_c' q_nc' - q_nc) ȧ_nc  [- (1 - ε) Σ_c w_c log p_nc ṫ_nc], reduced as E
+        x, q, denom, weight = ctx.saved_tensors
+        log_p = torch.log_softmax(x, 1)
+        e = ((log_p.exp() * q.sum(1, keepdim=True) - q) * dx).sum(1)
+        if dt is not None:
+            w = x.new_ones(x.shape[1]) if weight is None else weight
+            e = e - (1 - ctx.eps) * (_per_channel(w, x.dim()) * log_p * dt).sum(1)
+        if ctx.reduction == "mean":
+            e = e.sum() / denom
+        elif ctx.reduction == "sum":
+            e = e.sum()
+        return e, None, None, None
 
 
 _POOL_ATTRS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
@@ -1037,3 +1515,5 @@ KERNELS.update(
         "dropout": _kernel(Dropout, 1, ("p", "training", "mask_dims", "generator"), n_outputs=2),
     }
 )
+#: The Function behind each op kind (its ``autocast`` declaration is read by :func:`autocast_inputs`).
+_FUNCTIONS: dict[str, type[Function]] = {op: k.call.function for op, k in KERNELS.items()}  # type: ignore[union-attr]
