@@ -630,9 +630,85 @@ def cross_entropy_backward(ctx, grad_output):
     return dz, None
 
 
+# == conv_transpose (issue 10a) ==========================================================
+
+
+def _t_geometry(y_shape, weight, stride, padding, output_padding, dilation, groups) -> tuple[dict, tuple]:
+    """The geometry of the conv whose input gradient the transposed conv is: its input is the
+    transposed conv's output ``(N, C_out, *O)``, its filters the ``C_in`` input channels."""
+    c_in, kg, *kernel = weight.shape
+    out = tuple(
+        (n - 1) * S - b - a + D * (F - 1) + op + 1
+        for n, S, (b, a), D, F, op in zip(y_shape[2:], stride, padding, dilation, kernel, output_padding)
+    )
+    x_shape = (y_shape[0], kg * groups, *out)
+    geo = _conv_geometry(x_shape, c_in, tuple(kernel), stride, padding, dilation, groups)
+    geo["ones"] = 0
+    return geo, x_shape
+
+
+def _on_conv_grid(y: np.ndarray, geo: dict) -> np.ndarray:
+    """``y`` (nb, C_in, *spatial) laid out on the conv's output grid, zeros where it has no unit."""
+    if tuple(y.shape[2:]) == tuple(geo["grid"]):
+        return y
+    y_grid = np.zeros((*y.shape[:2], *geo["grid"]), dtype=y.dtype)
+    y_grid[(Ellipsis, *(slice(0, n) for n in y.shape[2:]))] = y
+    return y_grid
+
+
+@_quiet
+def conv_transpose_forward(y, weight, bias=None, *, stride, padding, output_padding, dilation, groups):
+    """``a[n, g·K/G + k, S·i + D·m - P_b] += Σ_c y[n, g·C/G + c, i] · W[g·C/G + c, k, m]`` (``+ b``).
+
+    The conv's input gradient at ``δ = y``: ``Wᵀ @ y`` per group gives the columns
+    ``(nb, G, C_out/G·ΠF, Π grid)`` and :func:`_col2im` scatters them, one strided add per
+    kernel offset, exactly as conv's backward builds ``δ_prev``.
+    Shapes: y ``(N, C_in, *spatial)``, W ``(C_in, C_out/G, *F)`` -> a ``(N, C_out, *O)``.
+    """
+    geo, a_shape = _t_geometry(y.shape, weight, stride, padding, output_padding, dilation, groups)
+    n, c_in = y.shape[:2]
+    W_t = np.ascontiguousarray(weight.reshape(groups, c_in // groups, -1).transpose(0, 2, 1))
+    a = np.empty(a_shape, dtype=y.dtype)  # (G, C_out/G·ΠF, C_in/G) above
+    p = math.prod(geo["grid"])
+    col_bytes = a_shape[1] * math.prod(weight.shape[2:]) * p * y.itemsize
+    for n0, n1 in _chunks(n, col_bytes):
+        nb = n1 - n0
+        y_c = _on_conv_grid(y[n0:n1], geo).reshape(nb, groups, c_in // groups, p)
+        dcol = np.matmul(W_t, y_c)  # (nb, G, C_out/G·ΠF, Π grid)
+        _col2im(dcol, a[n0:n1], geo)
+    if bias is not None:
+        a += bias.astype(y.dtype).reshape(-1, *([1] * (y.ndim - 2)))
+    return a, (y, weight, bias is not None, geo)
+
+
+@_quiet
+def conv_transpose_backward(ctx, grad_output):
+    # δ_prev = conv(δ, W) (cropped to y);  dE/dW[c,k,m] = Σ_n Σ_i y[n,c,i]·δ_pad[n,k,S·i+D·m];  dE/db = Σ δ
+    y, W, has_bias, geo = ctx
+    delta = np.ascontiguousarray(_as(grad_output, y.dtype))
+    n, c_in = y.shape[:2]
+    groups = geo["groups"]
+    p = math.prod(geo["grid"])
+    W_mat = np.ascontiguousarray(W.reshape(groups, c_in // groups, -1))  # (G, C_in/G, C_out/G·ΠF)
+    dW = np.zeros(W_mat.shape, dtype=y.dtype)
+    dy = np.empty_like(y)
+    crop = (Ellipsis, *(slice(0, s) for s in y.shape[2:]))
+    col_bytes = delta.shape[1] * math.prod(W.shape[2:]) * p * y.itemsize
+    for n0, n1 in _chunks(n, col_bytes):
+        nb = n1 - n0
+        col = _im2col(delta[n0:n1], geo)  # (nb, G, C_out/G·ΠF, Π grid): the windows of δ
+        y_c = _on_conv_grid(y[n0:n1], geo).reshape(nb, groups, c_in // groups, p)
+        dW += np.matmul(y_c, col.transpose(0, 1, 3, 2)).sum(axis=0)  # the conv's y ⋆ δ with roles swapped
+        conv = np.matmul(W_mat, col).reshape(nb, c_in, *geo["grid"])  # conv(δ, W) on the grid
+        dy[n0:n1] = conv[crop]
+    db = delta.sum(axis=(0, *range(2, delta.ndim))) if has_bias else None
+    return dy, dW.reshape(W.shape), db
+
+
 #: ``{op: (forward, backward)}`` for every core op, registered by :mod:`cnnkit_numpy.plugin`.
 KERNELS: dict[str, tuple[Any, Any]] = {
     "conv": (conv_forward, conv_backward),
+    "conv_transpose": (conv_transpose_forward, conv_transpose_backward),
     "max_pool": (max_pool_forward, max_pool_backward),
     "avg_pool": (avg_pool_forward, avg_pool_backward),
     "lp_pool": (lp_pool_forward, lp_pool_backward),

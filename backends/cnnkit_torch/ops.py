@@ -44,6 +44,7 @@ __all__ = [
     "KERNELS",
     "AvgPool",
     "Conv",
+    "ConvTranspose",
     "CrossEntropy",
     "Flatten",
     "LeakyReLU",
@@ -881,11 +882,69 @@ class CrossEntropy(Function):
         return dx * dy, None, None
 
 
+# == conv_transpose (issue 10a) ==============================================================
+
+
+def _conv_transpose_forward(y, w, b, stride, padding, output_padding, dilation, groups):
+    """torch's conv_transpose with the symmetric part of the padding, the rest cropped."""
+    sym, rest = _split_padding(padding)
+    a = _CONV_T[y.dim() - 2](y, w, b, stride, sym, output_padding, groups, dilation)
+    if not any(lo or hi for lo, hi in rest):
+        return a
+    size = [n - lo - hi for n, (lo, hi) in zip(a.shape[2:], rest)]
+    return _crop(a, rest, size)
+
+
+class ConvTranspose(Function):
+    """``a = conv_transpose(y, W) + b``: the conv's input gradient at ``δ = y``, in 1, 2 or 3 dimensions."""
+
+    @staticmethod
+    def forward(y, w, b, stride, padding, output_padding, dilation, groups):
+        return _conv_transpose_forward(y, w, b, stride, padding, output_padding, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        y, w, _b, stride, padding, _output_padding, dilation, groups = inputs
+        ctx.save_for_backward(y, w)
+        ctx.attrs = (stride, padding, dilation, groups)
+
+    @staticmethod
+    @_first_order_only
+    def backward(ctx, dy):
+        # δ_prev = conv(δ, W) (cropped to y);  dE/dW = δ ⋆ y (conv's dE/dW, roles swapped);  dE/db = Σ δ
+        y, w = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.attrs
+        need_y, need_w, need_b = ctx.needs_input_grad[:3]
+        spatial = _spatial(w)
+        dx = dw = db = None
+        if need_y or need_w:
+            size = y.shape[2:]
+            if need_y:
+                conv = _conv_forward(dy, w, None, stride, padding, dilation, groups, False)
+                dx = conv[(slice(None), slice(None), *(slice(0, n) for n in size))]
+            if need_w:
+                # y on the conv's output grid: zeros where output_padding >= stride added outputs
+                out = [
+                    conv_output_size(n, f, s, p, dl)
+                    for n, f, s, p, dl in zip(dy.shape[2:], w.shape[2:], stride, padding, dilation)
+                ]
+                y_grid = _pad(y, [(0, o - n) for o, n in zip(out, size)])
+                dw = _conv_weight_grad(dy, y_grid, w.shape[2:], stride, padding, dilation, groups)
+                if dw.stride() != w.stride() and _dense(w):
+                    dw = torch.empty_strided(w.shape, w.stride(), dtype=dw.dtype, device=dw.device).copy_(dw)
+        if need_b:
+            db = dy.sum((0, *spatial))
+        return dx, dw, db, None, None, None, None, None
+
+
 _POOL_ATTRS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
 
 #: One kernel per op kind, in the order of :mod:`cnnkit_numpy.ops`.
 KERNELS: dict[str, Kernel] = {
     "conv": _kernel(Conv, 3, ("stride", "padding", "dilation", "groups", "flip")),
+    "conv_transpose": _kernel(
+        ConvTranspose, 3, ("stride", "padding", "output_padding", "dilation", "groups")
+    ),
     "max_pool": _kernel(MaxPool, 1, _POOL_ATTRS, n_outputs=2),
     "avg_pool": _kernel(AvgPool, 1, (*_POOL_ATTRS, "count_include_pad")),
     "lp_pool": _kernel(LpPool, 1, (*_POOL_ATTRS, "norm_type")),
