@@ -191,6 +191,23 @@ def _random_cases() -> Iterator[Case]:
             case = _case(op, d, kernel=spatial, extra=extra)
             name = f"{op.split('_')[0]}_pool{d}d-global" + ("-p2" if extra else "")
             yield Case(name, op, case.inputs, case.attrs, tags=(*case.tags, "global"))
+    # ONNX's padding rule: up to the window's extent minus one, every window holding an input unit
+    for op, extra in (("max_pool", {}), ("avg_pool", {}), ("lp_pool", {"norm_type": 2})):
+        for d in (1, 2):
+            yield _case(op, d, kernel=3, stride=2, padding=2, extra=extra, suffix="onnxpad")
+            yield _case(
+                op,
+                d,
+                kernel=2,
+                stride=1,
+                padding=per_axis(d, ((1, 0), (0, 1))),
+                extra=extra,
+                suffix="onnxpad",
+            )
+        yield _case(op, 1, kernel=2, stride=3, dilation=2, padding=2, extra=extra, suffix="onnxpad")
+    yield _case(
+        "avg_pool", 2, kernel=3, stride=2, padding=2, extra={"count_include_pad": False}, suffix="onnxpad"
+    )
 
 
 def _goldens() -> Iterator[Case]:
@@ -308,7 +325,7 @@ def _error_cases() -> Iterator[Case]:
                 (x4,),
                 {"kernel_size": 2, "padding": 2},
                 ValueError,
-                "padding must be at most half",
+                "padding must be at most the window's extent minus one",
             ),
             (
                 "max_pool-error-kernel-too-large",
@@ -642,7 +659,8 @@ _FUNCTION_DOC = """{d}-D {what} pooling: {formula}
         input: ``(N, C, {axes})``.{extra_args}
         kernel_size: ``F``, the window, an int or one per axis.
         stride: ``S`` (default: ``kernel_size``).
-        padding: as for the convolutions; at most half the window per side.
+        padding: as for the convolutions; at most the window's extent minus one per side,
+            every window holding an input unit (ONNX's rule).
             {pad_note}
         dilation: spacing of the window's taps, >= 1.
         ceil_mode: keep a last, partial window (never one that starts in the
@@ -1008,7 +1026,8 @@ _LAYER_DOC = """{d}-D {what} pooling layer: {formula}
     Args:{extra}
         kernel_size: ``F``, the window, an int or one per axis.
         stride: ``S`` (default: ``kernel_size``).
-        padding: as for the convolution layers; at most half the window per side.
+        padding: as for the convolution layers; at most the window's extent minus one per side,
+            every window holding an input unit (ONNX's rule).
         dilation: spacing of the window's taps (default 1).
         ceil_mode: keep a last, partial window.{cip}
 
