@@ -1,0 +1,168 @@
+"""An independent oracle: torch.nn.functional's native ops under native autograd.
+
+For every conformance case of the records this covers (all cases of the newer
+ops, every few cases of conv and the pools), the native op runs with torch's
+own autograd; cnnkit's torch backend and its NumPy backend must give the same
+output and the same gradient of every input, in float64 and float32. Cases the
+native op cannot express (padding torch's pools refuse, ``"same"`` with a
+stride) are left out of the list, never silently passed.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import torch.nn.functional as F  # noqa: E402
+
+import cnnkit  # noqa: E402
+from cnnkit.conformance.cases import Case, Random  # noqa: E402
+from cnnkit.ops import BUILTIN_CASES, BUILTIN_SPECS  # noqa: E402
+from cnnkit.spec import TensorInfo  # noqa: E402
+
+TOL = {"float64": dict(rtol=1e-9, atol=1e-11), "float32": dict(rtol=2e-4, atol=2e-5)}
+SPECS = {spec.name: spec for spec in BUILTIN_SPECS}
+
+
+def _pad_list(pads) -> list[int]:
+    """``(before, after)`` per axis, first axis first -> F.pad's last-axis-first list."""
+    out: list[int] = []
+    for lo, hi in reversed(pads):
+        out += [lo, hi]
+    return out
+
+
+def _symmetric(pads) -> bool:
+    return all(lo == hi for lo, hi in pads)
+
+
+# -- the native ops, on canonical attributes (None: torch cannot express the case) ------------
+
+
+def _native_conv(x, w, b, *, stride, padding, dilation, groups, flip):
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[x.dim() - 2]
+    if flip:
+        w = w.flip(tuple(range(2, w.dim())))
+    if not _symmetric(padding):
+        x = F.pad(x, _pad_list(padding))
+        padding = [(0, 0)] * len(padding)
+    return conv(x, w, b, stride, [lo for lo, _ in padding], dilation, groups)
+
+
+def _native_conv_transpose(x, w, b, *, stride, padding, output_padding, dilation, groups):
+    conv_t = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[x.dim() - 2]
+    if _symmetric(padding):
+        return conv_t(x, w, b, stride, [lo for lo, _ in padding], output_padding, groups, dilation)
+    y = conv_t(x, w, b, stride, 0, output_padding, groups, dilation)  # uncropped, then cropped
+    return y[(Ellipsis, *(slice(lo, n - hi) for n, (lo, hi) in zip(y.shape[2:], padding)))]
+
+
+def _pool_fits(x, kernel_size, padding, dilation) -> bool:
+    """What torch's pools take: symmetric padding of at most half the window."""
+    return _symmetric(padding) and all(2 * lo <= f for (lo, _), f in zip(padding, kernel_size))
+
+
+def _native_max_pool(x, *, kernel_size, stride, padding, dilation, ceil_mode):
+    if not _pool_fits(x, kernel_size, padding, dilation):
+        return None
+    pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[x.dim() - 2]
+    return pool(x, kernel_size, stride, [lo for lo, _ in padding], dilation, ceil_mode)
+
+
+def _native_avg_pool(x, *, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad):
+    if any(d != 1 for d in dilation) or not _pool_fits(x, kernel_size, padding, dilation):
+        return None
+    pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[x.dim() - 2]
+    return pool(x, kernel_size, stride, [lo for lo, _ in padding], ceil_mode, count_include_pad)
+
+
+#: op -> (native function, how many of its cases to take: every k-th)
+NATIVE: dict[str, tuple[Callable[..., Any], int]] = {
+    "conv": (_native_conv, 6),
+    "conv_transpose": (_native_conv_transpose, 1),
+    "max_pool": (_native_max_pool, 8),
+    "avg_pool": (_native_avg_pool, 8),
+}
+
+
+def _materialize(value: Any, dtype: str) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, Random):
+        return value.make(dtype)
+    arr = np.asarray(value)
+    if arr.dtype.kind in "iub" and not isinstance(value, np.ndarray):
+        arr = arr.astype(np.float64)  # a literal of ints is a float input
+    return arr.astype(dtype) if arr.dtype.kind == "f" else arr
+
+
+def _canonical(case: Case, arrays: list) -> dict:
+    infos = [None if a is None else TensorInfo(tuple(a.shape), a.dtype.name) for a in arrays]
+    return SPECS[case.op].bind(case.op, infos, dict(case.attrs))
+
+
+def _finite(case: Case) -> bool:
+    arrays = [_materialize(v, "float64") for v in case.inputs]
+    return all(a is None or np.isfinite(a).all() for a in arrays)
+
+
+def _selected() -> list[Case]:
+    chosen = []
+    for op, (native, every) in NATIVE.items():
+        cases = [c for c in BUILTIN_CASES if c.op == op and c.raises is None and c.differentiable]
+        for case in cases[::every]:
+            if not _finite(case):
+                continue
+            arrays = [_materialize(v, "float64") for v in case.inputs]
+            tensors = [None if a is None else torch.from_numpy(a) for a in arrays]
+            if native(*tensors, **_canonical(case, arrays)) is None:
+                continue
+            chosen.append(case)
+    return chosen
+
+
+CASES = _selected()
+
+
+def test_every_new_record_is_covered():
+    """Every case of conv_transpose reaches the native oracle (the conv and pool ones are sampled)."""
+    covered = {c.id for c in CASES}
+    for case in BUILTIN_CASES:
+        if case.op == "conv_transpose" and case.raises is None and case.differentiable:
+            assert case.id in covered, case.id
+    assert {c.op for c in CASES} == set(NATIVE)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_matches_native_autograd(case: Case, dtype: str) -> None:
+    native, _ = NATIVE[case.op]
+    arrays = [_materialize(v, dtype) for v in case.inputs]
+    canonical = _canonical(case, arrays)
+    leaves = [None if a is None else torch.from_numpy(a.copy()).requires_grad_(True) for a in arrays]
+    want = native(*leaves, **canonical)
+    g = (
+        np.random.default_rng(zlib.crc32(case.id.encode()))
+        .uniform(-1, 1, size=tuple(want.shape))
+        .astype(dtype)
+    )
+    want.backward(torch.from_numpy(g))
+    want_grads = [None if t is None else t.grad.numpy() for t in leaves]
+    for backend in ("torch", "numpy"):
+        out, pullback = cnnkit.vjp(case.op, *arrays, backend=backend, **case.attrs)
+        be = cnnkit.get_backend(backend)
+        np.testing.assert_allclose(
+            be.to_numpy(out), want.detach().numpy(), **TOL[dtype], err_msg=f"{backend} forward"
+        )
+        grads = pullback(g)
+        for name, got, exp in zip(SPECS[case.op].inputs, grads, want_grads):
+            if exp is None:
+                assert got is None, f"{backend}: {name} has a gradient but no input"
+                continue
+            np.testing.assert_allclose(be.to_numpy(got), exp, **TOL[dtype], err_msg=f"{backend} d{name}")
