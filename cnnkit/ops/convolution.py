@@ -966,7 +966,8 @@ def _t_linearity(run) -> None:
     y2 = run.rng("y2").uniform(-1, 1, size=y1.shape).astype(run.dtype)
     lhs = run.run([0.75 * y1 - 1.25 * y2, w, None])
     rhs = 0.75 * run.run([y1, w, None]) - 1.25 * run.run([y2, w, None])
-    run.compare("property: conv_transpose is linear in its input", lhs, rhs)
+    what = "property: conv_transpose(a·y1 + b·y2, W) == a·conv_transpose(y1, W) + b·conv_transpose(y2, W)"
+    run.compare(what, lhs, rhs)
 
 
 class ConvTransposeSpec(OpSpec):
