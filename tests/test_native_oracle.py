@@ -82,10 +82,18 @@ def _native_avg_pool(x, *, kernel_size, stride, padding, dilation, ceil_mode, co
     return pool(x, kernel_size, stride, [lo for lo, _ in padding], ceil_mode, count_include_pad)
 
 
+def _native_pad(x, *, pads, mode, value):
+    pads = list(pads)
+    if mode != "constant":  # torch's reflect/replicate/circular pad all axes of (N, C, *) but N and C
+        pads = pads[2:] if pads[:2] == [(0, 0), (0, 0)] and len(pads) > 2 else pads[1:]
+    return F.pad(x, _pad_list(pads), mode=mode, value=value if mode == "constant" else None)
+
+
 #: op -> (native function, how many of its cases to take: every k-th)
 NATIVE: dict[str, tuple[Callable[..., Any], int]] = {
     "conv": (_native_conv, 6),
     "conv_transpose": (_native_conv_transpose, 1),
+    "pad_nd": (_native_pad, 1),
     "max_pool": (_native_max_pool, 8),
     "avg_pool": (_native_avg_pool, 8),
 }
@@ -131,10 +139,10 @@ CASES = _selected()
 
 
 def test_every_new_record_is_covered():
-    """Every case of conv_transpose reaches the native oracle (the conv and pool ones are sampled)."""
+    """Every case of the new records reaches the native oracle (conv and pool cases are sampled)."""
     covered = {c.id for c in CASES}
     for case in BUILTIN_CASES:
-        if case.op == "conv_transpose" and case.raises is None and case.differentiable:
+        if case.op in ("conv_transpose", "pad_nd") and case.raises is None and case.differentiable:
             assert case.id in covered, case.id
     assert {c.op for c in CASES} == set(NATIVE)
 

@@ -705,6 +705,55 @@ def conv_transpose_backward(ctx, grad_output):
     return dy, dW.reshape(W.shape), db
 
 
+# == pad_nd (issue 10a) ====================================================================
+
+
+def _pad_source(n: int, lo: int, hi: int, mode: str) -> np.ndarray:
+    """``src(t)`` for ``t = -lo .. n + hi - 1``: the input unit each padded unit copies."""
+    t = np.arange(-lo, n + hi)
+    if mode == "replicate":
+        return np.clip(t, 0, n - 1)
+    if mode == "circular":
+        return t % n
+    period = max(1, 2 * (n - 1))  # reflect: the edge unit is not repeated
+    m = t % period
+    return np.where(m < n, m, period - m)
+
+
+def pad_nd_forward(x, *, pads, mode, value):
+    """``out[j] = x[src(j - b)]`` along each padded axis (``constant``: ``value`` outside)."""
+    if mode == "constant":
+        out = np.full(tuple(n + lo + hi for n, (lo, hi) in zip(x.shape, pads)), value, dtype=x.dtype)
+        out[tuple(slice(lo, lo + n) for n, (lo, _) in zip(x.shape, pads))] = x
+    else:
+        out = x
+        for axis, (lo, hi) in enumerate(pads):
+            if lo or hi:
+                out = np.take(out, _pad_source(x.shape[axis], lo, hi, mode), axis=axis)
+        out = np.array(out, copy=out is x)  # a new array, never a view of x
+    return out, (x.shape, x.dtype, pads, mode)
+
+
+def pad_nd_backward(ctx, grad_output):
+    # δ_prev[s] = Σ_{j : src(j - b) = s} δ[j] along each padded axis (constant: δ cropped)
+    shape, dtype, pads, mode = ctx
+    g = _as(grad_output, dtype)
+    if mode == "constant":
+        return (g[tuple(slice(lo, lo + n) for n, (lo, _) in zip(shape, pads))].copy(),)  # never a view of δ
+    for axis in reversed(range(len(pads))):
+        lo, hi = pads[axis]
+        if not (lo or hi):
+            continue
+        n = shape[axis]
+        moved = np.moveaxis(g, axis, 0)  # (n + lo + hi, ...)
+        acc = moved[lo : lo + n].copy()  # every unit's own copy
+        src = _pad_source(n, lo, hi, mode)
+        for j in (*range(lo), *range(lo + n, lo + n + hi)):  # one add per padded unit
+            acc[src[j]] += moved[j]
+        g = np.moveaxis(acc, 0, axis)
+    return (np.array(g, order="C"),)  # a copy: never a view of δ
+
+
 #: ``{op: (forward, backward)}`` for every core op, registered by :mod:`cnnkit_numpy.plugin`.
 KERNELS: dict[str, tuple[Any, Any]] = {
     "conv": (conv_forward, conv_backward),
@@ -712,6 +761,7 @@ KERNELS: dict[str, tuple[Any, Any]] = {
     "max_pool": (max_pool_forward, max_pool_backward),
     "avg_pool": (avg_pool_forward, avg_pool_backward),
     "lp_pool": (lp_pool_forward, lp_pool_backward),
+    "pad_nd": (pad_nd_forward, pad_nd_backward),
     "relu": (relu_forward, relu_backward),
     "leaky_relu": (leaky_relu_forward, leaky_relu_backward),
     "sigmoid": (sigmoid_forward, sigmoid_backward),

@@ -51,6 +51,7 @@ __all__ = [
     "Linear",
     "LpPool",
     "MaxPool",
+    "PadNd",
     "ReLU",
     "Sigmoid",
     "Tanh",
@@ -937,6 +938,74 @@ class ConvTranspose(Function):
         return dx, dw, db, None, None, None, None, None
 
 
+# == pad_nd (issue 10a) ======================================================================
+
+
+def _pad_nd(x: torch.Tensor, pads: Pads, mode: str, value: float) -> torch.Tensor:
+    """F.pad with one ``(before, after)`` per axis; reflect/replicate/circular on the padded
+    trailing axes of ``x`` seen as ``(B, *axes)``, the form torch pads for any batch."""
+    if mode == "constant":
+        return F.pad(x, _pad_arg(pads), value=value)
+    padded = [a for a, (lo, hi) in enumerate(pads) if lo or hi]
+    if not padded:
+        return x.clone()
+    first = padded[0]
+    y = F.pad(x.reshape(-1, *x.shape[first:]), _pad_arg(pads[first:]), mode=mode)
+    return y.view(*x.shape[:first], *y.shape[1:])
+
+
+def _pad_source(n: int, lo: int, hi: int, mode: str, device: Any) -> torch.Tensor:
+    """``src(t)`` for ``t = -lo .. n + hi - 1``: the input unit each padded unit copies."""
+    t = torch.arange(-lo, n + hi, device=device)
+    if mode == "replicate":
+        return t.clamp(0, n - 1)
+    if mode == "circular":
+        return t % n
+    period = max(1, 2 * (n - 1))
+    m = t % period
+    return torch.where(m < n, m, period - m)
+
+
+class PadNd(Function):
+    """``out[j] = y[src(j - b)]`` along each padded axis (``constant``: ``value`` outside)."""
+
+    @staticmethod
+    def forward(x, pads, mode, value):
+        return _pad_nd(x, pads, mode, value)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, pads, mode, _value = inputs
+        ctx.x_shape = x.shape
+        ctx.attrs = (pads, mode)
+
+    @staticmethod
+    @_first_order_only
+    def backward(ctx, dy):
+        # δ_prev[s] = Σ_{j : src(j - b) = s} δ[j] along each padded axis (constant: δ cropped)
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        pads, mode = ctx.attrs
+        shape = ctx.x_shape
+        g = dy
+        if mode == "constant":
+            index = tuple(slice(lo, lo + n) for n, (lo, _) in zip(shape, pads))
+            return g[index].clone(memory_format=torch.contiguous_format), None, None, None
+        for axis in reversed(range(len(pads))):
+            lo, hi = pads[axis]
+            if not (lo or hi):
+                continue
+            n = shape[axis]
+            acc = g.narrow(axis, lo, n).clone()  # every unit's own copy
+            src = _pad_source(n, lo, hi, mode, g.device)
+            if lo:
+                acc.index_add_(axis, src[:lo], g.narrow(axis, 0, lo))
+            if hi:
+                acc.index_add_(axis, src[lo + n :], g.narrow(axis, lo + n, hi))
+            g = acc
+        return g.clone(memory_format=torch.contiguous_format), None, None, None
+
+
 _POOL_ATTRS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
 
 #: One kernel per op kind, in the order of :mod:`cnnkit_numpy.ops`.
@@ -948,6 +1017,7 @@ KERNELS: dict[str, Kernel] = {
     "max_pool": _kernel(MaxPool, 1, _POOL_ATTRS, n_outputs=2),
     "avg_pool": _kernel(AvgPool, 1, (*_POOL_ATTRS, "count_include_pad")),
     "lp_pool": _kernel(LpPool, 1, (*_POOL_ATTRS, "norm_type")),
+    "pad_nd": _kernel(PadNd, 1, ("pads", "mode", "value")),
     "relu": _kernel(ReLU, 1, ()),
     "leaky_relu": _kernel(LeakyReLU, 1, ("negative_slope",)),
     "sigmoid": _kernel(Sigmoid, 1, ()),
