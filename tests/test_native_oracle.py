@@ -89,11 +89,25 @@ def _native_pad(x, *, pads, mode, value):
     return F.pad(x, _pad_list(pads), mode=mode, value=value if mode == "constant" else None)
 
 
+def _native_adaptive_avg_pool(x, *, output_size):
+    return {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}[x.dim() - 2](
+        x, output_size
+    )
+
+
+def _native_adaptive_max_pool(x, *, output_size):
+    return {1: F.adaptive_max_pool1d, 2: F.adaptive_max_pool2d, 3: F.adaptive_max_pool3d}[x.dim() - 2](
+        x, output_size
+    )
+
+
 #: op -> (native function, how many of its cases to take: every k-th)
 NATIVE: dict[str, tuple[Callable[..., Any], int]] = {
     "conv": (_native_conv, 6),
     "conv_transpose": (_native_conv_transpose, 1),
     "pad_nd": (_native_pad, 1),
+    "adaptive_avg_pool": (_native_adaptive_avg_pool, 1),
+    "adaptive_max_pool": (_native_adaptive_max_pool, 1),
     "max_pool": (_native_max_pool, 8),
     "avg_pool": (_native_avg_pool, 8),
 }
@@ -136,13 +150,15 @@ def _selected() -> list[Case]:
 
 
 CASES = _selected()
+#: The records of issue 10a: every one of their cases is held to the native op.
+NEW_OPS = ("conv_transpose", "pad_nd", "adaptive_avg_pool", "adaptive_max_pool")
 
 
 def test_every_new_record_is_covered():
     """Every case of the new records reaches the native oracle (conv and pool cases are sampled)."""
     covered = {c.id for c in CASES}
     for case in BUILTIN_CASES:
-        if case.op in ("conv_transpose", "pad_nd") and case.raises is None and case.differentiable:
+        if case.op in NEW_OPS and case.raises is None and case.differentiable:
             assert case.id in covered, case.id
     assert {c.op for c in CASES} == set(NATIVE)
 
@@ -174,3 +190,18 @@ def test_matches_native_autograd(case: Case, dtype: str) -> None:
                 assert got is None, f"{backend}: {name} has a gradient but no input"
                 continue
             np.testing.assert_allclose(be.to_numpy(got), exp, **TOL[dtype], err_msg=f"{backend} d{name}")
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+@pytest.mark.parametrize("case", [c for c in CASES if c.op == "adaptive_max_pool"], ids=lambda c: c.id)
+def test_adaptive_max_pool_indices_are_torchs(case: Case, backend: str) -> None:
+    (x,) = [_materialize(v, "float64") for v in case.inputs]
+    d = x.ndim - 2
+    size = case.attrs["output_size"]
+    fn = getattr(cnnkit.functional, f"adaptive_max_pool{d}d")
+    native = getattr(F, f"adaptive_max_pool{d}d")
+    out, idx = fn(x, size, return_indices=True, backend=backend)
+    want, want_idx = native(torch.from_numpy(x), size, return_indices=True)
+    be = cnnkit.get_backend(backend)
+    np.testing.assert_array_equal(be.to_numpy(idx), want_idx.numpy())
+    np.testing.assert_array_equal(be.to_numpy(out), want.numpy())

@@ -754,6 +754,108 @@ def pad_nd_backward(ctx, grad_output):
     return (np.array(g, order="C"),)  # a copy: never a view of δ
 
 
+# == adaptive pooling (issue 10a) =========================================================
+
+
+def _adaptive_axis(n: int, o: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per axis: each window's first unit ``s_i = floor(i·N/O)``, its length ``e_i - s_i``
+    (``e_i = ceil((i+1)·N/O)``) and the gather index ``(O, L_max)``, clipped into the input."""
+    i = np.arange(o)
+    start = (i * n) // o
+    length = -((-(i + 1) * n) // o) - start
+    index = np.minimum(start[:, None] + np.arange(length.max())[None, :], n - 1)
+    return start, length, index
+
+
+def _adaptive_gather(x: np.ndarray, output_size) -> tuple[np.ndarray, np.ndarray, list]:
+    """Every window, padded to ``L_max`` per axis: ``(N, C, *O, ΠL_max)`` and its validity mask."""
+    d = len(output_size)
+    axes = [_adaptive_axis(n, o) for n, o in zip(x.shape[2:], output_size)]
+    index, valid = [], None
+    for a, (_, length, idx) in enumerate(axes):
+        shape = [1] * (2 * d)
+        shape[a], shape[d + a] = idx.shape
+        index.append(idx.reshape(shape))
+        ok = (np.arange(idx.shape[1])[None, :] < length[:, None]).reshape(shape)
+        valid = ok if valid is None else valid & ok
+    win = x[(slice(None), slice(None), *index)]  # (N, C, *O, *L)
+    flat = (*win.shape[: 2 + d], -1)
+    return win.reshape(flat), np.broadcast_to(valid, win.shape[2:]).reshape(flat[2:]), axes
+
+
+def _adaptive_matrix(n: int, o: int, dtype) -> np.ndarray:
+    """``A[i, u] = 1/|window_i|`` for ``u`` in window ``i``: the average along one axis is ``A @ x``."""
+    start, length, _ = _adaptive_axis(n, o)
+    u = np.arange(n)[None, :]
+    inside = (u >= start[:, None]) & (u < (start + length)[:, None])
+    return (inside / length[:, None]).astype(dtype)
+
+
+@_quiet
+def adaptive_avg_pool_forward(x, *, output_size):
+    """``a[n, c, i] = Σ_{u ∈ window_i} y[n, c, u] / |window_i|``, window ``[⌊iN/O⌋, ⌈(i+1)N/O⌉)``."""
+    win, valid, _ = _adaptive_gather(x, output_size)
+    total = np.where(valid, win, 0).sum(axis=-1)  # masked: a NaN outside a window stays outside
+    count = valid.sum(axis=-1)
+    return (total / count).astype(x.dtype, copy=False), (x.shape, x.dtype, output_size)
+
+
+@_quiet
+def adaptive_avg_pool_backward(ctx, grad_output):
+    # δ_prev[u] = Σ_{windows i ∋ u} δ[i] / |window_i|: per axis, δ times the averaging matrix A
+    shape, dtype, output_size = ctx
+    g = _as(grad_output, dtype)
+    for a, (n, o) in enumerate(zip(shape[2:], output_size)):
+        A = _adaptive_matrix(n, o, dtype)  # (O, N)
+        g = np.moveaxis(np.moveaxis(g, 2 + a, -1) @ A, -1, 2 + a)
+    return (np.ascontiguousarray(g),)
+
+
+def _adaptive_winners(x, output_size) -> tuple[np.ndarray, np.ndarray]:
+    """The maximum of each window and its flat index in the ``(n, c)`` plane (first maximum, NaN wins)."""
+    win, valid, axes = _adaptive_gather(x, output_size)
+    win = np.where(valid, win, -np.inf)
+    best = win.argmax(axis=-1)  # the first maximum (or the first NaN) in row-major window order
+    value = np.take_along_axis(win, best[..., None], -1)[..., 0]
+    lmax = tuple(idx.shape[1] for _, _, idx in axes)
+    taps = np.unravel_index(best, lmax)
+    flat = np.zeros(best.shape, dtype=np.int64)
+    d = len(output_size)
+    for a, ((start, _, _), m, n) in enumerate(zip(axes, taps, x.shape[2:])):
+        s = start.reshape([-1 if b == a else 1 for b in range(d)])
+        flat = flat * n + (s + m)
+    return value, flat
+
+
+@_quiet
+def adaptive_max_pool_forward(x, *, output_size):
+    """``a[n, c, i] = max_{u ∈ window_i} y[n, c, u]``; saves the flat index of the first maximum."""
+    value, flat = _adaptive_winners(x, output_size)
+    return value.astype(x.dtype, copy=False), (x.shape, x.dtype, flat)
+
+
+@_quiet
+def adaptive_max_pool_backward(ctx, grad_output):
+    # δ_prev[u*] += δ[i] for the first maximum u* of window i; every other unit gets 0
+    shape, dtype, flat = ctx
+    nc, plane = math.prod(shape[:2]), math.prod(shape[2:])
+    offset = (np.arange(nc) * plane).reshape(*shape[:2], *([1] * (len(shape) - 2)))
+    g = _as(grad_output, dtype)
+    dx = np.bincount((flat + offset).ravel(), weights=g.ravel(), minlength=nc * plane)
+    return (dx.astype(dtype, copy=False).reshape(shape),)
+
+
+def adaptive_max_pool_indices_forward(x, *, output_size):
+    """The flat index, in its ``(n, c)`` plane, of each window's first maximum (int64)."""
+    _, flat = _adaptive_winners(x, output_size)
+    return flat, None
+
+
+def adaptive_max_pool_indices_backward(ctx, grad_output):
+    # integer indices: nothing to differentiate
+    return (None,)
+
+
 #: ``{op: (forward, backward)}`` for every core op, registered by :mod:`cnnkit_numpy.plugin`.
 KERNELS: dict[str, tuple[Any, Any]] = {
     "conv": (conv_forward, conv_backward),
@@ -762,6 +864,9 @@ KERNELS: dict[str, tuple[Any, Any]] = {
     "avg_pool": (avg_pool_forward, avg_pool_backward),
     "lp_pool": (lp_pool_forward, lp_pool_backward),
     "pad_nd": (pad_nd_forward, pad_nd_backward),
+    "adaptive_avg_pool": (adaptive_avg_pool_forward, adaptive_avg_pool_backward),
+    "adaptive_max_pool": (adaptive_max_pool_forward, adaptive_max_pool_backward),
+    "adaptive_max_pool_indices": (adaptive_max_pool_indices_forward, adaptive_max_pool_indices_backward),
     "relu": (relu_forward, relu_backward),
     "leaky_relu": (leaky_relu_forward, leaky_relu_backward),
     "sigmoid": (sigmoid_forward, sigmoid_backward),

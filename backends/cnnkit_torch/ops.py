@@ -42,6 +42,8 @@ from cnnkit_torch.sizes import COLUMNS_CHUNK_BYTES
 
 __all__ = [
     "KERNELS",
+    "AdaptiveAvgPool",
+    "AdaptiveMaxPool",
     "AvgPool",
     "Conv",
     "ConvTranspose",
@@ -1006,6 +1008,96 @@ class PadNd(Function):
         return g.clone(memory_format=torch.contiguous_format), None, None, None
 
 
+# == adaptive pooling (issue 10a) ============================================================
+
+_ADAPTIVE_AVG = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
+_ADAPTIVE_MAX = {1: F.adaptive_max_pool1d, 2: F.adaptive_max_pool2d, 3: F.adaptive_max_pool3d}
+
+
+def _adaptive_matrix(n: int, o: int, like: torch.Tensor) -> torch.Tensor:
+    """``A[i, u] = 1/|window_i|`` for ``u`` in ``[floor(i·N/O), ceil((i+1)·N/O))``, on ``like``'s device."""
+    i = torch.arange(o, device=like.device)
+    start = (i * n) // o
+    end = -((-(i + 1) * n) // o)
+    u = torch.arange(n, device=like.device)
+    inside = (u[None, :] >= start[:, None]) & (u[None, :] < end[:, None])
+    return inside.to(like.dtype) / (end - start).to(like.dtype)[:, None]
+
+
+class AdaptiveAvgPool(Function):
+    """``a[i] = Σ_{u ∈ window_i} y[u] / |window_i|``, PyTorch's adaptive windows."""
+
+    @staticmethod
+    def forward(x, output_size):
+        return _ADAPTIVE_AVG[x.dim() - 2](x, output_size)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.x_shape = inputs[0].shape
+        ctx.output_size = inputs[1]
+
+    @staticmethod
+    @_first_order_only
+    def backward(ctx, dy):
+        # δ_prev[u] = Σ_{windows i ∋ u} δ[i] / |window_i|: per axis, δ times the averaging matrix A
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        g = dy
+        for a, (n, o) in enumerate(zip(ctx.x_shape[2:], ctx.output_size)):
+            g = (g.movedim(2 + a, -1) @ _adaptive_matrix(n, o, dy)).movedim(-1, 2 + a)
+        return g.contiguous(), None
+
+
+class AdaptiveMaxPool(Function):
+    """``a[i] = max_{u ∈ window_i} y[u]``; returns ``(a, winner)``, the winner's flat index."""
+
+    @staticmethod
+    def forward(x, output_size):
+        return _ADAPTIVE_MAX[x.dim() - 2](x, output_size, return_indices=True)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _y, idx = output
+        ctx.mark_non_differentiable(idx)
+        ctx.save_for_backward(idx)
+        ctx.x_shape = inputs[0].shape
+
+    @staticmethod
+    @_first_order_only
+    def backward(ctx, dy, _didx):
+        # δ_prev[winner(i)] += δ[i]; every unit that did not win gets 0
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        (idx,) = ctx.saved_tensors
+        n, c, *size = ctx.x_shape
+        dx = dy.new_zeros((n, c, math.prod(size)))
+        dx.scatter_add_(2, idx.reshape(n, c, -1), dy.reshape(n, c, -1))
+        return dx.view(ctx.x_shape), None
+
+
+def _adaptive_max_pool_indices(x: torch.Tensor, output_size: Sequence[int]) -> tuple[torch.Tensor, None]:
+    """The flat index, in its ``(n, c)`` plane, of each window's maximum (torch's own indices)."""
+    with torch.no_grad():
+        return _ADAPTIVE_MAX[x.dim() - 2](x, output_size, return_indices=True)[1], None
+
+
+def _no_backward(ctx: Any, grad_output: Any) -> tuple[None]:
+    # integer indices: nothing to differentiate
+    return (None,)
+
+
+def _indices_kernel(fn: Any, attrs: tuple[str, ...]) -> Kernel:
+    """A kernel whose output is integer indices: ``call`` and ``forward`` run ``fn``, no gradient."""
+
+    def call(*inputs: Any, **kw: Any) -> Any:
+        return fn(*inputs, *(kw[k] for k in attrs))[0]
+
+    def forward(*inputs: Any, **kw: Any) -> tuple[Any, None]:
+        return fn(*inputs, *(kw[k] for k in attrs))
+
+    return Kernel(forward=forward, backward=_no_backward, call=call)
+
+
 _POOL_ATTRS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
 
 #: One kernel per op kind, in the order of :mod:`cnnkit_numpy.ops`.
@@ -1018,6 +1110,9 @@ KERNELS: dict[str, Kernel] = {
     "avg_pool": _kernel(AvgPool, 1, (*_POOL_ATTRS, "count_include_pad")),
     "lp_pool": _kernel(LpPool, 1, (*_POOL_ATTRS, "norm_type")),
     "pad_nd": _kernel(PadNd, 1, ("pads", "mode", "value")),
+    "adaptive_avg_pool": _kernel(AdaptiveAvgPool, 1, ("output_size",)),
+    "adaptive_max_pool": _kernel(AdaptiveMaxPool, 1, ("output_size",), n_outputs=2),
+    "adaptive_max_pool_indices": _indices_kernel(_adaptive_max_pool_indices, ("output_size",)),
     "relu": _kernel(ReLU, 1, ()),
     "leaky_relu": _kernel(LeakyReLU, 1, ("negative_slope",)),
     "sigmoid": _kernel(Sigmoid, 1, ()),

@@ -24,13 +24,18 @@ from cnnkit.conformance.cases import Case, Seeds, error_cases, pad_id, per_axis
 from cnnkit.dispatch import call, vjp
 from cnnkit.layer import Layer, window_of
 from cnnkit.ops._shared import BackendArg, doc, nan_and_inf_propagate, nan_propagates, pad, windows
+from cnnkit.registry import use_backend
 from cnnkit.spec import (
     OpSpec,
     PropertySkip,
+    _is_int,
     as_bool,
     as_float,
     as_int_tuple,
+    check_ndim,
+    check_spatial_nonempty,
     check_window,
+    layout,
     spatial_dims,
     window_output_shape,
 )
@@ -1371,3 +1376,431 @@ LAYERS = (
 )
 #: The family's op records.
 SPECS = (MaxPoolSpec(), AvgPoolSpec(), LpPoolSpec())
+
+
+# == adaptive pooling (issue 10a) ==============================================================
+
+#: one run of seeds per op, so that each op's cases are the same whichever is built first
+_ASEED = {"adaptive_avg_pool": 26000, "adaptive_max_pool": 27000, "adaptive_max_pool_indices": 28000}
+
+
+def adaptive_windows(n: int, o: int) -> list[tuple[int, int]]:
+    """PyTorch's adaptive windows along one axis: ``[floor(i·N/O), ceil((i+1)·N/O))`` for ``i < O``.
+
+    Example:
+        >>> adaptive_windows(5, 3)
+        [(0, 2), (1, 4), (3, 5)]
+    """
+    return [((i * n) // o, -((-(i + 1) * n) // o)) for i in range(o)]
+
+
+def _adaptive_oracle(x: np.ndarray, output_size: tuple[int, ...], reduce) -> np.ndarray:
+    """The definition: each output unit reduces its window, one window at a time."""
+    d = len(output_size)
+    wins = [adaptive_windows(n, o) for n, o in zip(x.shape[2:], output_size)]
+    y = np.empty((*x.shape[:2], *output_size))
+    axes = tuple(range(2, 2 + d))
+    for i in np.ndindex(*output_size):
+        sl = tuple(slice(*wins[a][i[a]]) for a in range(d))
+        y[(slice(None), slice(None), *i)] = reduce(x[(slice(None), slice(None), *sl)], axis=axes)
+    return y
+
+
+def _a_case(rand: Seeds, op: str, d: int, shape: tuple[int, ...], output_size: Any, extra: str = "") -> Case:
+    out = output_size if isinstance(output_size, int) else "x".join(str(v) for v in output_size)
+    name = f"{op}{d}d-in{'x'.join(map(str, shape[2:]))}-out{out}" + (f"-{extra}" if extra else "")
+    attrs = {"output_size": output_size, "dims": d}
+    return Case(name, op, (rand(*shape),), attrs, tags=("pool", "adaptive", f"{d}d"))
+
+
+def _adaptive_cases(op: str) -> Iterator[Case]:
+    rand = Seeds(_ASEED[op])
+    yield _a_case(rand, op, 1, (2, 2, 7), 3)  # windows overlap (7 / 3 is not whole)
+    yield _a_case(rand, op, 1, (2, 2, 6), 3)  # windows tile the input
+    yield _a_case(rand, op, 1, (2, 2, 3), 5)  # more outputs than inputs: windows repeat units
+    yield _a_case(rand, op, 1, (1, 2, 5), 1, "global")
+    yield _a_case(rand, op, 2, (2, 2, 7, 5), (3, 2))
+    yield _a_case(rand, op, 2, (1, 3, 4, 6), (4, 4))
+    yield _a_case(rand, op, 2, (2, 2, 5, 5), (None, 2), "keep")  # None keeps the input's size
+    yield _a_case(rand, op, 3, (1, 2, 5, 4, 3), (2, 3, 2))
+    yield _a_case(rand, op, 3, (2, 1, 3, 3, 3), 2)
+    yield from error_cases(
+        [
+            (
+                f"{op}-error-output-size-0",
+                op,
+                (rand(1, 2, 4, 4),),
+                {"output_size": 0, "dims": 2},
+                ValueError,
+                "output_size must be >= 1",
+            ),
+            (
+                f"{op}-error-output-size-length",
+                op,
+                (rand(1, 2, 4, 4),),
+                {"output_size": (2, 2, 2), "dims": 2},
+                ValueError,
+                "output_size must be an int or 2 ints",
+            ),
+            (
+                f"{op}-error-output-size-float",
+                op,
+                (rand(1, 2, 4, 4),),
+                {"output_size": 2.5, "dims": 2},
+                TypeError,
+                "output_size",
+            ),
+            (
+                f"{op}-error-wrong-ndim",
+                op,
+                (rand(2, 4, 4),),
+                {"output_size": 2, "dims": 2},
+                ValueError,
+                "input must have 4 dimensions",
+            ),
+        ]
+    )
+
+
+class _AdaptivePoolSpec(OpSpec):
+    inputs = ("input",)
+    defaults: Mapping[str, Any] = {"output_size": OpSpec.REQUIRED, "dims": None}
+
+    def check(self, where, infos, attrs):
+        (x,) = infos
+        dims = spatial_dims(where, attrs, x)
+        check_ndim(where, "input", x, dims + 2, layout(dims))
+        check_spatial_nonempty(where, x)
+        size = attrs["output_size"]
+        if isinstance(size, (tuple, list)) and len(size) == dims:  # None keeps that axis
+            size = tuple(n if v is None else v for v, n in zip(size, x.shape[2:]))
+        return {"output_size": as_int_tuple(size, dims, "output_size", where)}
+
+    def output_shape(self, infos, attrs):
+        (x,) = infos
+        return (*x.shape[:2], *attrs["output_size"])
+
+    @functools.cache  # noqa: B019 - one record per op, built once
+    def cases(self):
+        return tuple(_adaptive_cases(self.name))
+
+
+class AdaptiveAvgPoolSpec(_AdaptivePoolSpec):
+    """Adaptive average pooling: ``O`` windows per axis, whatever the input's length ``N``.
+
+    Forward, window ``i`` along an axis being ``[s_i, e_i) = [floor(i·N/O), ceil((i+1)·N/O))``::
+
+        a[n, c, i] = Σ_{u ∈ window_i} y[n, c, u] / |window_i|
+
+    Backward::
+
+        δ_prev[n, c, u] = Σ_{windows i ∋ u} δ[n, c, i] / |window_i|
+
+    Shape: ``(N, C, *spatial)`` -> ``(N, C, *output_size)``.
+
+    Canonical attributes: ``output_size: (d,) ints >= 1``.
+    """
+
+    name = "adaptive_avg_pool"
+
+    def oracle(self, x, *, output_size):
+        return _adaptive_oracle(x, output_size, np.mean)
+
+    properties = (nan_and_inf_propagate,)
+
+
+class AdaptiveMaxPoolSpec(_AdaptivePoolSpec):
+    """Adaptive max pooling: ``O`` windows per axis, whatever the input's length ``N``.
+
+    Forward, with PyTorch's windows ``[floor(i·N/O), ceil((i+1)·N/O))``::
+
+        a[n, c, i] = max_{u ∈ window_i} y[n, c, u]
+
+    Backward (``u*`` the first maximum of window ``i`` in row-major order)::
+
+        δ_prev[n, c, u*] += δ[n, c, i]
+
+    Shape: ``(N, C, *spatial)`` -> ``(N, C, *output_size)``.
+
+    Canonical attributes: ``output_size: (d,) ints >= 1``.
+    """
+
+    name = "adaptive_max_pool"
+
+    def oracle(self, x, *, output_size):
+        return _adaptive_oracle(x, output_size, np.max)
+
+    properties = (nan_propagates,)
+
+
+_ADAPTIVE_DOC = """{d}-D adaptive {kind} pooling: ``output_size`` windows per axis, whatever the input size.
+
+    Window ``i`` along an axis of length ``N`` covers ``[floor(i·N/O), ceil((i+1)·N/O))``
+    (PyTorch's rule: windows may overlap by one unit, or repeat units when ``O > N``).
+
+    Args:
+        input: ``(N, C, {axes})``.
+        output_size: ``O``, an int or one per axis (``None`` keeps that axis's size), >= 1.{extra_arg}
+        backend: the backend to run on (default: the active one).
+
+    Shape:
+        output ``(N, C, {out_axes})`` = ``(N, C, *output_size)``.
+
+    Returns:
+        The pooled output as the backend's array type.{extra_ret}
+
+    Raises:
+        ValueError: wrong number of dimensions, an output_size < 1 or of the wrong length.
+        TypeError: a non-integer output_size, a non-floating input.
+
+    Example:
+        >>> import numpy as np
+        >>> adaptive_{kind}_pool{d}d(np.arange(1.0, {n}).reshape(1, 1, {shape}), {o}).ravel().tolist()
+        {want}
+    """
+
+
+def _adaptive(op: str, dims: int, input, output_size, backend):
+    return call(op, input, backend=backend, where=f"{op}{dims}d", output_size=output_size, dims=dims)
+
+
+_AVG_EX = {
+    1: ("6", "5", "2", "[2.0, 4.0]"),
+    2: ("5", "2, 2", "1", "[2.5]"),
+    3: ("9", "2, 2, 2", "1", "[4.5]"),
+}
+_MAX_EX = {
+    1: ("6", "5", "2", "[3.0, 5.0]"),
+    2: ("5", "2, 2", "1", "[4.0]"),
+    3: ("9", "2, 2, 2", "1", "[8.0]"),
+}
+
+
+def _adoc(kind: str, d: int):
+    n, shape, o, want = (_AVG_EX if kind == "avg" else _MAX_EX)[d]
+    extra_arg = (
+        "\n        return_indices: also return the flat index of each maximum in its plane."
+        if kind == "max"
+        else ""
+    )
+    extra_ret = " With ``return_indices``, ``(output, indices)``." if kind == "max" else ""
+    return doc(
+        _ADAPTIVE_DOC,
+        d=d,
+        kind=kind,
+        n=n,
+        shape=shape,
+        o=o,
+        want=want,
+        extra_arg=extra_arg,
+        extra_ret=extra_ret,
+    )
+
+
+@_adoc("avg", 1)
+def adaptive_avg_pool1d(input, output_size, *, backend=None):
+    return _adaptive("adaptive_avg_pool", 1, input, output_size, backend)
+
+
+@_adoc("avg", 2)
+def adaptive_avg_pool2d(input, output_size, *, backend=None):
+    return _adaptive("adaptive_avg_pool", 2, input, output_size, backend)
+
+
+@_adoc("avg", 3)
+def adaptive_avg_pool3d(input, output_size, *, backend=None):
+    return _adaptive("adaptive_avg_pool", 3, input, output_size, backend)
+
+
+def _adaptive_max(dims, input, output_size, return_indices, backend):
+    where = f"adaptive_max_pool{dims}d"
+    out = _adaptive("adaptive_max_pool", dims, input, output_size, backend)
+    if not as_bool(return_indices, "return_indices", where):
+        return out
+    return out, call(
+        "adaptive_max_pool_indices", input, backend=backend, where=where, output_size=output_size, dims=dims
+    )
+
+
+@_adoc("max", 1)
+def adaptive_max_pool1d(input, output_size, return_indices=False, *, backend=None):
+    return _adaptive_max(1, input, output_size, return_indices, backend)
+
+
+@_adoc("max", 2)
+def adaptive_max_pool2d(input, output_size, return_indices=False, *, backend=None):
+    return _adaptive_max(2, input, output_size, return_indices, backend)
+
+
+@_adoc("max", 3)
+def adaptive_max_pool3d(input, output_size, return_indices=False, *, backend=None):
+    return _adaptive_max(3, input, output_size, return_indices, backend)
+
+
+_ADAPTIVE_LAYER_DOC = """{d}-D adaptive {kind} pooling layer: ``output_size`` windows per axis.
+
+    Window ``i`` along an axis of length ``N`` covers ``[floor(i·N/O), ceil((i+1)·N/O))``.
+
+    Args:
+        output_size: ``O``, an int or one per axis (``None`` keeps that axis's size).{extra_arg}
+
+    Shape:
+        input ``(N, C, {axes})`` -> output ``(N, C, {out_axes})`` = ``(N, C, *output_size)``.
+
+    Returns:
+        ``forward(x)`` returns the pooled output.
+
+    Raises:
+        ValueError: an output_size < 1.
+
+    Example:
+        >>> import numpy as np
+        >>> Adaptive{Kind}Pool{d}d(2)(np.zeros((1, 3, {example}))).shape
+        (1, 3, {out})
+    """
+
+_EXAMPLE = {1: ("5", "2"), 2: ("5, 4", "2, 2"), 3: ("5, 4, 3", "2, 2, 2")}
+
+
+def _alayer_doc(kind: str, d: int):
+    example, out = _EXAMPLE[d]
+    extra_arg = (
+        "\n        return_indices: also return the indices of the maxima (default ``False``)."
+        if kind == "max"
+        else ""
+    )
+    return doc(
+        _ADAPTIVE_LAYER_DOC,
+        d=d,
+        kind=kind,
+        Kind=kind.capitalize(),
+        example=example,
+        out=out,
+        extra_arg=extra_arg,
+    )
+
+
+def _output_size(value: Any, dims: int, where: str) -> Any:
+    """``output_size`` checked and kept as given (an int stays an int; ``None`` keeps an axis)."""
+    if isinstance(value, (tuple, list)) and len(value) == dims and any(v is None for v in value):
+        return tuple(None if v is None else as_int_tuple(v, 1, "output_size", where)[0] for v in value)
+    size = as_int_tuple(value, dims, "output_size", where)
+    return size[0] if _is_int(value) else size
+
+
+class _AdaptiveAvgPoolNd(Layer):
+    dims = 0
+
+    def __init__(self, output_size: Any) -> None:
+        super().__init__()
+        self.output_size = _output_size(output_size, self.dims, type(self).__name__)
+
+    def function(self, x):
+        return _adaptive("adaptive_avg_pool", self.dims, x, self.output_size, None)
+
+    def config(self):
+        return {"output_size": self.output_size}
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"  # as given, as torch shows it
+
+
+class _AdaptiveMaxPoolNd(_AdaptiveAvgPoolNd):
+    def __init__(self, output_size: Any, return_indices: bool = False) -> None:
+        super().__init__(output_size)
+        self.return_indices = as_bool(return_indices, "return_indices", type(self).__name__)
+
+    def _values(self, x):
+        return _adaptive("adaptive_max_pool", self.dims, x, self.output_size, None)
+
+    def _indices(self, x):
+        where = type(self).__name__
+        return call("adaptive_max_pool_indices", x, where=where, output_size=self.output_size, dims=self.dims)
+
+    def function(self, x):
+        out = self._values(x)
+        return (out, self._indices(x)) if self.return_indices else out
+
+    def forward(self, x):
+        if not self.return_indices:
+            return super().forward(x)
+        be = self._run_backend(x)
+        x, _ = self._arrays(be, x)
+        with use_backend(be):
+            y, self._pullback = vjp(self._values, x)  # the gradient flows through the values only
+            return y, self._indices(x)
+
+    def config(self):
+        return {"output_size": self.output_size, "return_indices": self.return_indices}
+
+
+@_alayer_doc("avg", 1)
+class AdaptiveAvgPool1d(_AdaptiveAvgPoolNd):
+    dims = 1
+
+
+@_alayer_doc("avg", 2)
+class AdaptiveAvgPool2d(_AdaptiveAvgPoolNd):
+    dims = 2
+
+
+@_alayer_doc("avg", 3)
+class AdaptiveAvgPool3d(_AdaptiveAvgPoolNd):
+    dims = 3
+
+
+@_alayer_doc("max", 1)
+class AdaptiveMaxPool1d(_AdaptiveMaxPoolNd):
+    dims = 1
+
+
+@_alayer_doc("max", 2)
+class AdaptiveMaxPool2d(_AdaptiveMaxPoolNd):
+    dims = 2
+
+
+@_alayer_doc("max", 3)
+class AdaptiveMaxPool3d(_AdaptiveMaxPoolNd):
+    dims = 3
+
+
+class AdaptiveMaxPoolIndicesSpec(AdaptiveMaxPoolSpec):
+    """Where each adaptive max pooling window's maximum is: its flat index in its ``(n, c)`` plane.
+
+    ``indices[n, c, i] = Σ_a u*_a · Π_{b > a} N_b`` for the first maximum ``u*`` of
+    window ``i`` (PyTorch's ``return_indices``). Backward: none, the output is
+    integers; checked against torch's own indices in ``tests/test_native_oracle.py``.
+    """
+
+    name = "adaptive_max_pool_indices"
+    properties = ()
+    #: its output holds integers: its cases are error contracts only (the values are torch's)
+    index_output = True
+
+    def cases(self):
+        return tuple(_adaptive_cases(self.name))[-4:]  # the error contracts
+
+    @property
+    def has_oracle(self) -> bool:
+        return False
+
+
+FUNCTIONS = (
+    *FUNCTIONS,
+    adaptive_avg_pool1d,
+    adaptive_avg_pool2d,
+    adaptive_avg_pool3d,
+    adaptive_max_pool1d,
+    adaptive_max_pool2d,
+    adaptive_max_pool3d,
+)
+LAYERS = (
+    *LAYERS,
+    AdaptiveAvgPool1d,
+    AdaptiveAvgPool2d,
+    AdaptiveAvgPool3d,
+    AdaptiveMaxPool1d,
+    AdaptiveMaxPool2d,
+    AdaptiveMaxPool3d,
+)
+SPECS = (*SPECS, AdaptiveAvgPoolSpec(), AdaptiveMaxPoolSpec(), AdaptiveMaxPoolIndicesSpec())
