@@ -75,11 +75,17 @@ def _native_max_pool(x, *, kernel_size, stride, padding, dilation, ceil_mode):
     return pool(x, kernel_size, stride, [lo for lo, _ in padding], dilation, ceil_mode)
 
 
-def _native_avg_pool(x, *, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad):
+def _native_avg_pool(
+    x, *, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad, divisor_override
+):
     if any(d != 1 for d in dilation) or not _pool_fits(x, kernel_size, padding, dilation):
         return None
+    pads = [lo for lo, _ in padding]
+    if divisor_override is not None:
+        pool = {2: F.avg_pool2d, 3: F.avg_pool3d}[x.dim() - 2]
+        return pool(x, kernel_size, stride, pads, ceil_mode, count_include_pad, divisor_override)
     pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[x.dim() - 2]
-    return pool(x, kernel_size, stride, [lo for lo, _ in padding], ceil_mode, count_include_pad)
+    return pool(x, kernel_size, stride, pads, ceil_mode, count_include_pad)
 
 
 def _native_pad(x, *, pads, mode, value):
@@ -138,7 +144,7 @@ def _selected() -> list[Case]:
     chosen = []
     for op, (native, every) in NATIVE.items():
         cases = [c for c in BUILTIN_CASES if c.op == op and c.raises is None and c.differentiable]
-        for case in cases[::every]:
+        for case in [c for i, c in enumerate(cases) if i % every == 0 or "divisor_override" in c.attrs]:
             if not _finite(case):
                 continue
             arrays = [_materialize(v, "float64") for v in case.inputs]

@@ -429,8 +429,10 @@ def _avg_divisor(geo: dict, count_include_pad: bool, dtype) -> np.ndarray:
 
 
 @_quiet
-def avg_pool_forward(x, *, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad):
-    """``out[n, c, i] = Σ_m x_pad[n, c, S·i + D·m] / |window_i|`` (zero padding)."""
+def avg_pool_forward(
+    x, *, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad, divisor_override=None
+):
+    """``out[n, c, i] = Σ_m x_pad[n, c, S·i + D·m] / |window_i|`` (zero padding; or ``/ divisor``)."""
     geo = _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode)
     x_pad = _pad(x, geo["reads"])
     total = None
@@ -439,7 +441,10 @@ def avg_pool_forward(x, *, kernel_size, stride, padding, dilation, ceil_mode, co
             total = x_pad[sl].copy()
         else:
             total += x_pad[sl]
-    div = _avg_divisor(geo, count_include_pad, x.dtype)
+    if divisor_override is None:
+        div = _avg_divisor(geo, count_include_pad, x.dtype)
+    else:
+        div = np.full((1, 1, *geo["out"]), divisor_override, dtype=x.dtype)
     total /= div
     return total, (geo, div)
 
@@ -863,10 +868,10 @@ KERNELS: dict[str, tuple[Any, Any]] = {
     "max_pool": (max_pool_forward, max_pool_backward),
     "avg_pool": (avg_pool_forward, avg_pool_backward),
     "lp_pool": (lp_pool_forward, lp_pool_backward),
-    "pad_nd": (pad_nd_forward, pad_nd_backward),
     "adaptive_avg_pool": (adaptive_avg_pool_forward, adaptive_avg_pool_backward),
     "adaptive_max_pool": (adaptive_max_pool_forward, adaptive_max_pool_backward),
     "adaptive_max_pool_indices": (adaptive_max_pool_indices_forward, adaptive_max_pool_indices_backward),
+    "pad_nd": (pad_nd_forward, pad_nd_backward),
     "relu": (relu_forward, relu_backward),
     "leaky_relu": (leaky_relu_forward, leaky_relu_backward),
     "sigmoid": (sigmoid_forward, sigmoid_backward),

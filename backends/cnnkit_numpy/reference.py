@@ -167,12 +167,22 @@ def max_pool_backward(x, delta, winner, *, kernel_size, stride, padding, dilatio
     return dx_pad[(slice(None), slice(None), *inner)]
 
 
-def avg_pool(x, *, kernel_size, stride, padding, dilation, ceil_mode=False, count_include_pad=True):
+def avg_pool(
+    x,
+    *,
+    kernel_size,
+    stride,
+    padding,
+    dilation,
+    ceil_mode=False,
+    count_include_pad=True,
+    divisor_override=None,
+):
     """``out[n, c, i] = Σ_m x_pad[n, c, S·i + D·m] / |window|``.
 
     ``|window|`` counts the taps inside the declared padded input
     (``count_include_pad=True``; taps in ceil_mode's extra region do not count)
-    or only the taps on real input units (``False``).
+    or only the taps on real input units (``False``); ``divisor_override`` replaces it.
     """
     N, C = x.shape[:2]
     reads, O = _pool_setup(x, kernel_size, stride, padding, dilation, ceil_mode)
@@ -188,7 +198,7 @@ def avg_pool(x, *, kernel_size, stride, padding, dilation, ceil_mode=False, coun
                     real = all(b <= q < b + size for q, size, (b, _) in zip(p, x.shape[2:], padding))
                     declared = all(q < size + b + a for q, size, (b, a) in zip(p, x.shape[2:], padding))
                     count += real or (count_include_pad and declared)
-                out[(n, c, *i)] = total / count
+                out[(n, c, *i)] = total / (count if divisor_override is None else divisor_override)
     return out
 
 

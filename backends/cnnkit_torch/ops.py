@@ -623,14 +623,19 @@ class MaxPool(Function):
         return dx, None, None, None, None, None
 
 
-def _avg_pool_forward(x, kernel, stride, padding, dilation, ceil_mode, count_include_pad):
+def _avg_pool_forward(x, kernel, stride, padding, dilation, ceil_mode, count_include_pad, divisor=None):
     d = x.dim() - 2
     if _is_empty(x):
         return _pool_empty(x, kernel, stride, padding, dilation, ceil_mode)
-    if _torch_pool_fits(x, kernel, padding, dilation) and _avg_pool_runs(x):
-        return _AVG_POOL[d](x, kernel, stride, [lo for lo, _ in padding], ceil_mode, count_include_pad)
+    if _torch_pool_fits(x, kernel, padding, dilation) and _avg_pool_runs(x) and (divisor is None or d > 1):
+        pads = [lo for lo, _ in padding]
+        if divisor is None:
+            return _AVG_POOL[d](x, kernel, stride, pads, ceil_mode, count_include_pad)
+        return _AVG_POOL[d](x, kernel, stride, pads, ceil_mode, count_include_pad, divisor)
     pads = _read_padding(x, kernel, stride, padding, dilation, ceil_mode)
     s = _window_sum(_pad(x, pads), kernel, stride, dilation)
+    if divisor is not None:
+        return s / divisor
     count = _window_count(x.shape[2:], s.shape[2:], kernel, stride, padding, dilation, count_include_pad, s)
     return s / count
 
@@ -639,9 +644,11 @@ class AvgPool(Function):
     """``a[i] = Σ_m y_pad[S·i + D·m] / |window_i|``."""
 
     @staticmethod
-    def forward(x, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad):
+    def forward(x, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad, divisor_override):
         stride, dilation = _bounded(x.shape, kernel_size, stride, padding, dilation)
-        return _avg_pool_forward(x, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad)
+        return _avg_pool_forward(
+            x, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad, divisor_override
+        )
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -653,18 +660,21 @@ class AvgPool(Function):
     @staticmethod
     @_first_order_only
     def backward(ctx, dy):
-        # δ_prev[u] = Σ_{windows i ∋ u} δ[i] / |window_i|
+        # δ_prev[u] = Σ_{windows i ∋ u} δ[i] / |window_i|   (|window_i| = divisor_override when given)
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None, None, None
-        kernel, stride, padding, dilation, ceil_mode, include_pad = ctx.attrs
+            return None, None, None, None, None, None, None, None
+        kernel, stride, padding, dilation, ceil_mode, include_pad, divisor = ctx.attrs
         size = ctx.x_shape[2:]
         if math.prod(ctx.x_shape) == 0:  # N = 0 or C = 0
-            return dy.new_zeros(ctx.x_shape), None, None, None, None, None, None
-        count = _window_count(size, dy.shape[2:], kernel, stride, padding, dilation, include_pad, dy)
+            return dy.new_zeros(ctx.x_shape), None, None, None, None, None, None, None
+        if divisor is None:
+            count = _window_count(size, dy.shape[2:], kernel, stride, padding, dilation, include_pad, dy)
+        else:
+            count = divisor
         pads = [pool_padding(n, f, s, p, dl, ceil_mode) for n, f, s, p, dl in zip(size, *ctx.attrs[:4])]
         full = [n + lo + hi for n, (lo, hi) in zip(size, pads)]
         dx = _window_spread(dy / count, full, kernel, stride, dilation)
-        return _crop(dx, pads, size), None, None, None, None, None, None
+        return _crop(dx, pads, size), None, None, None, None, None, None, None
 
 
 def _lp_power(x: torch.Tensor, p: float) -> torch.Tensor:
@@ -1107,12 +1117,12 @@ KERNELS: dict[str, Kernel] = {
         ConvTranspose, 3, ("stride", "padding", "output_padding", "dilation", "groups")
     ),
     "max_pool": _kernel(MaxPool, 1, _POOL_ATTRS, n_outputs=2),
-    "avg_pool": _kernel(AvgPool, 1, (*_POOL_ATTRS, "count_include_pad")),
+    "avg_pool": _kernel(AvgPool, 1, (*_POOL_ATTRS, "count_include_pad", "divisor_override")),
     "lp_pool": _kernel(LpPool, 1, (*_POOL_ATTRS, "norm_type")),
-    "pad_nd": _kernel(PadNd, 1, ("pads", "mode", "value")),
     "adaptive_avg_pool": _kernel(AdaptiveAvgPool, 1, ("output_size",)),
     "adaptive_max_pool": _kernel(AdaptiveMaxPool, 1, ("output_size",), n_outputs=2),
     "adaptive_max_pool_indices": _indices_kernel(_adaptive_max_pool_indices, ("output_size",)),
+    "pad_nd": _kernel(PadNd, 1, ("pads", "mode", "value")),
     "relu": _kernel(ReLU, 1, ()),
     "leaky_relu": _kernel(LeakyReLU, 1, ("negative_slope",)),
     "sigmoid": _kernel(Sigmoid, 1, ()),

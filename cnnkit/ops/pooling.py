@@ -213,6 +213,15 @@ def _random_cases() -> Iterator[Case]:
     yield _case(
         "avg_pool", 2, kernel=3, stride=2, padding=2, extra={"count_include_pad": False}, suffix="onnxpad"
     )
+    # divisor_override: every window divided by one number (torch's avg_pool2d/3d)
+    for d in (2, 3):
+        yield _case("avg_pool", d, kernel=2, extra={"divisor_override": 3}, suffix="div3")
+        yield _case(
+            "avg_pool", d, kernel=3, stride=2, padding=1, extra={"divisor_override": 2}, suffix="div2"
+        )
+    yield _case(
+        "avg_pool", 2, kernel=3, stride=1, padding=2, extra={"divisor_override": 5}, suffix="onnxpad-div5"
+    )
 
 
 def _goldens() -> Iterator[Case]:
@@ -474,6 +483,8 @@ def _max_ge_avg(run) -> None:
         raise PropertySkip("max >= mean holds for finite inputs")
     x = np.abs(run.inputs[0])
     attrs = _pool_attrs(run)
+    if attrs.pop("divisor_override", None) is not None:
+        raise PropertySkip("max >= mean holds with the window's own divisor")
     m = np.asarray(run.numpy(call("max_pool", x, backend=run.backend, **attrs)))
     for cip in (True, False):
         a = np.asarray(run.numpy(call("avg_pool", x, backend=run.backend, count_include_pad=cip, **attrs)))
@@ -544,8 +555,12 @@ def _max_pool(x, *, kernel_size, stride, padding, dilation, ceil_mode):
     return win.max(axis=axes)
 
 
-def _avg_pool(x, *, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad):
+def _avg_pool(
+    x, *, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad, divisor_override=None
+):
     win, axes, real, out = _pool_windows(x, kernel_size, stride, padding, dilation, ceil_mode, 0.0)
+    if divisor_override is not None:
+        return win.sum(axis=axes) / divisor_override
     # the divisor counts the taps on input units, plus (count_include_pad) those on declared padding;
     # the extra units a ceil_mode window hangs past the declared padding never count
     ones = np.ones((1, 1, *x.shape[2:]))
@@ -587,6 +602,11 @@ class _PoolSpec(OpSpec):
         out = check_window(where, x, attrs, dims)
         if "count_include_pad" in attrs:
             out["count_include_pad"] = as_bool(attrs["count_include_pad"], "count_include_pad", where)
+        if "divisor_override" in attrs:
+            div = attrs["divisor_override"]
+            out["divisor_override"] = (
+                None if div is None else as_int_tuple(div, 1, "divisor_override", where)[0]
+            )
         if "norm_type" in attrs:
             p = as_float(attrs["norm_type"], "norm_type", where)
             if not (p > 0 and math.isfinite(p)):
@@ -628,11 +648,13 @@ class AvgPoolSpec(_PoolSpec):
 
     Backward: ``δ_prev[n, c, S·i + D·m] += δ[n, c, i] / |window_i|`` for every tap.
 
+    ``divisor_override`` (an int >= 1) replaces ``|window_i|`` in both, as in PyTorch.
+
     Shape: ``(N, C, *spatial) -> (N, C, *O)``.
     """
 
     name = "avg_pool"
-    _extra: Mapping[str, Any] = {"count_include_pad": True}
+    _extra: Mapping[str, Any] = {"count_include_pad": True, "divisor_override": None}
     properties = (_max_ge_avg, nan_propagates)
 
     def oracle(self, x, **attrs):
@@ -708,7 +730,8 @@ _KINDS = {
         "as ``1/|window|`` over its window.",
         pad_note="Padding counts as zeros (see ``count_include_pad``).",
         cip="\n        count_include_pad: divide by the whole window, padding included "
-        "(default),\n            or only by the input units it covers.",
+        "(default),\n            or only by the input units it covers."
+        "\n        divisor_override: divide every window by this int instead (2-D, 3-D; default None).",
         example={
             1: "avg_pool1d(x, 2).tolist()\n        [[[2.0, 3.0]]]",
             2: "avg_pool2d(x, 2)[0, 0].tolist()\n        [[3.25, 5.25], [2.0, 2.0]]",
@@ -832,6 +855,7 @@ def avg_pool2d(
     dilation=1,
     ceil_mode=False,
     count_include_pad=True,
+    divisor_override=None,
     *,
     backend=None,
 ):
@@ -846,6 +870,7 @@ def avg_pool2d(
         dilation=dilation,
         ceil_mode=ceil_mode,
         count_include_pad=count_include_pad,
+        divisor_override=divisor_override,
     )
 
 
@@ -858,6 +883,7 @@ def avg_pool3d(
     dilation=1,
     ceil_mode=False,
     count_include_pad=True,
+    divisor_override=None,
     *,
     backend=None,
 ):
@@ -872,6 +898,7 @@ def avg_pool3d(
         dilation=dilation,
         ceil_mode=ceil_mode,
         count_include_pad=count_include_pad,
+        divisor_override=divisor_override,
     )
 
 
@@ -1060,7 +1087,8 @@ _LAYER_KINDS = {
         formula="the mean of each window.\n\n    Backward: each output's gradient is spread "
         "as ``1/|window|`` over its window.",
         cls="AvgPool",
-        cip="\n        count_include_pad: divide by the whole window, padding included (default).",
+        cip="\n        count_include_pad: divide by the whole window, padding included (default)."
+        "\n        divisor_override: divide every window by this int instead (default None).",
     ),
     "lp": dict(
         formula="the norm ``(Σ|x|^p)^(1/p)`` of each window (p = 2: L2 pooling).\n\n    "
@@ -1173,6 +1201,7 @@ class _AvgPoolNd(_PoolNd):
         padding: Any = 0,
         ceil_mode: bool = False,
         count_include_pad: bool = True,
+        divisor_override: int | None = None,
         *,
         dilation: Any = 1,
     ) -> None:
@@ -1180,6 +1209,11 @@ class _AvgPoolNd(_PoolNd):
         where = type(self).__name__
         self._keep(kernel_size, stride, padding, dilation, ceil_mode)
         self.count_include_pad = as_bool(count_include_pad, "count_include_pad", where)
+        self.divisor_override = (
+            None
+            if divisor_override is None
+            else as_int_tuple(divisor_override, 1, "divisor_override", where)[0]
+        )
         if self.dims == 1:  # torch.nn.AvgPool1d keeps 1-tuples
             self.kernel_size = as_int_tuple(self.kernel_size, 1, "kernel_size", where)
             self.stride = as_int_tuple(self.stride, 1, "stride", where)
@@ -1187,7 +1221,10 @@ class _AvgPoolNd(_PoolNd):
                 self.padding = tuple(padding) if isinstance(padding, (list, tuple)) else (padding,)
 
     def _attrs(self):
-        return {**super()._attrs(), "count_include_pad": self.count_include_pad}
+        attrs = {**super()._attrs(), "count_include_pad": self.count_include_pad}
+        if self.divisor_override is not None:
+            attrs["divisor_override"] = self.divisor_override
+        return attrs
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
