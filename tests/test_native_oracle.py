@@ -107,6 +107,19 @@ def _native_adaptive_max_pool(x, *, output_size):
     )
 
 
+def _native_max_unpool(x, indices, *, output_size, kernel_size, stride=None, padding=0):
+    unpool = {1: F.max_unpool1d, 2: F.max_unpool2d, 3: F.max_unpool3d}[x.dim() - 2]
+    return unpool(x, indices, kernel_size, stride, padding, output_size)
+
+
+def _native_kwargs(case: Case, canonical: dict) -> dict:
+    """The native op's keywords: the canonical attributes (unpooling: and the pooling's geometry)."""
+    if case.op != "max_unpool":
+        return canonical
+    geometry = {k: v for k, v in case.attrs.items() if k in ("kernel_size", "stride", "padding")}
+    return {**canonical, **geometry}
+
+
 #: op -> (native function, how many of its cases to take: every k-th)
 NATIVE: dict[str, tuple[Callable[..., Any], int]] = {
     "conv": (_native_conv, 6),
@@ -114,6 +127,7 @@ NATIVE: dict[str, tuple[Callable[..., Any], int]] = {
     "pad_nd": (_native_pad, 1),
     "adaptive_avg_pool": (_native_adaptive_avg_pool, 1),
     "adaptive_max_pool": (_native_adaptive_max_pool, 1),
+    "max_unpool": (_native_max_unpool, 1),
     "max_pool": (_native_max_pool, 8),
     "avg_pool": (_native_avg_pool, 8),
 }
@@ -149,7 +163,7 @@ def _selected() -> list[Case]:
                 continue
             arrays = [_materialize(v, "float64") for v in case.inputs]
             tensors = [None if a is None else torch.from_numpy(a) for a in arrays]
-            if native(*tensors, **_canonical(case, arrays)) is None:
+            if native(*tensors, **_native_kwargs(case, _canonical(case, arrays))) is None:
                 continue
             chosen.append(case)
     return chosen
@@ -157,7 +171,7 @@ def _selected() -> list[Case]:
 
 CASES = _selected()
 #: The records of issue 10a: every one of their cases is held to the native op.
-NEW_OPS = ("conv_transpose", "pad_nd", "adaptive_avg_pool", "adaptive_max_pool")
+NEW_OPS = ("conv_transpose", "pad_nd", "adaptive_avg_pool", "adaptive_max_pool", "max_unpool")
 
 
 def test_every_new_record_is_covered():
@@ -175,15 +189,17 @@ def test_matches_native_autograd(case: Case, dtype: str) -> None:
     native, _ = NATIVE[case.op]
     arrays = [_materialize(v, dtype) for v in case.inputs]
     canonical = _canonical(case, arrays)
-    leaves = [None if a is None else torch.from_numpy(a.copy()).requires_grad_(True) for a in arrays]
-    want = native(*leaves, **canonical)
+    leaves = [
+        None if a is None else torch.from_numpy(a.copy()).requires_grad_(a.dtype.kind == "f") for a in arrays
+    ]
+    want = native(*leaves, **_native_kwargs(case, canonical))
     g = (
         np.random.default_rng(zlib.crc32(case.id.encode()))
         .uniform(-1, 1, size=tuple(want.shape))
         .astype(dtype)
     )
     want.backward(torch.from_numpy(g))
-    want_grads = [None if t is None else t.grad.numpy() for t in leaves]
+    want_grads = [None if t is None or t.grad is None else t.grad.numpy() for t in leaves]
     for backend in ("torch", "numpy"):
         out, pullback = cnnkit.vjp(case.op, *arrays, backend=backend, **case.attrs)
         be = cnnkit.get_backend(backend)
@@ -211,3 +227,25 @@ def test_adaptive_max_pool_indices_are_torchs(case: Case, backend: str) -> None:
     be = cnnkit.get_backend(backend)
     np.testing.assert_array_equal(be.to_numpy(idx), want_idx.numpy())
     np.testing.assert_array_equal(be.to_numpy(out), want.numpy())
+
+
+POOL_CASES = [c for c in CASES if c.op == "max_pool"]
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+@pytest.mark.parametrize("case", POOL_CASES, ids=lambda c: c.id)
+def test_max_pool_indices_are_torchs(case: Case, backend: str) -> None:
+    """return_indices: PyTorch's per-plane flat indices, and max_unpool puts the maxima back."""
+    (x,) = [_materialize(v, "float64") for v in case.inputs]
+    canonical = _canonical(case, [x])
+    d = x.ndim - 2
+    k, s, p = canonical["kernel_size"], canonical["stride"], [lo for lo, _ in canonical["padding"]]
+    dl, ceil = canonical["dilation"], canonical["ceil_mode"]
+    want, want_idx = getattr(F, f"max_pool{d}d")(torch.from_numpy(x), k, s, p, dl, ceil, return_indices=True)
+    out, idx = getattr(cnnkit.functional, f"max_pool{d}d")(x, k, s, p, dl, ceil, True, backend=backend)
+    be = cnnkit.get_backend(backend)
+    np.testing.assert_array_equal(be.to_numpy(idx), want_idx.numpy())
+    size = x.shape[2:]
+    back = getattr(cnnkit.functional, f"max_unpool{d}d")(out, idx, k, s, p, size, backend=backend)
+    native = getattr(F, f"max_unpool{d}d")(want, want_idx, k, s, p, size)
+    np.testing.assert_array_equal(be.to_numpy(back), native.numpy())

@@ -432,6 +432,11 @@ def _g(*shape, seed=0):
     return t.requires_grad_(True)
 
 
+def _int_array(v) -> bool:
+    """An integer input given as an array (unpooling's indices): passed as is, never differentiated."""
+    return isinstance(v, np.ndarray) and v.dtype.kind in "iu"
+
+
 def _record_checks() -> dict:
     """Every op's own cases, from its record: a few seeded random ones per op (the same list the
     conformance suite runs), each as ``(fn of the float inputs, their shapes, their values)``."""
@@ -441,9 +446,15 @@ def _record_checks() -> dict:
     checks = {}
     for spec in BUILTIN_SPECS:
         cases = [c for c in spec.cases() if c.raises is None and c.differentiable]
-        random = [c for c in cases if all(v is None or isinstance(v, Random) for v in c.inputs)]
+        random = [
+            c
+            for c in cases
+            if all(v is None or isinstance(v, Random) or _int_array(v) for v in c.inputs)
+            and any(isinstance(v, Random) for v in c.inputs)
+        ]
         for case in random[:: max(1, len(random) // 3)][:3]:
-            values = [None if v is None else v.make("float64") for v in case.inputs]
+            values = [None if v is None or _int_array(v) else v.make("float64") for v in case.inputs]
+            values = [np.asarray(v) if _int_array(v) else x for v, x in zip(case.inputs, values)]
             floats = [
                 i
                 for i, (n, v) in enumerate(zip(spec.inputs, values))

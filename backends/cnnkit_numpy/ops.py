@@ -861,6 +861,46 @@ def adaptive_max_pool_indices_backward(ctx, grad_output):
     return (None,)
 
 
+# == max_pool's indices, max_unpool (issue 10a) ============================================
+
+
+def max_pool_indices_forward(x, *, kernel_size, stride, padding, dilation, ceil_mode):
+    """The flat index, in its ``(n, c)`` input plane, of each window's first maximum (int64)."""
+    _, (geo, winner) = max_pool_forward(
+        x, kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode
+    )
+    taps = np.unravel_index(winner.astype(np.int64), geo["kernel"])  # m* per axis
+    flat = np.zeros(winner.shape, dtype=np.int64)
+    d = len(geo["kernel"])
+    for axis, (m, S, D, (lo, _), n) in enumerate(
+        zip(taps, geo["stride"], geo["dilation"], geo["reads"], x.shape[2:])
+    ):
+        i = np.arange(geo["out"][axis]).reshape([-1 if a == axis else 1 for a in range(d)])
+        flat = flat * n + (S * i + D * m - lo)  # u* = S·i + D·m* - P_before
+    return flat, None
+
+
+def max_pool_indices_backward(ctx, grad_output):
+    # integer indices: nothing to differentiate
+    return (None,)
+
+
+def max_unpool_forward(x, indices, *, output_size):
+    """``out[n, c].flat[indices[n, c, i]] = x[n, c, i]``, zeros elsewhere."""
+    n, c = x.shape[:2]
+    out = np.zeros((n, c, math.prod(output_size)), dtype=x.dtype)
+    idx = indices.reshape(n, c, -1).astype(np.int64, copy=False)
+    np.put_along_axis(out, idx, x.reshape(n, c, -1), axis=2)
+    return out.reshape(n, c, *output_size), (idx, x.shape, x.dtype)
+
+
+def max_unpool_backward(ctx, grad_output):
+    # δ_prev[n, c, i] = δ[n, c].flat[indices[n, c, i]]
+    idx, shape, dtype = ctx
+    g = _as(grad_output, dtype).reshape(*shape[:2], -1)
+    return np.take_along_axis(g, idx, axis=2).reshape(shape), None
+
+
 #: ``{op: (forward, backward)}`` for every core op, registered by :mod:`cnnkit_numpy.plugin`.
 KERNELS: dict[str, tuple[Any, Any]] = {
     "conv": (conv_forward, conv_backward),
@@ -871,6 +911,8 @@ KERNELS: dict[str, tuple[Any, Any]] = {
     "adaptive_avg_pool": (adaptive_avg_pool_forward, adaptive_avg_pool_backward),
     "adaptive_max_pool": (adaptive_max_pool_forward, adaptive_max_pool_backward),
     "adaptive_max_pool_indices": (adaptive_max_pool_indices_forward, adaptive_max_pool_indices_backward),
+    "max_pool_indices": (max_pool_indices_forward, max_pool_indices_backward),
+    "max_unpool": (max_unpool_forward, max_unpool_backward),
     "pad_nd": (pad_nd_forward, pad_nd_backward),
     "relu": (relu_forward, relu_backward),
     "leaky_relu": (leaky_relu_forward, leaky_relu_backward),

@@ -53,6 +53,7 @@ __all__ = [
     "Linear",
     "LpPool",
     "MaxPool",
+    "MaxUnpool",
     "PadNd",
     "ReLU",
     "Sigmoid",
@@ -1108,6 +1109,57 @@ def _indices_kernel(fn: Any, attrs: tuple[str, ...]) -> Kernel:
     return Kernel(forward=forward, backward=_no_backward, call=call)
 
 
+# == max_pool's indices, max_unpool (issue 10a) ================================================
+
+
+def _max_pool_indices(x, kernel_size, stride, padding, dilation, ceil_mode) -> tuple[torch.Tensor, None]:
+    """The flat index, in its ``(n, c)`` input plane, of each window's maximum (PyTorch's indices)."""
+    with torch.no_grad():
+        stride, dilation = _bounded(x.shape, kernel_size, stride, padding, dilation)
+        _y, idx, pads = _max_pool_forward(x, kernel_size, stride, padding, dilation, ceil_mode)
+    if pads is None:  # torch's own pooling: its indices already are in the input plane
+        return idx, None
+    size = x.shape[2:]
+    full = [n + lo + hi for n, (lo, hi) in zip(size, pads)]
+    flat = torch.zeros_like(idx)
+    rest = idx
+    coords = []
+    for p in reversed(full):  # unravel in the padded plane, last axis first
+        coords.append(rest % p)
+        rest = rest // p
+    for c, n, (lo, _) in zip(reversed(coords), size, pads):
+        flat = flat * n + (c - lo)
+    return flat, None
+
+
+class MaxUnpool(Function):
+    """``a[n, c].flat[indices[n, c, i]] = y[n, c, i]``, zeros elsewhere."""
+
+    @staticmethod
+    def forward(x, indices, output_size):
+        n, c = x.shape[:2]
+        out = x.new_zeros((n, c, math.prod(output_size)))
+        out.scatter_(2, indices.reshape(n, c, -1).long(), x.reshape(n, c, -1))
+        return out.view(n, c, *output_size)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, indices, _ = inputs
+        ctx.save_for_backward(indices)
+        ctx.x_shape = x.shape
+
+    @staticmethod
+    @_first_order_only
+    def backward(ctx, dy):
+        # δ_prev[n, c, i] = δ[n, c].flat[indices[n, c, i]]
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        (indices,) = ctx.saved_tensors
+        n, c = ctx.x_shape[:2]
+        g = dy.reshape(n, c, -1).gather(2, indices.reshape(n, c, -1).long())
+        return g.view(ctx.x_shape), None, None
+
+
 _POOL_ATTRS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
 
 #: One kernel per op kind, in the order of :mod:`cnnkit_numpy.ops`.
@@ -1122,6 +1174,8 @@ KERNELS: dict[str, Kernel] = {
     "adaptive_avg_pool": _kernel(AdaptiveAvgPool, 1, ("output_size",)),
     "adaptive_max_pool": _kernel(AdaptiveMaxPool, 1, ("output_size",), n_outputs=2),
     "adaptive_max_pool_indices": _indices_kernel(_adaptive_max_pool_indices, ("output_size",)),
+    "max_pool_indices": _indices_kernel(_max_pool_indices, _POOL_ATTRS),
+    "max_unpool": _kernel(MaxUnpool, 2, ("output_size",)),
     "pad_nd": _kernel(PadNd, 1, ("pads", "mode", "value")),
     "relu": _kernel(ReLU, 1, ()),
     "leaky_relu": _kernel(LeakyReLU, 1, ("negative_slope",)),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -719,6 +720,8 @@ _KINDS = {
         "gradient to the window's winning unit (the first maximum\n    in row-major order); "
         "every other unit gets zero.",
         pad_note="Padding never wins: it acts as -inf.",
+        cip="\n        return_indices: also return each maximum's flat index in its ``(n, c)`` plane,"
+        "\n            as PyTorch does (``(output, indices)``; default False).",
         example={
             1: "max_pool1d(x, 2).tolist()\n        [[[3.0, 4.0]]]",
             2: "max_pool2d(x, 2)[0, 0].tolist()\n        [[6.0, 8.0], [3.0, 4.0]]",
@@ -775,49 +778,60 @@ def _pool(op: str, dims: int, input, backend, **attrs):
     return call(op, input, backend=backend, where=f"{op}{dims}d", dims=dims, **attrs)
 
 
-@_function_doc("max", 1)
-def max_pool1d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *, backend=None):
-    return _pool(
-        "max_pool",
-        1,
-        input,
-        backend,
-        kernel_size=kernel_size,
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        ceil_mode=ceil_mode,
+def _max_pool(dims, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend):
+    attrs = dict(
+        kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode
     )
+    out = _pool("max_pool", dims, input, backend, **attrs)
+    if not as_bool(return_indices, "return_indices", f"max_pool{dims}d"):
+        return out
+    where = f"max_pool{dims}d"
+    return out, call("max_pool_indices", input, backend=backend, where=where, dims=dims, **attrs)
+
+
+@_function_doc("max", 1)
+def max_pool1d(
+    input,
+    kernel_size,
+    stride=None,
+    padding=0,
+    dilation=1,
+    ceil_mode=False,
+    return_indices=False,
+    *,
+    backend=None,
+):
+    return _max_pool(1, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend)
 
 
 @_function_doc("max", 2)
-def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *, backend=None):
-    return _pool(
-        "max_pool",
-        2,
-        input,
-        backend,
-        kernel_size=kernel_size,
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        ceil_mode=ceil_mode,
-    )
+def max_pool2d(
+    input,
+    kernel_size,
+    stride=None,
+    padding=0,
+    dilation=1,
+    ceil_mode=False,
+    return_indices=False,
+    *,
+    backend=None,
+):
+    return _max_pool(2, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend)
 
 
 @_function_doc("max", 3)
-def max_pool3d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *, backend=None):
-    return _pool(
-        "max_pool",
-        3,
-        input,
-        backend,
-        kernel_size=kernel_size,
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        ceil_mode=ceil_mode,
-    )
+def max_pool3d(
+    input,
+    kernel_size,
+    stride=None,
+    padding=0,
+    dilation=1,
+    ceil_mode=False,
+    return_indices=False,
+    *,
+    backend=None,
+):
+    return _max_pool(3, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend)
 
 
 @_function_doc("avg", 1)
@@ -1082,6 +1096,7 @@ _LAYER_KINDS = {
         formula="the largest unit of each window.\n\n    Backward: the gradient goes to the "
         "window's winning unit, all others get zero.",
         cls="MaxPool",
+        cip="\n        return_indices: also return each maximum's flat index in its plane (default False).",
     ),
     "avg": dict(
         formula="the mean of each window.\n\n    Backward: each output's gradient is spread "
@@ -1164,10 +1179,27 @@ class _MaxPoolNd(_PoolNd):
         ceil_mode: bool = False,
     ) -> None:
         super().__init__()
-        if as_bool(return_indices, "return_indices", type(self).__name__):
-            raise ValueError(f"{type(self).__name__}: return_indices=True is not supported, got True")
-        self.return_indices = False
+        self.return_indices = as_bool(return_indices, "return_indices", type(self).__name__)
         self._keep(kernel_size, stride, padding, dilation, ceil_mode)
+
+    def _indices(self, x):
+        return _pool("max_pool_indices", self.dims, x, None, **self._attrs())
+
+    def function(self, x):
+        out = super().function(x)
+        return (out, self._indices(x)) if self.return_indices else out
+
+    def forward(self, x):
+        if not self.return_indices:
+            return super().forward(x)
+        be = self._run_backend(x)
+        x, _ = self._arrays(be, x)
+        with use_backend(be):
+            y, self._pullback = vjp(super().function, x)  # the gradient flows through the values only
+            return y, self._indices(x)
+
+    def config(self):
+        return {**super().config(), "return_indices": self.return_indices}
 
     def extra_repr(self):
         return (
@@ -1841,3 +1873,400 @@ LAYERS = (
     AdaptiveMaxPool3d,
 )
 SPECS = (*SPECS, AdaptiveAvgPoolSpec(), AdaptiveMaxPoolSpec(), AdaptiveMaxPoolIndicesSpec())
+
+
+# == max_pool's indices, max_unpool (issue 10a) ===================================================
+
+
+class MaxPoolIndicesSpec(MaxPoolSpec):
+    """Where each max pooling window's maximum is: its flat index in its ``(n, c)`` input plane.
+
+    ``indices[n, c, i] = Σ_a u*_a · Π_{b > a} N_b`` with ``u* = S·i + D·m* - P_before``
+    the first maximum of window ``i`` (PyTorch's ``return_indices``). Backward:
+    none, the output is integers; held to torch's own indices in
+    ``tests/test_native_oracle.py``.
+    """
+
+    name = "max_pool_indices"
+    properties = ()
+    index_output = True
+
+    def cases(self):
+        x4 = rand(1, 1, 4, 4)
+        return tuple(
+            error_cases(
+                [
+                    (
+                        "max_pool_indices-error-stride0",
+                        self.name,
+                        (x4,),
+                        {"kernel_size": 2, "stride": 0},
+                        ValueError,
+                        "stride",
+                    ),
+                    (
+                        "max_pool_indices-error-wrong-ndim",
+                        self.name,
+                        (rand(4, 4),),
+                        {"kernel_size": 2, "dims": 2},
+                        ValueError,
+                        "input must have 4",
+                    ),
+                ]
+            )
+        )
+
+    @property
+    def has_oracle(self) -> bool:
+        return False
+
+
+_URAND = Seeds(29000)
+
+
+def _unpool_case(
+    d: int,
+    spatial: tuple[int, ...],
+    kernel: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    output_size: Any = None,
+    extra: str = "",
+) -> Case:
+    """A ``max_unpool{d}d`` case: indices of a max pooling of a seeded input with the same geometry."""
+    k = (kernel,) * d if isinstance(kernel, int) else tuple(kernel)
+    s = k if stride is None else ((stride,) * d if isinstance(stride, int) else tuple(stride))
+    p = (padding,) * d if isinstance(padding, int) else tuple(padding)
+    out_default = [(n - 1) * si - 2 * pi + ki for n, si, pi, ki in zip(spatial, s, p, k)]
+    size = out_default if output_size is None else list(output_size)
+    rng = np.random.default_rng(_URAND(1).seed)
+    n, c = 2, 2
+    # one distinct unit per window, as a pooling with stride >= kernel picks it: window i's
+    # taps are S·i + m - P; a random tap inside the output plane
+    flat = np.zeros((n, c, *spatial), dtype=np.int64)
+    for axis, (o, si, pi, ki, full) in enumerate(zip(spatial, s, p, k, size)):
+        i = np.arange(o).reshape([-1 if b == axis else 1 for b in range(d)])
+        m = rng.integers(0, ki, size=(n, c, *spatial))
+        pos = np.clip(si * i + m - pi, 0, full - 1)
+        flat = flat * full + pos
+    attrs: dict[str, Any] = {"kernel_size": kernel, "dims": d}
+    name = [f"max_unpool{d}d", f"k{kernel}" if isinstance(kernel, int) else "k" + "x".join(map(str, kernel))]
+    if stride is not None:
+        attrs["stride"] = stride
+        name.append(f"stride{stride}" if isinstance(stride, int) else "stride" + "x".join(map(str, stride)))
+    if padding:
+        attrs["padding"] = padding
+        name.append(f"pad{padding}" if isinstance(padding, int) else "pad" + "x".join(map(str, padding)))
+    if output_size is not None:
+        attrs["output_size"] = output_size
+        name.append("out" + "x".join(map(str, output_size)))
+    if extra:
+        name.append(extra)
+    return Case("-".join(name), "max_unpool", (_URAND(n, c, *spatial), flat), attrs, tags=("pool", "unpool"))
+
+
+def _unpool_oracle(x, indices, *, output_size, **_):
+    """The definition: output unit ``indices[n, c, i]`` of plane ``(n, c)`` gets ``x[n, c, i]``."""
+    n, c = x.shape[:2]
+    y = np.zeros((n, c, math.prod(output_size)))
+    for a in range(n):
+        for b in range(c):
+            y[a, b, indices[a, b].ravel()] = x[a, b].ravel()
+    return y.reshape(n, c, *output_size)
+
+
+def _unpool_cases() -> Iterator[Case]:
+    yield _unpool_case(1, (4,), 2)
+    yield _unpool_case(1, (3,), 3, 3, 1)
+    yield _unpool_case(2, (3, 2), 2)
+    yield _unpool_case(2, (2, 3), (2, 3), (3, 3), (0, 1))
+    yield _unpool_case(2, (3, 3), 2, output_size=(7, 7), extra="bigger")
+    yield _unpool_case(3, (2, 2, 1), 2)
+    yield _unpool_case(3, (1, 2, 2), (1, 2, 2), output_size=(1, 5, 4))
+    yield Case(
+        "max_unpool1d-golden",
+        "max_unpool",
+        ([[[5.0, 7.0]]], np.array([[[1, 2]]], dtype=np.int64)),
+        {"kernel_size": 2, "dims": 1},
+        expected=[[[0.0, 5.0, 7.0, 0.0]]],
+        tags=("golden", "unpool"),
+    )
+    x, idx = _URAND(1, 1, 2, 2), np.zeros((1, 1, 2, 2), dtype=np.int64)
+    yield from error_cases(
+        [
+            (
+                "max_unpool-error-index-out-of-range",
+                "max_unpool",
+                (x, idx + 16),
+                {"kernel_size": 2, "dims": 2},
+                ValueError,
+                r"indices must be in \[0, 16\)",
+            ),
+            (
+                "max_unpool-error-negative-index",
+                "max_unpool",
+                (x, idx - 1),
+                {"kernel_size": 2, "dims": 2},
+                ValueError,
+                "indices must be in",
+            ),
+            (
+                "max_unpool-error-index-shape",
+                "max_unpool",
+                (x, idx[..., :1]),
+                {"kernel_size": 2, "dims": 2},
+                ValueError,
+                "indices must have the input's shape",
+            ),
+            (
+                "max_unpool-error-float-indices",
+                "max_unpool",
+                (x, x),
+                {"kernel_size": 2, "dims": 2},
+                TypeError,
+                "indices must hold integers",
+            ),
+            (
+                "max_unpool-error-output-size-length",
+                "max_unpool",
+                (x, idx),
+                {"kernel_size": 2, "output_size": (4,), "dims": 2},
+                ValueError,
+                "output_size",
+            ),
+            (
+                "max_unpool-error-output-size-0",
+                "max_unpool",
+                (x, idx),
+                {"kernel_size": 2, "output_size": (0, 4), "dims": 2},
+                ValueError,
+                "output_size",
+            ),
+        ]
+    )
+
+
+class MaxUnpoolSpec(OpSpec):
+    """The partial inverse of max pooling: each value back at its maximum's place, zeros elsewhere.
+
+    Forward, ``indices`` the flat positions ``return_indices`` gave::
+
+        out[n, c, :].flat[indices[n, c, i]] = x[n, c, i];   every other unit 0
+
+    Backward::
+
+        δ_prev[n, c, i] = δ[n, c, :].flat[indices[n, c, i]]
+
+    Shape: input and indices ``(N, C, *spatial)`` -> ``(N, C, *output_size)``, by
+    default ``O = (N - 1)·S - P_before - P_after + F`` per axis.
+
+    Canonical attributes: ``output_size: (d,) ints``.
+    """
+
+    name = "max_unpool"
+    inputs = ("input", "indices")
+    integer_inputs = frozenset({"indices"})
+    defaults: Mapping[str, Any] = {
+        "kernel_size": OpSpec.REQUIRED,
+        "stride": None,
+        "padding": 0,
+        "output_size": None,
+        "dims": None,
+    }
+
+    def check(self, where, infos, attrs):
+        x, idx = infos
+        dims = spatial_dims(where, attrs, x)
+        check_ndim(where, "input", x, dims + 2, layout(dims))
+        if idx.shape != x.shape:
+            raise ValueError(f"{where}: indices must have the input's shape {x.shape}, got {idx.shape}")
+        kernel = as_int_tuple(attrs["kernel_size"], dims, "kernel_size", where)
+        stride = kernel if attrs["stride"] is None else as_int_tuple(attrs["stride"], dims, "stride", where)
+        padding = as_int_tuple(attrs["padding"], dims, "padding", where, minimum=0)
+        size = attrs["output_size"]
+        default = tuple((n - 1) * s - 2 * p + f for n, s, p, f in zip(x.shape[2:], stride, padding, kernel))
+        if size is None:
+            size = default
+            if min(size) < 1:
+                raise ValueError(f"{where}: padding {padding} leaves an empty output (sizes {size})")
+        else:
+            if isinstance(size, (tuple, list)) and len(size) == dims + 2:
+                size = tuple(size)[2:]  # torch takes (N, C, *spatial) too
+            size = as_int_tuple(size, dims, "output_size", where)
+            for axis, (o, o0, s) in enumerate(zip(size, default, stride)):
+                if not o0 - s < o < o0 + s:  # PyTorch's rule: within one stride of the default
+                    raise ValueError(
+                        f"{where}: output_size {size} must be within one stride of {default} "
+                        f"((N - 1)·S - 2P + F) on every axis: {o} on axis {axis} is not in "
+                        f"({o0 - s}, {o0 + s})"
+                    )
+        return {"output_size": size}
+
+    def check_values(self, where, inputs, to_numpy):
+        """Every index must name a unit of its output plane (``Π output_size`` units)."""
+        idx = to_numpy(inputs[1])
+        plane = self._plane.get()
+        if idx.size == 0 or plane is None:
+            return
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= plane:
+            raise ValueError(
+                f"{where}: indices must be in [0, {plane}) (the output plane), got values from {lo} to {hi}"
+            )
+
+    #: the output plane of the call being validated, for :meth:`check_values` (which sees no attributes)
+    _plane: ContextVar[int | None] = ContextVar("cnnkit_unpool_plane", default=None)
+
+    def bind(self, where, infos, attrs):
+        canonical = super().bind(where, infos, attrs)
+        self._plane.set(math.prod(canonical["output_size"]))
+        return canonical
+
+    def output_shape(self, infos, attrs):
+        return (*infos[0].shape[:2], *attrs["output_size"])
+
+    @functools.cache  # noqa: B019 - one record, built once
+    def cases(self):
+        return tuple(_unpool_cases())
+
+    def oracle(self, x, indices, **attrs):
+        return _unpool_oracle(x, indices, **attrs)
+
+
+_UNPOOL_DOC = """{d}-D max unpooling: each value back at the flat index max pooling gave, zeros elsewhere.
+
+    Args:
+        input: ``(N, C, {axes})``, a max pooling's output.
+        indices: its ``return_indices``, integers of the input's shape.
+        kernel_size, stride, padding: the pooling's (``stride`` default: ``kernel_size``).
+        output_size: the output's spatial size (or ``(N, C, *spatial)``); by default
+            ``(N - 1)·S - 2P + F`` per axis.
+        backend: the backend to run on (default: the active one).
+
+    Shape:
+        output ``(N, C, {out_axes})``.
+
+    Returns:
+        The unpooled output as the backend's array type.
+
+    Raises:
+        ValueError: indices outside the output plane or of another shape, a wrong output_size.
+        TypeError: indices that are not integers.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.array([[[5.0, 7.0]]]); idx = np.array([[[1, 2]]])
+        >>> max_unpool{d}d(x.reshape(1, 1, {shape}), idx.reshape(1, 1, {shape}), {k}).ravel().tolist()
+        {want}
+    """
+
+_UNPOOL_EX = {
+    1: dict(shape="2", k="2", want="[0.0, 5.0, 7.0, 0.0]"),
+    2: dict(shape="1, 2", k="(1, 2)", want="[0.0, 5.0, 7.0, 0.0]"),
+    3: dict(shape="1, 1, 2", k="(1, 1, 2)", want="[0.0, 5.0, 7.0, 0.0]"),
+}
+
+
+def _unpool(dims, input, indices, kernel_size, stride, padding, output_size, backend):
+    return call(
+        "max_unpool",
+        input,
+        indices,
+        backend=backend,
+        where=f"max_unpool{dims}d",
+        dims=dims,
+        kernel_size=kernel_size,
+        stride=stride,
+        padding=padding,
+        output_size=output_size,
+    )
+
+
+@doc(_UNPOOL_DOC, d=1, **_UNPOOL_EX[1])
+def max_unpool1d(input, indices, kernel_size, stride=None, padding=0, output_size=None, *, backend=None):
+    return _unpool(1, input, indices, kernel_size, stride, padding, output_size, backend)
+
+
+@doc(_UNPOOL_DOC, d=2, **_UNPOOL_EX[2])
+def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_size=None, *, backend=None):
+    return _unpool(2, input, indices, kernel_size, stride, padding, output_size, backend)
+
+
+@doc(_UNPOOL_DOC, d=3, **_UNPOOL_EX[3])
+def max_unpool3d(input, indices, kernel_size, stride=None, padding=0, output_size=None, *, backend=None):
+    return _unpool(3, input, indices, kernel_size, stride, padding, output_size, backend)
+
+
+_UNPOOL_LAYER_DOC = """{d}-D max unpooling layer: ``forward(x, indices)`` puts each value back in place.
+
+    Args:
+        kernel_size, stride, padding: the pooling's (``stride`` default: ``kernel_size``).
+
+    Shape:
+        input and indices ``(N, C, {axes})`` -> output ``(N, C, {out_axes})``, by default
+        ``(N - 1)·S - 2P + F`` per axis.
+
+    Returns:
+        ``forward(x, indices)`` returns the unpooled output; ``backward(δ)`` returns ``dE/dx``.
+
+    Raises:
+        ValueError: indices outside the output plane.
+
+    Example:
+        >>> import numpy as np
+        >>> MaxUnpool{d}d(2)(np.ones((1, 1, {ones})), np.zeros((1, 1, {ones}), dtype=np.int64)).shape
+        (1, 1, {out})
+    """
+
+
+class _MaxUnpoolNd(Layer):
+    dims = 0
+
+    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0) -> None:
+        super().__init__()
+        where = type(self).__name__
+        self.kernel_size = as_int_tuple(kernel_size, self.dims, "kernel_size", where)
+        self.stride = self.kernel_size if stride is None else as_int_tuple(stride, self.dims, "stride", where)
+        self.padding = as_int_tuple(padding, self.dims, "padding", where, minimum=0)
+
+    def function(self, x, indices, output_size=None):
+        return _unpool(self.dims, x, indices, self.kernel_size, self.stride, self.padding, output_size, None)
+
+    def forward(self, x, indices=None, output_size=None):
+        if indices is None:
+            raise TypeError(f"{type(self).__name__}: forward needs the pooling's indices")
+        be = self._run_backend(x)
+        x, _ = self._arrays(be, x)
+        with use_backend(be):
+            fn = functools.partial(self.function, output_size=output_size)
+            y, self._pullback = vjp(fn, x, indices)
+        return y
+
+    def __call__(self, x, indices=None, output_size=None):
+        return self.forward(x, indices, output_size)
+
+    def config(self):
+        return {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding}
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+@doc(_UNPOOL_LAYER_DOC, d=1, ones="2", out="4")
+class MaxUnpool1d(_MaxUnpoolNd):
+    dims = 1
+
+
+@doc(_UNPOOL_LAYER_DOC, d=2, ones="2, 2", out="4, 4")
+class MaxUnpool2d(_MaxUnpoolNd):
+    dims = 2
+
+
+@doc(_UNPOOL_LAYER_DOC, d=3, ones="2, 2, 2", out="4, 4, 4")
+class MaxUnpool3d(_MaxUnpoolNd):
+    dims = 3
+
+
+FUNCTIONS = (*FUNCTIONS, max_unpool1d, max_unpool2d, max_unpool3d)
+LAYERS = (*LAYERS, MaxUnpool1d, MaxUnpool2d, MaxUnpool3d)
+SPECS = (*SPECS, MaxPoolIndicesSpec(), MaxUnpoolSpec())
