@@ -45,10 +45,13 @@ def _symmetric(pads) -> bool:
 # -- the native ops, on canonical attributes (None: torch cannot express the case) ------------
 
 
-def _native_conv(x, w, b, *, stride, padding, dilation, groups, flip):
+def _native_conv(x, w, b, *, stride, padding, dilation, groups, flip, padding_mode):
     conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[x.dim() - 2]
     if flip:
         w = w.flip(tuple(range(2, w.dim())))
+    if padding_mode != "zeros":  # as torch.nn.Conv*d does it: F.pad in that mode, then no padding
+        x = F.pad(x, _pad_list(padding), mode=padding_mode)
+        padding = [(0, 0)] * len(padding)
     if not _symmetric(padding):
         x = F.pad(x, _pad_list(padding))
         padding = [(0, 0)] * len(padding)
@@ -158,7 +161,11 @@ def _selected() -> list[Case]:
     chosen = []
     for op, (native, every) in NATIVE.items():
         cases = [c for c in BUILTIN_CASES if c.op == op and c.raises is None and c.differentiable]
-        for case in [c for i, c in enumerate(cases) if i % every == 0 or "divisor_override" in c.attrs]:
+        for case in [
+            c
+            for i, c in enumerate(cases)
+            if i % every == 0 or {"divisor_override", "padding_mode"} & set(c.attrs)
+        ]:
             if not _finite(case):
                 continue
             arrays = [_materialize(v, "float64") for v in case.inputs]

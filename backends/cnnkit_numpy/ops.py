@@ -209,8 +209,32 @@ def _on_grid(geo: dict) -> tuple:
     return (Ellipsis, *(slice(0, o) for o in geo["out"]))
 
 
+def _mode_padded(x, padding, padding_mode):
+    """``x`` padded in ``padding_mode`` by the pad op's kernel (``None``: zeros, left to conv)."""
+    if padding_mode == "zeros" or not any(lo or hi for lo, hi in padding):
+        return None
+    pads = ((0, 0), (0, 0), *padding)
+    return pad_nd_forward(x, pads=pads, mode=padding_mode, value=0.0)
+
+
 @_quiet
-def conv_forward(x, weight, bias=None, *, stride, padding, dilation, groups, flip):
+def conv_forward(x, weight, bias=None, *, stride, padding, dilation, groups, flip, padding_mode="zeros"):
+    """The convolution below, its input first padded in ``padding_mode`` (``"zeros"``: by the conv)."""
+    padded = _mode_padded(x, padding, padding_mode)
+    if padded is None:
+        return _conv_forward(
+            x, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups, flip=flip
+        )
+    x_pad, pad_ctx = padded
+    none = tuple((0, 0) for _ in padding)
+    a, ctx = _conv_forward(
+        x_pad, weight, bias, stride=stride, padding=none, dilation=dilation, groups=groups, flip=flip
+    )
+    return a, ("padded", ctx, pad_ctx)
+
+
+@_quiet
+def _conv_forward(x, weight, bias=None, *, stride, padding, dilation, groups, flip):
     """``a[n, k, i] = b[k] + Σ_c Σ_m W[k, c, m] · x_pad[n, g·C/G + c, S·i + D·m]`` (``flip``: rot180(W)).
 
     Shapes: x ``(N, C, *spatial)``, W ``(K, C/G, *F)``, b ``(K,)`` -> a ``(N, K, *O)``.
@@ -250,6 +274,17 @@ def conv_forward(x, weight, bias=None, *, stride, padding, dilation, groups, fli
 
 @_quiet
 def conv_backward(ctx, grad_output):
+    # dE/dW = y ⋆ δ;  δ_prev = (δ dilated by S, padded) ⋆_full rot180(W);  dE/db = Σ_ij δ
+    # (padding_mode: δ_prev = pad_nd's backward of the padded input's gradient)
+    if isinstance(ctx[0], str):  # ("padded", conv's ctx, pad_nd's ctx)
+        _, conv_ctx, pad_ctx = ctx
+        dx_pad, dW, db = _conv_backward(conv_ctx, grad_output)
+        return pad_nd_backward(pad_ctx, dx_pad)[0], dW, db
+    return _conv_backward(ctx, grad_output)
+
+
+@_quiet
+def _conv_backward(ctx, grad_output):
     # dE/dW = y ⋆ δ;  δ_prev = (δ dilated by S, padded) ⋆_full rot180(W);  dE/db = Σ_ij δ
     # (index form: dW[k,c,m] = Σ_n Σ_i δ[n,k,i]·y_pad[n,c,S·i+D·m]; δ_prev scattered per offset m)
     x, W, W_mat, flip, has_bias, geo, cols = ctx

@@ -35,11 +35,16 @@ def _tap(i, m, stride, dilation):
     return tuple(s * ii + d * mm for ii, mm, s, d in zip(i, m, stride, dilation))
 
 
-def conv(x, w, b=None, *, stride, padding, dilation, groups=1, flip=False):
+def conv(x, w, b=None, *, stride, padding, dilation, groups=1, flip=False, padding_mode="zeros"):
     """``a[n, k, i] = b[k] + Σ_c Σ_m W[k, c, m] · x_pad[n, g·C/G + c, S·i + D·m]``, g = k's group.
 
-    ``flip=True`` first rotates W by 180°: the lecture's true convolution.
+    ``flip=True`` first rotates W by 180°: the lecture's true convolution. ``padding_mode``
+    other than ``"zeros"`` pads by NumPy's ``reflect``, ``edge`` or ``wrap`` first.
     """
+    if padding_mode != "zeros":
+        mode = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}[padding_mode]
+        x = np.pad(x, ((0, 0), (0, 0), *padding), mode=mode)
+        padding = tuple((0, 0) for _ in padding)
     if flip:
         w = w[(slice(None), slice(None), *(slice(None, None, -1),) * (w.ndim - 2))]
     N = x.shape[0]

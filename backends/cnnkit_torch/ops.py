@@ -492,7 +492,10 @@ class Conv(Function):
     """``a = W ⋆ y + b`` (``flip=True``: ``rot180(W)``), in 1, 2 or 3 dimensions."""
 
     @staticmethod
-    def forward(x, w, b, stride, padding, dilation, groups, flip):
+    def forward(x, w, b, stride, padding, dilation, groups, flip, padding_mode="zeros"):
+        if padding_mode != "zeros":  # the pad op's padding, then a conv without padding
+            x = _pad_nd(x, [(0, 0), (0, 0), *padding], padding_mode, 0.0)
+            padding = [(0, 0)] * len(padding)
         stride, dilation = _bounded(x.shape, w.shape[2:], stride, padding, dilation)
         if _is_empty(x) or _is_empty(w):  # N = 0 or C = 0: a = b (every product sums nothing)
             size = [
@@ -505,7 +508,12 @@ class Conv(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, w, _b, stride, padding, dilation, groups, flip = inputs
+        x, w, _b, stride, padding, dilation, groups, flip, *mode = inputs
+        ctx.pad_mode = None
+        if mode and mode[0] != "zeros":  # keep the padded input; backward folds its gradient back
+            ctx.pad_mode = ([(0, 0), (0, 0), *padding], mode[0], x.shape)
+            x = _pad_nd(x, ctx.pad_mode[0], mode[0], 0.0)
+            padding = [(0, 0)] * len(padding)
         ctx.save_for_backward(x, w)
         stride, dilation = _bounded(x.shape, w.shape[2:], stride, padding, dilation)
         ctx.attrs = (stride, padding, dilation, groups, flip)
@@ -522,7 +530,9 @@ class Conv(Function):
             dx = torch.zeros_like(x) if need_x else None
             dw = torch.zeros_like(w) if need_w else None
             db = dy.sum((0, *spatial)) if need_b else None
-            return dx, dw, db, None, None, None, None, None
+            if dx is not None and ctx.pad_mode is not None:
+                dx = x.new_zeros(ctx.pad_mode[2])
+            return dx, dw, db, None, None, None, None, None, None
         w_used = w.flip(spatial) if flip and need_x else w  # rot180(W) is read by δ_prev only
         dx = dw = db = None
         if groups == 1 and x.shape[1] <= 4 and w.shape[0] >= 16 and (need_x or need_w):
@@ -540,7 +550,9 @@ class Conv(Function):
             dw = torch.empty_strided(w.shape, w.stride(), dtype=dw.dtype, device=dw.device).copy_(dw)
         if need_b:
             db = dy.sum((0, *spatial))
-        return dx, dw, db, None, None, None, None, None
+        if dx is not None and ctx.pad_mode is not None:  # δ_prev = pad_nd's backward of d(y_pad)
+            dx = _pad_nd_backward(dx, ctx.pad_mode[2], ctx.pad_mode[0], ctx.pad_mode[1])
+        return dx, dw, db, None, None, None, None, None, None
 
 
 # -- pooling -----------------------------------------------------------------------------------
@@ -999,24 +1011,28 @@ class PadNd(Function):
         if not ctx.needs_input_grad[0]:
             return None, None, None, None
         pads, mode = ctx.attrs
-        shape = ctx.x_shape
-        g = dy
-        if mode == "constant":
-            index = tuple(slice(lo, lo + n) for n, (lo, _) in zip(shape, pads))
-            return g[index].clone(memory_format=torch.contiguous_format), None, None, None
-        for axis in reversed(range(len(pads))):
-            lo, hi = pads[axis]
-            if not (lo or hi):
-                continue
-            n = shape[axis]
-            acc = g.narrow(axis, lo, n).clone()  # every unit's own copy
-            src = _pad_source(n, lo, hi, mode, g.device)
-            if lo:
-                acc.index_add_(axis, src[:lo], g.narrow(axis, 0, lo))
-            if hi:
-                acc.index_add_(axis, src[lo + n :], g.narrow(axis, lo + n, hi))
-            g = acc
-        return g.clone(memory_format=torch.contiguous_format), None, None, None
+        return _pad_nd_backward(dy, ctx.x_shape, pads, mode), None, None, None
+
+
+def _pad_nd_backward(dy: torch.Tensor, shape: Sequence[int], pads: Pads, mode: str) -> torch.Tensor:
+    """``δ_prev[s] = Σ_{j : src(j - b) = s} δ[j]`` along each padded axis (constant: δ cropped)."""
+    g = dy
+    if mode == "constant":
+        index = tuple(slice(lo, lo + n) for n, (lo, _) in zip(shape, pads))
+        return g[index].clone(memory_format=torch.contiguous_format)
+    for axis in reversed(range(len(pads))):
+        lo, hi = pads[axis]
+        if not (lo or hi):
+            continue
+        n = shape[axis]
+        acc = g.narrow(axis, lo, n).clone()  # every unit's own copy
+        src = _pad_source(n, lo, hi, mode, g.device)
+        if lo:
+            acc.index_add_(axis, src[:lo], g.narrow(axis, 0, lo))
+        if hi:
+            acc.index_add_(axis, src[lo + n :], g.narrow(axis, lo + n, hi))
+        g = acc
+    return g.clone(memory_format=torch.contiguous_format)
 
 
 # == adaptive pooling (issue 10a) ============================================================
@@ -1164,7 +1180,7 @@ _POOL_ATTRS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
 
 #: One kernel per op kind, in the order of :mod:`cnnkit_numpy.ops`.
 KERNELS: dict[str, Kernel] = {
-    "conv": _kernel(Conv, 3, ("stride", "padding", "dilation", "groups", "flip")),
+    "conv": _kernel(Conv, 3, ("stride", "padding", "dilation", "groups", "flip", "padding_mode")),
     "conv_transpose": _kernel(
         ConvTranspose, 3, ("stride", "padding", "output_padding", "dilation", "groups")
     ),

@@ -21,7 +21,7 @@ from cnnkit import geometry
 from cnnkit.conformance.cases import Case, Random, Seeds, error_cases, pad_id, per_axis
 from cnnkit.dispatch import call
 from cnnkit.layer import Layer, ParamSpec, window_of
-from cnnkit.ops._shared import BackendArg, doc, nan_propagates, pad, windows
+from cnnkit.ops._shared import BackendArg, check_pads, doc, nan_propagates, pad, windows
 from cnnkit.spec import (
     OpSpec,
     PropertySkip,
@@ -39,6 +39,8 @@ __all__ = ["FUNCTIONS", "LAYERS", "Conv1d", "Conv2d", "Conv3d", "ConvSpec", "con
 # -- the record ----------------------------------------------------------------------------
 
 LAYOUT = {1: (9,), 2: (7, 6), 3: (5, 4, 4)}
+#: torch.nn's conv padding modes
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 rand = Seeds(1000)
 
 
@@ -131,6 +133,14 @@ def _random_cases() -> Iterator[Case]:
     yield _case(
         3, c=2, k=3, f=(2, 2, 3), padding=((1, 0), (0, 1), (2, 1)), dilation=(2, 1, 1), n=1, extra="s1asym"
     )
+    # padding_mode (torch.nn's): the padding holds reflected, replicated or wrapped units
+    for d in (1, 2, 3):
+        for mode in ("reflect", "replicate", "circular"):
+            for kw in ({"padding": 1}, {"padding": per_axis(d, ((2, 1), (0, 2))), "stride": 2}):
+                case = _case(d, extra=mode, **kw)
+                yield Case(case.id, "conv", case.inputs, {**case.attrs, "padding_mode": mode}, tags=case.tags)
+    case = _case(2, c=4, k=4, groups=2, dilation=2, padding="same", extra="reflect")
+    yield Case(case.id, "conv", case.inputs, {**case.attrs, "padding_mode": "reflect"}, tags=case.tags)
 
 
 def _goldens() -> Iterator[Case]:
@@ -301,6 +311,22 @@ def _error_cases() -> Iterator[Case]:
                 "floating",
             ),
             (
+                "conv-error-reflect-too-wide",
+                "conv",
+                (x4, w4, None),
+                {"padding": 6, "padding_mode": "reflect"},
+                ValueError,
+                "reflect padding must be smaller than the input",
+            ),
+            (
+                "conv-error-padding-mode",
+                "conv",
+                (x4, w4, None),
+                {"padding": 1, "padding_mode": "mirror"},
+                ValueError,
+                "padding_mode must be one of",
+            ),
+            (
                 "conv-error-unknown-attr",
                 "conv",
                 (x4, w4, None),
@@ -361,9 +387,13 @@ def _translation_equivariance(run) -> None:
     run.compare("property: conv(shift(x)) == shift(conv(x)) (stride 1)", y_shift[..., 1:], y[..., :-1])
 
 
-def _oracle(x, w, b, *, stride, padding, dilation, groups, flip):
+def _oracle(x, w, b, *, stride, padding, dilation, groups, flip, padding_mode="zeros"):
     """The definition, with every window gathered at once and reduced by one einsum."""
     d = x.ndim - 2
+    if padding_mode != "zeros":  # NumPy's own modes: reflect, edge, wrap
+        mode = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}[padding_mode]
+        x = np.pad(x, ((0, 0), (0, 0), *padding), mode=mode)
+        padding = tuple((0, 0) for _ in padding)
     if flip:
         w = w[(slice(None), slice(None), *([slice(None, None, -1)] * d))]
     kernel = w.shape[2:]
@@ -400,8 +430,12 @@ class ConvSpec(OpSpec):
     Shape: input ``(N, C, *spatial)``, weight ``(K, C/groups, *F)``, bias ``(K,)``
     -> ``(N, K, *O)`` with ``O = floor((N + P_before + P_after - D·(F-1) - 1) / S) + 1``.
 
+    ``padding_mode`` (torch.nn's): ``"zeros"``, or ``"reflect"``, ``"replicate"``,
+    ``"circular"``: ``y_pad`` is then the ``pad`` op's padding of ``y`` in that mode,
+    and ``δ_prev`` is the pad op's backward of the padded input's gradient.
+
     Canonical attributes: ``stride, dilation: (d,) ints``, ``padding: (d,)
-    (before, after)``, ``groups: int``, ``flip: bool``.
+    (before, after)``, ``groups: int``, ``flip: bool``, ``padding_mode: str``.
     """
 
     name = "conv"
@@ -413,6 +447,7 @@ class ConvSpec(OpSpec):
         "dilation": 1,
         "groups": 1,
         "flip": False,
+        "padding_mode": "zeros",
         "dims": None,
     }
 
@@ -463,7 +498,19 @@ class ConvSpec(OpSpec):
                     f"dilation {d}) is larger than the padded input along spatial axis {axis} "
                     f"({size} + padding {p}) (input {x.shape}, weight {w.shape})"
                 )
-        return {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups, "flip": flip}
+        mode = attrs["padding_mode"]
+        if mode not in PADDING_MODES:
+            raise ValueError(f"{where}: padding_mode must be one of {', '.join(PADDING_MODES)}, got {mode!r}")
+        if mode != "zeros":
+            check_pads(where, x.shape[2:], padding, mode)
+        return {
+            "stride": stride,
+            "padding": padding,
+            "dilation": dilation,
+            "groups": groups,
+            "flip": flip,
+            "padding_mode": mode,
+        }
 
     def output_shape(self, infos, attrs):
         x, w, _ = infos
@@ -509,6 +556,8 @@ _FUNCTION_DOC = """{d}-D convolution (cross-correlation by default) of ``input``
         groups: split channels and filters into this many independent groups
             (``groups == C`` with ``K == C`` is depthwise).
         flip: ``True`` for true convolution, ``False`` (default) for cross-correlation.
+        padding_mode: ``"zeros"`` (default), ``"reflect"``, ``"replicate"`` or
+            ``"circular"``: what the padding holds (torch.nn's conv modes).
         backend: the backend to run on (default: the active one).
 
     Shape:
@@ -521,7 +570,8 @@ _FUNCTION_DOC = """{d}-D convolution (cross-correlation by default) of ``input``
     Raises:
         ValueError: wrong number of dimensions, channels that do not match the
             weight, groups that do not divide them, a kernel larger than the
-            padded input, stride or dilation < 1, negative padding.
+            padded input, stride or dilation < 1, negative padding, an unknown
+            padding_mode, reflect padding not smaller than the input.
         TypeError: non-integer sizes, non-floating or mismatched dtypes.
 
     Example:
@@ -533,24 +583,64 @@ _FUNCTION_DOC = """{d}-D convolution (cross-correlation by default) of ``input``
     """
 
 
-def _conv(dims: int, input, weight, bias, stride, padding, dilation, groups, flip, backend):
+def _conv(
+    dims: int, input, weight, bias, stride, padding, dilation, groups, flip, backend, padding_mode="zeros"
+):
     attrs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, flip=flip)
+    if padding_mode != "zeros":
+        attrs["padding_mode"] = padding_mode
     return call("conv", input, weight, bias, backend=backend, where=f"conv{dims}d", dims=dims, **attrs)
 
 
 @doc(_FUNCTION_DOC, d=1)
-def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, flip=False, *, backend=None):
-    return _conv(1, input, weight, bias, stride, padding, dilation, groups, flip, backend)
+def conv1d(
+    input,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    flip=False,
+    padding_mode="zeros",
+    *,
+    backend=None,
+):
+    return _conv(1, input, weight, bias, stride, padding, dilation, groups, flip, backend, padding_mode)
 
 
 @doc(_FUNCTION_DOC, d=2)
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, flip=False, *, backend=None):
-    return _conv(2, input, weight, bias, stride, padding, dilation, groups, flip, backend)
+def conv2d(
+    input,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    flip=False,
+    padding_mode="zeros",
+    *,
+    backend=None,
+):
+    return _conv(2, input, weight, bias, stride, padding, dilation, groups, flip, backend, padding_mode)
 
 
 @doc(_FUNCTION_DOC, d=3)
-def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, flip=False, *, backend=None):
-    return _conv(3, input, weight, bias, stride, padding, dilation, groups, flip, backend)
+def conv3d(
+    input,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    flip=False,
+    padding_mode="zeros",
+    *,
+    backend=None,
+):
+    return _conv(3, input, weight, bias, stride, padding, dilation, groups, flip, backend, padding_mode)
 
 
 # -- the layers ------------------------------------------------------------------------------
@@ -571,6 +661,7 @@ _LAYER_DOC = """{d}-D convolution layer (cross-correlation by default): ``y = W 
         dilation: ``D``, spacing of the kernel taps (default 1).
         groups: independent channel groups (``groups == C``: depthwise).
         bias: learn a bias per filter (default ``True``).
+        padding_mode: ``"zeros"`` (default), ``"reflect"``, ``"replicate"`` or ``"circular"``.
         flip: true convolution instead of cross-correlation (default ``False``).
         seed, rng: where the initial weights come from (a seed or a
             ``numpy.random.Generator``; both ``None``: fresh entropy).
@@ -627,6 +718,7 @@ class _ConvNd(Layer):
         dilation: Any = 1,
         groups: int = 1,
         bias: bool = True,
+        padding_mode: str = "zeros",
         flip: bool = False,
         *,
         seed: int | None = None,
@@ -648,6 +740,11 @@ class _ConvNd(Layer):
         self.padding = _padding(padding, self.dims, where)
         self.dilation = as_int_tuple(dilation, self.dims, "dilation", where)
         self.has_bias = as_bool(bias, "bias", where)
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(
+                f"{where}: padding_mode must be one of {', '.join(PADDING_MODES)}, got {padding_mode!r}"
+            )
+        self.padding_mode = padding_mode
         self.flip = as_bool(flip, "flip", where)
         self.init_parameters(seed=seed, rng=rng, backend=backend)
 
@@ -661,7 +758,7 @@ class _ConvNd(Layer):
 
     def function(self, x, weight, bias):
         attrs = (self.stride, self.padding, self.dilation, self.groups, self.flip)
-        return _conv(self.dims, x, weight, bias, *attrs, None)
+        return _conv(self.dims, x, weight, bias, *attrs, None, self.padding_mode)
 
     def config(self):
         return {
@@ -673,6 +770,7 @@ class _ConvNd(Layer):
             "dilation": self.dilation,
             "groups": self.groups,
             "bias": self.has_bias,
+            "padding_mode": self.padding_mode,
             "flip": self.flip,
         }
 
@@ -686,6 +784,8 @@ class _ConvNd(Layer):
             s += f", groups={self.groups}"
         if not self.has_bias:
             s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode}"
         if self.flip:
             s += ", flip=True"
         return s
