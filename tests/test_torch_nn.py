@@ -373,6 +373,27 @@ def test_new_layers_match_torch_nn_module_for_module():
             {},
             (1, 2, 6, 6),
         ),
+        (
+            cnn.Conv2d(2, 4, 3, 1, 2),
+            torch.nn.Conv2d,
+            (2, 4, 3, 1, 2, 1, 1, True, "reflect"),
+            {},
+            (1, 2, 5, 6),
+        ),
+        (
+            cnn.Conv1d(2, 2, 3),
+            torch.nn.Conv1d,
+            (2, 2, 3),
+            dict(padding=1, padding_mode="circular"),
+            (2, 2, 5),
+        ),
+        (
+            cnn.Conv3d(1, 2, 2),
+            torch.nn.Conv3d,
+            (1, 2, 2),
+            dict(padding=1, padding_mode="replicate"),
+            (1, 1, 3, 3, 3),
+        ),
     ]
     for ours, cls, args, kwargs, shape in pairs:
         torch.manual_seed(0)
