@@ -778,7 +778,7 @@ def _pool(op: str, dims: int, input, backend, **attrs):
     return call(op, input, backend=backend, where=f"{op}{dims}d", dims=dims, **attrs)
 
 
-def _max_pool(dims, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend):
+def _max_pool_call(dims, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend):
     attrs = dict(
         kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode
     )
@@ -801,7 +801,9 @@ def max_pool1d(
     *,
     backend=None,
 ):
-    return _max_pool(1, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend)
+    return _max_pool_call(
+        1, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend
+    )
 
 
 @_function_doc("max", 2)
@@ -816,7 +818,9 @@ def max_pool2d(
     *,
     backend=None,
 ):
-    return _max_pool(2, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend)
+    return _max_pool_call(
+        2, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend
+    )
 
 
 @_function_doc("max", 3)
@@ -831,7 +835,9 @@ def max_pool3d(
     *,
     backend=None,
 ):
-    return _max_pool(3, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend)
+    return _max_pool_call(
+        3, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend
+    )
 
 
 @_function_doc("avg", 1)
