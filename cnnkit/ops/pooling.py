@@ -1898,6 +1898,7 @@ class MaxPoolIndicesSpec(MaxPoolSpec):
     index_output = True
 
     def cases(self):
+        rand = Seeds(29500)  # its own seeds: the same inputs however often this is called
         x4 = rand(1, 1, 4, 4)
         return tuple(
             error_cases(
