@@ -1408,6 +1408,9 @@ class _ConvTransposeNd(Layer):
             s += ", bias=False"
         return s
 
+    def window(self):
+        return ()  # an output unit's inputs are not one window of the input: no receptive field
+
 
 @doc(_T_LAYER_DOC, d=1, example="4", out="8")
 class ConvTranspose1d(_ConvTransposeNd):

@@ -1779,6 +1779,9 @@ class _AdaptiveAvgPoolNd(Layer):
     def extra_repr(self):
         return f"output_size={self.output_size}"  # as given, as torch shows it
 
+    def window(self):
+        return ()  # the windows depend on the input's size: no fixed receptive field
+
 
 class _AdaptiveMaxPoolNd(_AdaptiveAvgPoolNd):
     def __init__(self, output_size: Any, return_indices: bool = False) -> None:
@@ -2257,6 +2260,9 @@ class _MaxUnpoolNd(Layer):
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+    def window(self):
+        return ()  # each output unit reads the one input its index names: no fixed window
 
 
 @doc(_UNPOOL_LAYER_DOC, d=1, ones="2", out="4")
