@@ -256,3 +256,36 @@ def test_max_pool_indices_are_torchs(case: Case, backend: str) -> None:
     back = getattr(cnnkit.functional, f"max_unpool{d}d")(out, idx, k, s, p, size, backend=backend)
     native = getattr(F, f"max_unpool{d}d")(want, want_idx, k, s, p, size)
     np.testing.assert_array_equal(be.to_numpy(back), native.numpy())
+
+
+def test_new_layers_save_load_and_train_one_step(tmp_path):
+    """The new layers in a model: saved and loaded by class name, and a backward step on both backends."""
+    from cnnkit import io
+    from cnnkit.layers import (
+        AdaptiveAvgPool2d,
+        Conv2d,
+        ConvTranspose2d,
+        Flatten,
+        Linear,
+        MaxPool2d,
+        Sequential,
+    )
+
+    model = Sequential(
+        Conv2d(1, 2, 3, padding=1, padding_mode="reflect", seed=0),
+        MaxPool2d(2),
+        ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1, seed=1),
+        AdaptiveAvgPool2d((2, 3)),
+        Flatten(),
+        Linear(18, 4, seed=2),
+    )
+    x = np.random.default_rng(0).uniform(-1, 1, size=(2, 1, 6, 6))
+    y = model(x)
+    path = io.save(model, tmp_path / "m.npz")
+    again = io.load(path)
+    np.testing.assert_allclose(again(x), y, rtol=1e-12)
+    for backend in ("numpy", "torch"):
+        m = io.load(path, backend=backend)
+        out = m(x)
+        dx = m.backward(np.ones(tuple(out.shape)))
+        assert tuple(dx.shape) == x.shape
