@@ -125,14 +125,14 @@ def _native_kwargs(case: Case, canonical: dict) -> dict:
 
 #: op -> (native function, how many of its cases to take: every k-th)
 NATIVE: dict[str, tuple[Callable[..., Any], int]] = {
-    "conv": (_native_conv, 6),
+    "conv": (_native_conv, 10),
     "conv_transpose": (_native_conv_transpose, 1),
     "pad_nd": (_native_pad, 1),
     "adaptive_avg_pool": (_native_adaptive_avg_pool, 1),
     "adaptive_max_pool": (_native_adaptive_max_pool, 1),
     "max_unpool": (_native_max_unpool, 1),
-    "max_pool": (_native_max_pool, 8),
-    "avg_pool": (_native_avg_pool, 8),
+    "max_pool": (_native_max_pool, 12),
+    "avg_pool": (_native_avg_pool, 12),
 }
 
 
