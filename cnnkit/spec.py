@@ -331,8 +331,9 @@ def check_window(
     """Validate a window op's geometry, as every pool does; return it in canonical form.
 
     Reads ``kernel_size``, ``stride`` (``None``: the kernel), ``padding``, and
-    ``dilation`` and ``ceil_mode`` where ``attrs`` has them. Padding follows the
-    core's pool rule: every window must hold at least one input unit.
+    ``dilation`` and ``ceil_mode`` where ``attrs`` has them. Padding follows
+    ONNX's pool rule: at most the window's extent ``D·(F-1) + 1`` minus one per
+    side, and every window must hold at least one input unit.
 
     Returns:
         ``{"kernel_size", "stride", "padding", "dilation", "ceil_mode"}``:
@@ -354,10 +355,10 @@ def check_window(
     )
     for axis, (size, f, p, d) in enumerate(zip(x.shape[2:], kernel, padding, dilation)):
         ext = geometry.effective_kernel(f, d)
-        if max(p) > ext // 2:
+        if max(p) > ext - 1:  # ONNX's rule: a window may overhang the input by all but one unit
             raise ValueError(
-                f"{where}: padding must be at most half the window ({ext // 2} for kernel_size "
-                f"{f}, dilation {d}) so that every window holds an input unit, got {p} "
+                f"{where}: padding must be at most the window's extent minus one ({ext - 1} for "
+                f"kernel_size {f}, dilation {d}) so that every window holds an input unit, got {p} "
                 f"on spatial axis {axis}"
             )
         if size + p[0] + p[1] < ext:

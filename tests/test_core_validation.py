@@ -94,7 +94,8 @@ def test_channel_mismatch_with_groups():
         (
             lambda: F.max_pool2d(x4, 2, padding=2),
             ValueError,
-            "max_pool2d: padding must be at most half the window (1 for kernel_size 2, dilation 1)",
+            "max_pool2d: padding must be at most the window's extent minus one "
+            "(1 for kernel_size 2, dilation 1)",
         ),
         (
             lambda: F.max_pool2d(x4, 9),

@@ -432,6 +432,11 @@ def _g(*shape, seed=0):
     return t.requires_grad_(True)
 
 
+def _int_array(v) -> bool:
+    """An integer input given as an array (unpooling's indices): passed as is, never differentiated."""
+    return isinstance(v, np.ndarray) and v.dtype.kind in "iu"
+
+
 def _record_checks() -> dict:
     """Every op's own cases, from its record: a few seeded random ones per op (the same list the
     conformance suite runs), each as ``(fn of the float inputs, their shapes, their values)``."""
@@ -441,9 +446,15 @@ def _record_checks() -> dict:
     checks = {}
     for spec in BUILTIN_SPECS:
         cases = [c for c in spec.cases() if c.raises is None and c.differentiable]
-        random = [c for c in cases if all(v is None or isinstance(v, Random) for v in c.inputs)]
+        random = [
+            c
+            for c in cases
+            if all(v is None or isinstance(v, Random) or _int_array(v) for v in c.inputs)
+            and any(isinstance(v, Random) for v in c.inputs)
+        ]
         for case in random[:: max(1, len(random) // 3)][:3]:
-            values = [None if v is None else v.make("float64") for v in case.inputs]
+            values = [None if v is None or _int_array(v) else v.make("float64") for v in case.inputs]
+            values = [np.asarray(v) if _int_array(v) else x for v, x in zip(case.inputs, values)]
             floats = [
                 i
                 for i, (n, v) in enumerate(zip(spec.inputs, values))
@@ -453,12 +464,16 @@ def _record_checks() -> dict:
             ]
 
             state = [i for i, n in enumerate(spec.inputs) if n in spec.state_inputs]
+            constant = [i for i, n in enumerate(spec.inputs) if n in spec.constant_inputs]
 
-            def fn(*xs, _case=case, _values=values, _floats=floats, _state=state):
+            def fn(*xs, _case=case, _values=values, _floats=floats, _state=state, _constant=constant):
                 args = [None if v is None else torch.from_numpy(v.copy()) for v in _values]
                 for i in _state:  # running statistics live beside the data (updated in place)
                     if args[i] is not None:
                         args[i] = args[i].to(xs[0].device)
+                for i in _constant:  # class weights: the data's device and dtype, as a user passes them
+                    if args[i] is not None:
+                        args[i] = args[i].to(xs[0].device, xs[0].dtype)
                 for i, x in zip(_floats, xs):
                     args[i] = x
                 return cnnkit.call(_case.op, *args, backend="torch", **_case.attrs)
@@ -659,7 +674,10 @@ def test_gradchecks_cover_every_conv_route_and_every_op(monkeypatch):
     from cnnkit.conformance import all_cases
 
     by_id = {c.id: c.op for c in all_cases()}
-    assert {by_id[key] for key in GRADCHECKS if key in by_id} >= set(ops.KERNELS)
+    ops_with_gradients = {
+        op for op in ops.KERNELS if not getattr(cnnkit.get_registry().op(op), "index_output", False)
+    }  # an op whose output is integer indices has nothing to check gradients of
+    assert {by_id[key] for key in GRADCHECKS if key in by_id} >= ops_with_gradients
 
 
 _T = torch.tensor([2, 0, 1])

@@ -32,11 +32,14 @@ def _one_per_op_and_route() -> list[str]:
 
 #: Ops whose Function is still first-order with no forward mode (they came after the toolbox
 #: work): their second derivative raises the one clear error, and torch.func's forward mode is missing.
-FIRST_ORDER = ("batch_norm", "dropout")
+FIRST_ORDER = ("batch_norm", "dropout", "conv_transpose", "adaptive_", "max_unpool", "pad")
 
 
 def _marked(names: list[str]) -> list:
-    reason = "batch_norm and dropout Functions are first-order, with no jvp yet"
+    reason = (
+        "the Functions of the newer ops (batch norm, dropout, transposed conv, adaptive pools, "
+        "unpooling, pad) are first-order, with no jvp yet"
+    )
     return [
         pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=reason))
         if n.startswith(FIRST_ORDER)
@@ -103,7 +106,7 @@ class _OpLog(TorchDispatchMode):
 
 
 @pytest.mark.parametrize(
-    "name", [k for k in GRADCHECKS if k.startswith(("conv", "max_pool", "avg_pool"))][::2]
+    "name", _marked([k for k in GRADCHECKS if k.startswith(("conv", "max_pool", "avg_pool"))][::2])
 )
 def test_double_backward_runs_no_aten_conv_or_pool_backward(name):
     fn, _, inputs = _entry(name)

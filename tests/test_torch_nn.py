@@ -258,7 +258,8 @@ def test_training_with_torch_optim_sgd_matches_native_torch_nn():
         (lambda: cnn.Conv2d(2, 4, 3, padding=-1), "padding"),
         (lambda: cnn.Conv2d(2, 4, 3, padding="full"), "padding"),
         (lambda: cnn.MaxPool2d(0), "kernel_size"),
-        (lambda: cnn.MaxPool2d(2, return_indices=True), "return_indices"),
+        (lambda: cnn.ConvTranspose2d(2, 4, 3, stride=2, output_padding=2), "output_padding"),
+        (lambda: cnn.AdaptiveAvgPool2d(0), "output_size"),
         (lambda: cnn.AvgPool3d((2, 2)), "kernel_size"),
         (lambda: cnn.Linear(0, 3), "in_features"),
         (lambda: cnn.CrossEntropyLoss(reduction="avg"), "reduction"),
@@ -342,3 +343,77 @@ def test_from_cnnkit_gives_the_same_model_and_copy_back():
     np.testing.assert_allclose(model.layers[0].weight.data, net[0].weight.detach().numpy(), rtol=1e-6)
     with pytest.raises(ValueError, match="copy_to_cnnkit"):
         cnn.copy_to_cnnkit(torch.nn.Sequential(cnn.Linear(2, 2)), model)
+
+
+def test_new_layers_match_torch_nn_module_for_module():
+    """ConvTranspose, adaptive pools, return_indices and unpooling: torch.nn's names, state dicts,
+    reprs, initial numbers (same seed) and outputs."""
+    pairs = [
+        (
+            cnn.ConvTranspose1d(2, 4, 3, stride=2, padding=1, output_padding=1),
+            torch.nn.ConvTranspose1d,
+            (2, 4, 3),
+            dict(stride=2, padding=1, output_padding=1),
+            (2, 2, 5),
+        ),
+        (
+            cnn.ConvTranspose2d(4, 6, (3, 2), 2, 1, 1, 2, False, 2),
+            torch.nn.ConvTranspose2d,
+            (4, 6, (3, 2), 2, 1, 1, 2, False, 2),
+            {},
+            (1, 4, 5, 4),
+        ),
+        (cnn.ConvTranspose3d(2, 2, 2), torch.nn.ConvTranspose3d, (2, 2, 2), {}, (1, 2, 3, 3, 3)),
+        (cnn.AdaptiveAvgPool2d((3, None)), torch.nn.AdaptiveAvgPool2d, ((3, None),), {}, (2, 3, 7, 5)),
+        (cnn.AdaptiveMaxPool1d(3), torch.nn.AdaptiveMaxPool1d, (3,), {}, (2, 3, 7)),
+        (
+            cnn.AvgPool2d(3, 2, 1, False, True, 2),
+            torch.nn.AvgPool2d,
+            (3, 2, 1, False, True, 2),
+            {},
+            (1, 2, 6, 6),
+        ),
+        (
+            cnn.Conv2d(2, 4, 3, 1, 2),
+            torch.nn.Conv2d,
+            (2, 4, 3, 1, 2, 1, 1, True, "reflect"),
+            {},
+            (1, 2, 5, 6),
+        ),
+        (
+            cnn.Conv1d(2, 2, 3),
+            torch.nn.Conv1d,
+            (2, 2, 3),
+            dict(padding=1, padding_mode="circular"),
+            (2, 2, 5),
+        ),
+        (
+            cnn.Conv3d(1, 2, 2),
+            torch.nn.Conv3d,
+            (1, 2, 2),
+            dict(padding=1, padding_mode="replicate"),
+            (1, 1, 3, 3, 3),
+        ),
+    ]
+    for ours, cls, args, kwargs, shape in pairs:
+        torch.manual_seed(0)
+        mine = type(ours)(*args, **kwargs)
+        torch.manual_seed(0)
+        theirs = cls(*args, **kwargs)
+        assert repr(mine) == repr(theirs)
+        assert {k: v.shape for k, v in mine.state_dict().items()} == {
+            k: v.shape for k, v in theirs.state_dict().items()
+        }
+        for k, v in theirs.state_dict().items():
+            torch.testing.assert_close(mine.state_dict()[k], v)
+        x = torch.randn(*shape, dtype=torch.float32)
+        torch.testing.assert_close(mine(x), theirs(x))
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    y, idx = cnn.MaxPool2d(2, return_indices=True)(x)
+    y2, idx2 = torch.nn.MaxPool2d(2, return_indices=True)(x)
+    assert torch.equal(idx, idx2) and torch.equal(y, y2)
+    back = cnn.MaxUnpool2d(2)(y, idx)
+    torch.testing.assert_close(back, torch.nn.MaxUnpool2d(2)(y2, idx2))
+    assert repr(cnn.MaxUnpool2d(2)) == repr(torch.nn.MaxUnpool2d(2))
+    back.sum().backward()
+    assert x.grad is not None and float(x.grad.sum()) == 2 * 3 * 9

@@ -580,6 +580,33 @@ def _bn_biased_running_var(k: Kernel) -> Kernel:
             rv[...] = (1 - attrs["momentum"]) * before + attrs["momentum"] * x.var(axis=axes)
         return out, ctx
 
+
+# == the ops of issue 10a =======================================================================
+
+
+def _ct_db_first_sample(d: list, g: Any) -> list:
+    """dE/db summed over the first sample only (the batch axis forgotten)."""
+    if d[2] is not None:
+        g = np.asarray(g)
+        d[2] = g[:1].sum(axis=(0, *range(2, g.ndim))).astype(d[2].dtype)
+    return d
+
+
+def _adaptive_avg_ceil_start(k: Kernel) -> Kernel:
+    """Adaptive windows that start at ceil(i·N/O) instead of floor(i·N/O)."""
+
+    def forward(x: Any, **attrs: Any) -> Any:
+        _, ctx = k.forward(x, **attrs)
+        y = x.astype(np.float64)
+        for a, (n, o) in enumerate(zip(x.shape[2:], attrs["output_size"])):
+            i = np.arange(o)
+            start, end = -((-i * n) // o), -((-(i + 1) * n) // o)
+            first = np.zeros_like(np.take(y, [0], axis=2 + a))
+            c = np.concatenate([first, np.cumsum(y, axis=2 + a)], axis=2 + a)
+            count = np.maximum(end - start, 1).reshape([-1] + [1] * (x.ndim - 3 - a))
+            y = (np.take(c, end, axis=2 + a) - np.take(c, start, axis=2 + a)) / count
+        return y.astype(x.dtype), ctx
+
     return Kernel(forward=forward, backward=k.backward)
 
 
@@ -607,6 +634,70 @@ MUTANTS += (
         _ctx(lambda mask: None),
         "the gradient passed through unmasked (as in evaluation)",
     ),
+)
+
+
+def _adaptive_max_winner_off_by_one(ctx: Any) -> Any:
+    """The saved winner's flat index one unit too far (clipped to the plane)."""
+    shape, dtype, flat = ctx
+    return shape, dtype, np.minimum(flat + 1, math.prod(shape[2:]) - 1)
+
+
+def _unpool_no_plane_offset(k: Kernel) -> Kernel:
+    """Indices read over the whole sample (C·plane), not per (n, c) plane: every channel lands in 0."""
+
+    def forward(x: Any, indices: Any, **attrs: Any) -> Any:
+        out, ctx = k.forward(x, indices, **attrs)
+        n = x.shape[0]
+        flat = np.zeros((n, out[0].size), dtype=x.dtype)
+        np.put_along_axis(flat, indices.reshape(n, -1).astype(np.int64), x.reshape(n, -1), axis=1)
+        return flat.reshape(out.shape), ctx
+
+    return Kernel(forward=forward, backward=k.backward)
+
+
+MUTANTS = (
+    *MUTANTS,
+    _m(
+        "conv_transpose-bias-dropped",
+        "conv_transpose",
+        "value",
+        "forward",
+        _out(lambda o, i, a: o if i[2] is None else o - i[2].reshape(-1, *([1] * (o.ndim - 2)))),
+        "the bias is never added",
+    ),
+    _m(
+        "conv_transpose-db-first-sample",
+        "conv_transpose",
+        "gradient",
+        "backward",
+        _grads(_ct_db_first_sample),
+    ),
+    _m(
+        "pad_nd-reflect-as-replicate",
+        "pad_nd",
+        "value",
+        "forward",
+        _attrs(lambda a: {**a, "mode": "replicate" if a["mode"] == "reflect" else a["mode"]}),
+        "reflect padding repeats the edge unit",
+    ),
+    _m(
+        "pad_nd-grad-cropped-only",
+        "pad_nd",
+        "gradient",
+        "backward",
+        _ctx(lambda c: (c[0], c[1], c[2], "constant")),
+        "the backward crops δ and drops what the copies received",
+    ),
+    _m("adaptive_avg_pool-ceil-start", "adaptive_avg_pool", "value", "forward", _adaptive_avg_ceil_start),
+    _m(
+        "adaptive_max_pool-winner-off-by-one",
+        "adaptive_max_pool",
+        "gradient",
+        "backward",
+        _ctx(_adaptive_max_winner_off_by_one),
+    ),
+    _m("max_unpool-no-plane-offset", "max_unpool", "value", "forward", _unpool_no_plane_offset),
 )
 
 

@@ -211,8 +211,32 @@ def _on_grid(geo: dict) -> tuple:
     return (Ellipsis, *(slice(0, o) for o in geo["out"]))
 
 
+def _mode_padded(x, padding, padding_mode):
+    """``x`` padded in ``padding_mode`` by the pad op's kernel (``None``: zeros, left to conv)."""
+    if padding_mode == "zeros" or not any(lo or hi for lo, hi in padding):
+        return None
+    pads = ((0, 0), (0, 0), *padding)
+    return pad_nd_forward(x, pads=pads, mode=padding_mode, value=0.0)
+
+
 @_quiet
-def conv_forward(x, weight, bias=None, *, stride, padding, dilation, groups, flip):
+def conv_forward(x, weight, bias=None, *, stride, padding, dilation, groups, flip, padding_mode="zeros"):
+    """The convolution below, its input first padded in ``padding_mode`` (``"zeros"``: by the conv)."""
+    padded = _mode_padded(x, padding, padding_mode)
+    if padded is None:
+        return _conv_forward(
+            x, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups, flip=flip
+        )
+    x_pad, pad_ctx = padded
+    none = tuple((0, 0) for _ in padding)
+    a, ctx = _conv_forward(
+        x_pad, weight, bias, stride=stride, padding=none, dilation=dilation, groups=groups, flip=flip
+    )
+    return a, ("padded", ctx, pad_ctx)
+
+
+@_quiet
+def _conv_forward(x, weight, bias=None, *, stride, padding, dilation, groups, flip):
     """``a[n, k, i] = b[k] + Σ_c Σ_m W[k, c, m] · x_pad[n, g·C/G + c, S·i + D·m]`` (``flip``: rot180(W)).
 
     Shapes: x ``(N, C, *spatial)``, W ``(K, C/G, *F)``, b ``(K,)`` -> a ``(N, K, *O)``.
@@ -252,6 +276,17 @@ def conv_forward(x, weight, bias=None, *, stride, padding, dilation, groups, fli
 
 @_quiet
 def conv_backward(ctx, grad_output):
+    # dE/dW = y ⋆ δ;  δ_prev = (δ dilated by S, padded) ⋆_full rot180(W);  dE/db = Σ_ij δ
+    # (padding_mode: δ_prev = pad_nd's backward of the padded input's gradient)
+    if isinstance(ctx[0], str):  # ("padded", conv's ctx, pad_nd's ctx)
+        _, conv_ctx, pad_ctx = ctx
+        dx_pad, dW, db = _conv_backward(conv_ctx, grad_output)
+        return pad_nd_backward(pad_ctx, dx_pad)[0], dW, db
+    return _conv_backward(ctx, grad_output)
+
+
+@_quiet
+def _conv_backward(ctx, grad_output):
     # dE/dW = y ⋆ δ;  δ_prev = (δ dilated by S, padded) ⋆_full rot180(W);  dE/db = Σ_ij δ
     # (index form: dW[k,c,m] = Σ_n Σ_i δ[n,k,i]·y_pad[n,c,S·i+D·m]; δ_prev scattered per offset m)
     x, W, W_mat, flip, has_bias, geo, cols = ctx
@@ -431,8 +466,10 @@ def _avg_divisor(geo: dict, count_include_pad: bool, dtype) -> np.ndarray:
 
 
 @_quiet
-def avg_pool_forward(x, *, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad):
-    """``out[n, c, i] = Σ_m x_pad[n, c, S·i + D·m] / |window_i|`` (zero padding)."""
+def avg_pool_forward(
+    x, *, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad, divisor_override=None
+):
+    """``out[n, c, i] = Σ_m x_pad[n, c, S·i + D·m] / |window_i|`` (zero padding; or ``/ divisor``)."""
     geo = _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode)
     x_pad = _pad(x, geo["reads"])
     total = None
@@ -441,7 +478,10 @@ def avg_pool_forward(x, *, kernel_size, stride, padding, dilation, ceil_mode, co
             total = x_pad[sl].copy()
         else:
             total += x_pad[sl]
-    div = _avg_divisor(geo, count_include_pad, x.dtype)
+    if divisor_override is None:
+        div = _avg_divisor(geo, count_include_pad, x.dtype)
+    else:
+        div = np.full((1, 1, *geo["out"]), divisor_override, dtype=x.dtype)
     total /= div
     return total, (geo, div)
 
@@ -650,12 +690,285 @@ def cross_entropy_backward(ctx, grad_output):
     return dz.astype(log_p.dtype, copy=False), dt, None
 
 
+# == conv_transpose (issue 10a) ==========================================================
+
+
+def _t_geometry(y_shape, weight, stride, padding, output_padding, dilation, groups) -> tuple[dict, tuple]:
+    """The geometry of the conv whose input gradient the transposed conv is: its input is the
+    transposed conv's output ``(N, C_out, *O)``, its filters the ``C_in`` input channels."""
+    c_in, kg, *kernel = weight.shape
+    out = tuple(
+        (n - 1) * S - b - a + D * (F - 1) + op + 1
+        for n, S, (b, a), D, F, op in zip(y_shape[2:], stride, padding, dilation, kernel, output_padding)
+    )
+    x_shape = (y_shape[0], kg * groups, *out)
+    geo = _conv_geometry(x_shape, c_in, tuple(kernel), stride, padding, dilation, groups)
+    geo["ones"] = 0
+    return geo, x_shape
+
+
+def _on_conv_grid(y: np.ndarray, geo: dict) -> np.ndarray:
+    """``y`` (nb, C_in, *spatial) laid out on the conv's output grid, zeros where it has no unit."""
+    if tuple(y.shape[2:]) == tuple(geo["grid"]):
+        return y
+    y_grid = np.zeros((*y.shape[:2], *geo["grid"]), dtype=y.dtype)
+    y_grid[(Ellipsis, *(slice(0, n) for n in y.shape[2:]))] = y
+    return y_grid
+
+
+@_quiet
+def conv_transpose_forward(y, weight, bias=None, *, stride, padding, output_padding, dilation, groups):
+    """``a[n, g·K/G + k, S·i + D·m - P_b] += Σ_c y[n, g·C/G + c, i] · W[g·C/G + c, k, m]`` (``+ b``).
+
+    The conv's input gradient at ``δ = y``: ``Wᵀ @ y`` per group gives the columns
+    ``(nb, G, C_out/G·ΠF, Π grid)`` and :func:`_col2im` scatters them, one strided add per
+    kernel offset, exactly as conv's backward builds ``δ_prev``.
+    Shapes: y ``(N, C_in, *spatial)``, W ``(C_in, C_out/G, *F)`` -> a ``(N, C_out, *O)``.
+    """
+    geo, a_shape = _t_geometry(y.shape, weight, stride, padding, output_padding, dilation, groups)
+    n, c_in = y.shape[:2]
+    W_t = np.ascontiguousarray(weight.reshape(groups, c_in // groups, -1).transpose(0, 2, 1))
+    a = np.empty(a_shape, dtype=y.dtype)  # (G, C_out/G·ΠF, C_in/G) above
+    p = math.prod(geo["grid"])
+    col_bytes = a_shape[1] * math.prod(weight.shape[2:]) * p * y.itemsize
+    for n0, n1 in _chunks(n, col_bytes):
+        nb = n1 - n0
+        y_c = _on_conv_grid(y[n0:n1], geo).reshape(nb, groups, c_in // groups, p)
+        dcol = np.matmul(W_t, y_c)  # (nb, G, C_out/G·ΠF, Π grid)
+        _col2im(dcol, a[n0:n1], geo)
+    if bias is not None:
+        a += bias.astype(y.dtype).reshape(-1, *([1] * (y.ndim - 2)))
+    return a, (y, weight, bias is not None, geo)
+
+
+@_quiet
+def conv_transpose_backward(ctx, grad_output):
+    # δ_prev = conv(δ, W) (cropped to y);  dE/dW[c,k,m] = Σ_n Σ_i y[n,c,i]·δ_pad[n,k,S·i+D·m];  dE/db = Σ δ
+    y, W, has_bias, geo = ctx
+    delta = np.ascontiguousarray(_as(grad_output, y.dtype))
+    n, c_in = y.shape[:2]
+    groups = geo["groups"]
+    p = math.prod(geo["grid"])
+    W_mat = np.ascontiguousarray(W.reshape(groups, c_in // groups, -1))  # (G, C_in/G, C_out/G·ΠF)
+    dW = np.zeros(W_mat.shape, dtype=y.dtype)
+    dy = np.empty_like(y)
+    crop = (Ellipsis, *(slice(0, s) for s in y.shape[2:]))
+    col_bytes = delta.shape[1] * math.prod(W.shape[2:]) * p * y.itemsize
+    for n0, n1 in _chunks(n, col_bytes):
+        nb = n1 - n0
+        col = _im2col(delta[n0:n1], geo)  # (nb, G, C_out/G·ΠF, Π grid): the windows of δ
+        y_c = _on_conv_grid(y[n0:n1], geo).reshape(nb, groups, c_in // groups, p)
+        dW += np.matmul(y_c, col.transpose(0, 1, 3, 2)).sum(axis=0)  # the conv's y ⋆ δ with roles swapped
+        conv = np.matmul(W_mat, col).reshape(nb, c_in, *geo["grid"])  # conv(δ, W) on the grid
+        dy[n0:n1] = conv[crop]
+    db = delta.sum(axis=(0, *range(2, delta.ndim))) if has_bias else None
+    return dy, dW.reshape(W.shape), db
+
+
+# == pad_nd (issue 10a) ====================================================================
+
+
+def _pad_source(n: int, lo: int, hi: int, mode: str) -> np.ndarray:
+    """``src(t)`` for ``t = -lo .. n + hi - 1``: the input unit each padded unit copies."""
+    t = np.arange(-lo, n + hi)
+    if mode == "replicate":
+        return np.clip(t, 0, n - 1)
+    if mode == "circular":
+        return t % n
+    period = max(1, 2 * (n - 1))  # reflect: the edge unit is not repeated
+    m = t % period
+    return np.where(m < n, m, period - m)
+
+
+def pad_nd_forward(x, *, pads, mode, value):
+    """``out[j] = x[src(j - b)]`` along each padded axis (``constant``: ``value`` outside)."""
+    if mode == "constant":
+        out = np.full(tuple(n + lo + hi for n, (lo, hi) in zip(x.shape, pads)), value, dtype=x.dtype)
+        out[tuple(slice(lo, lo + n) for n, (lo, _) in zip(x.shape, pads))] = x
+    else:
+        out = x
+        for axis, (lo, hi) in enumerate(pads):
+            if lo or hi:
+                out = np.take(out, _pad_source(x.shape[axis], lo, hi, mode), axis=axis)
+        out = np.array(out, copy=out is x)  # a new array, never a view of x
+    return out, (x.shape, x.dtype, pads, mode)
+
+
+def pad_nd_backward(ctx, grad_output):
+    # δ_prev[s] = Σ_{j : src(j - b) = s} δ[j] along each padded axis (constant: δ cropped)
+    shape, dtype, pads, mode = ctx
+    g = _as(grad_output, dtype)
+    if mode == "constant":
+        return (g[tuple(slice(lo, lo + n) for n, (lo, _) in zip(shape, pads))].copy(),)  # never a view of δ
+    for axis in reversed(range(len(pads))):
+        lo, hi = pads[axis]
+        if not (lo or hi):
+            continue
+        n = shape[axis]
+        moved = np.moveaxis(g, axis, 0)  # (n + lo + hi, ...)
+        acc = moved[lo : lo + n].copy()  # every unit's own copy
+        src = _pad_source(n, lo, hi, mode)
+        for j in (*range(lo), *range(lo + n, lo + n + hi)):  # one add per padded unit
+            acc[src[j]] += moved[j]
+        g = np.moveaxis(acc, 0, axis)
+    return (np.array(g, order="C"),)  # a copy: never a view of δ
+
+
+# == adaptive pooling (issue 10a) =========================================================
+
+
+def _adaptive_axis(n: int, o: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per axis: each window's first unit ``s_i = floor(i·N/O)``, its length ``e_i - s_i``
+    (``e_i = ceil((i+1)·N/O)``) and the gather index ``(O, L_max)``, clipped into the input."""
+    i = np.arange(o)
+    start = (i * n) // o
+    length = -((-(i + 1) * n) // o) - start
+    index = np.minimum(start[:, None] + np.arange(length.max())[None, :], n - 1)
+    return start, length, index
+
+
+def _adaptive_gather(x: np.ndarray, output_size) -> tuple[np.ndarray, np.ndarray, list]:
+    """Every window, padded to ``L_max`` per axis: ``(N, C, *O, ΠL_max)`` and its validity mask."""
+    d = len(output_size)
+    axes = [_adaptive_axis(n, o) for n, o in zip(x.shape[2:], output_size)]
+    index, valid = [], None
+    for a, (_, length, idx) in enumerate(axes):
+        shape = [1] * (2 * d)
+        shape[a], shape[d + a] = idx.shape
+        index.append(idx.reshape(shape))
+        ok = (np.arange(idx.shape[1])[None, :] < length[:, None]).reshape(shape)
+        valid = ok if valid is None else valid & ok
+    win = x[(slice(None), slice(None), *index)]  # (N, C, *O, *L)
+    flat = (*win.shape[: 2 + d], -1)
+    return win.reshape(flat), np.broadcast_to(valid, win.shape[2:]).reshape(flat[2:]), axes
+
+
+def _adaptive_matrix(n: int, o: int, dtype) -> np.ndarray:
+    """``A[i, u] = 1/|window_i|`` for ``u`` in window ``i``: the average along one axis is ``A @ x``."""
+    start, length, _ = _adaptive_axis(n, o)
+    u = np.arange(n)[None, :]
+    inside = (u >= start[:, None]) & (u < (start + length)[:, None])
+    return (inside / length[:, None]).astype(dtype)
+
+
+@_quiet
+def adaptive_avg_pool_forward(x, *, output_size):
+    """``a[n, c, i] = Σ_{u ∈ window_i} y[n, c, u] / |window_i|``, window ``[⌊iN/O⌋, ⌈(i+1)N/O⌉)``."""
+    win, valid, _ = _adaptive_gather(x, output_size)
+    total = np.where(valid, win, 0).sum(axis=-1)  # masked: a NaN outside a window stays outside
+    count = valid.sum(axis=-1)
+    return (total / count).astype(x.dtype, copy=False), (x.shape, x.dtype, output_size)
+
+
+@_quiet
+def adaptive_avg_pool_backward(ctx, grad_output):
+    # δ_prev[u] = Σ_{windows i ∋ u} δ[i] / |window_i|: per axis, δ times the averaging matrix A
+    shape, dtype, output_size = ctx
+    g = _as(grad_output, dtype)
+    for a, (n, o) in enumerate(zip(shape[2:], output_size)):
+        A = _adaptive_matrix(n, o, dtype)  # (O, N)
+        g = np.moveaxis(np.moveaxis(g, 2 + a, -1) @ A, -1, 2 + a)
+    return (np.ascontiguousarray(g),)
+
+
+def _adaptive_winners(x, output_size) -> tuple[np.ndarray, np.ndarray]:
+    """The maximum of each window and its flat index in the ``(n, c)`` plane (first maximum, NaN wins)."""
+    win, valid, axes = _adaptive_gather(x, output_size)
+    win = np.where(valid, win, -np.inf)
+    best = win.argmax(axis=-1)  # the first maximum (or the first NaN) in row-major window order
+    value = np.take_along_axis(win, best[..., None], -1)[..., 0]
+    lmax = tuple(idx.shape[1] for _, _, idx in axes)
+    taps = np.unravel_index(best, lmax)
+    flat = np.zeros(best.shape, dtype=np.int64)
+    d = len(output_size)
+    for a, ((start, _, _), m, n) in enumerate(zip(axes, taps, x.shape[2:])):
+        s = start.reshape([-1 if b == a else 1 for b in range(d)])
+        flat = flat * n + (s + m)
+    return value, flat
+
+
+@_quiet
+def adaptive_max_pool_forward(x, *, output_size):
+    """``a[n, c, i] = max_{u ∈ window_i} y[n, c, u]``; saves the flat index of the first maximum."""
+    value, flat = _adaptive_winners(x, output_size)
+    return value.astype(x.dtype, copy=False), (x.shape, x.dtype, flat)
+
+
+@_quiet
+def adaptive_max_pool_backward(ctx, grad_output):
+    # δ_prev[u*] += δ[i] for the first maximum u* of window i; every other unit gets 0
+    shape, dtype, flat = ctx
+    nc, plane = math.prod(shape[:2]), math.prod(shape[2:])
+    offset = (np.arange(nc) * plane).reshape(*shape[:2], *([1] * (len(shape) - 2)))
+    g = _as(grad_output, dtype)
+    dx = np.bincount((flat + offset).ravel(), weights=g.ravel(), minlength=nc * plane)
+    return (dx.astype(dtype, copy=False).reshape(shape),)
+
+
+def adaptive_max_pool_indices_forward(x, *, output_size):
+    """The flat index, in its ``(n, c)`` plane, of each window's first maximum (int64)."""
+    _, flat = _adaptive_winners(x, output_size)
+    return flat, None
+
+
+def adaptive_max_pool_indices_backward(ctx, grad_output):
+    # integer indices: nothing to differentiate
+    return (None,)
+
+
+# == max_pool's indices, max_unpool (issue 10a) ============================================
+
+
+def max_pool_indices_forward(x, *, kernel_size, stride, padding, dilation, ceil_mode):
+    """The flat index, in its ``(n, c)`` input plane, of each window's first maximum (int64)."""
+    _, (geo, winner) = max_pool_forward(
+        x, kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode
+    )
+    taps = np.unravel_index(winner.astype(np.int64), geo["kernel"])  # m* per axis
+    flat = np.zeros(winner.shape, dtype=np.int64)
+    d = len(geo["kernel"])
+    for axis, (m, S, D, (lo, _), n) in enumerate(
+        zip(taps, geo["stride"], geo["dilation"], geo["reads"], x.shape[2:])
+    ):
+        i = np.arange(geo["out"][axis]).reshape([-1 if a == axis else 1 for a in range(d)])
+        flat = flat * n + (S * i + D * m - lo)  # u* = S·i + D·m* - P_before
+    return flat, None
+
+
+def max_pool_indices_backward(ctx, grad_output):
+    # integer indices: nothing to differentiate
+    return (None,)
+
+
+def max_unpool_forward(x, indices, *, output_size):
+    """``out[n, c].flat[indices[n, c, i]] = x[n, c, i]``, zeros elsewhere."""
+    n, c = x.shape[:2]
+    out = np.zeros((n, c, math.prod(output_size)), dtype=x.dtype)
+    idx = indices.reshape(n, c, -1).astype(np.int64, copy=False)
+    np.put_along_axis(out, idx, x.reshape(n, c, -1), axis=2)
+    return out.reshape(n, c, *output_size), (idx, x.shape, x.dtype)
+
+
+def max_unpool_backward(ctx, grad_output):
+    # δ_prev[n, c, i] = δ[n, c].flat[indices[n, c, i]]
+    idx, shape, dtype = ctx
+    g = _as(grad_output, dtype).reshape(*shape[:2], -1)
+    return np.take_along_axis(g, idx, axis=2).reshape(shape), None
+
+
 #: ``{op: (forward, backward)}`` for every core op, registered by :mod:`cnnkit_numpy.plugin`.
 KERNELS: dict[str, tuple[Any, Any]] = {
     "conv": (conv_forward, conv_backward),
+    "conv_transpose": (conv_transpose_forward, conv_transpose_backward),
     "max_pool": (max_pool_forward, max_pool_backward),
     "avg_pool": (avg_pool_forward, avg_pool_backward),
     "lp_pool": (lp_pool_forward, lp_pool_backward),
+    "adaptive_avg_pool": (adaptive_avg_pool_forward, adaptive_avg_pool_backward),
+    "adaptive_max_pool": (adaptive_max_pool_forward, adaptive_max_pool_backward),
+    "adaptive_max_pool_indices": (adaptive_max_pool_indices_forward, adaptive_max_pool_indices_backward),
+    "max_pool_indices": (max_pool_indices_forward, max_pool_indices_backward),
+    "max_unpool": (max_unpool_forward, max_unpool_backward),
+    "pad_nd": (pad_nd_forward, pad_nd_backward),
     "relu": (relu_forward, relu_backward),
     "leaky_relu": (leaky_relu_forward, leaky_relu_backward),
     "sigmoid": (sigmoid_forward, sigmoid_backward),

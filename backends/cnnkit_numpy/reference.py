@@ -35,11 +35,16 @@ def _tap(i, m, stride, dilation):
     return tuple(s * ii + d * mm for ii, mm, s, d in zip(i, m, stride, dilation))
 
 
-def conv(x, w, b=None, *, stride, padding, dilation, groups=1, flip=False):
+def conv(x, w, b=None, *, stride, padding, dilation, groups=1, flip=False, padding_mode="zeros"):
     """``a[n, k, i] = b[k] + Σ_c Σ_m W[k, c, m] · x_pad[n, g·C/G + c, S·i + D·m]``, g = k's group.
 
-    ``flip=True`` first rotates W by 180°: the lecture's true convolution.
+    ``flip=True`` first rotates W by 180°: the lecture's true convolution. ``padding_mode``
+    other than ``"zeros"`` pads by NumPy's ``reflect``, ``edge`` or ``wrap`` first.
     """
+    if padding_mode != "zeros":
+        mode = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}[padding_mode]
+        x = np.pad(x, ((0, 0), (0, 0), *padding), mode=mode)
+        padding = tuple((0, 0) for _ in padding)
     if flip:
         w = w[(slice(None), slice(None), *(slice(None, None, -1),) * (w.ndim - 2))]
     N = x.shape[0]
@@ -167,12 +172,22 @@ def max_pool_backward(x, delta, winner, *, kernel_size, stride, padding, dilatio
     return dx_pad[(slice(None), slice(None), *inner)]
 
 
-def avg_pool(x, *, kernel_size, stride, padding, dilation, ceil_mode=False, count_include_pad=True):
+def avg_pool(
+    x,
+    *,
+    kernel_size,
+    stride,
+    padding,
+    dilation,
+    ceil_mode=False,
+    count_include_pad=True,
+    divisor_override=None,
+):
     """``out[n, c, i] = Σ_m x_pad[n, c, S·i + D·m] / |window|``.
 
     ``|window|`` counts the taps inside the declared padded input
     (``count_include_pad=True``; taps in ceil_mode's extra region do not count)
-    or only the taps on real input units (``False``).
+    or only the taps on real input units (``False``); ``divisor_override`` replaces it.
     """
     N, C = x.shape[:2]
     reads, O = _pool_setup(x, kernel_size, stride, padding, dilation, ceil_mode)
@@ -188,7 +203,7 @@ def avg_pool(x, *, kernel_size, stride, padding, dilation, ceil_mode=False, coun
                     real = all(b <= q < b + size for q, size, (b, _) in zip(p, x.shape[2:], padding))
                     declared = all(q < size + b + a for q, size, (b, a) in zip(p, x.shape[2:], padding))
                     count += real or (count_include_pad and declared)
-                out[(n, c, *i)] = total / count
+                out[(n, c, *i)] = total / (count if divisor_override is None else divisor_override)
     return out
 
 

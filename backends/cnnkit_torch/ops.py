@@ -83,11 +83,14 @@ from cnnkit_torch.sizes import COLUMNS_CHUNK_BYTES
 
 __all__ = [
     "KERNELS",
+    "AdaptiveAvgPool",
+    "AdaptiveMaxPool",
     "AvgPool",
     "AvgPoolGrad",
     "BatchNorm",
     "Conv",
     "ConvGrad",
+    "ConvTranspose",
     "CrossEntropy",
     "Dropout",
     "Flatten",
@@ -97,6 +100,8 @@ __all__ = [
     "MaxPool",
     "MaxPoolGather",
     "MaxPoolGrad",
+    "MaxUnpool",
+    "PadNd",
     "ReLU",
     "Sigmoid",
     "Tanh",
@@ -954,14 +959,19 @@ class MaxPoolGather(CnnkitFunction):
         return _max_pool_gather(dg, idx, ctx.pads)
 
 
-def _avg_pool_forward(x, kernel, stride, padding, dilation, ceil_mode, count_include_pad):
+def _avg_pool_forward(x, kernel, stride, padding, dilation, ceil_mode, count_include_pad, divisor=None):
     d = x.dim() - 2
     if _is_empty(x):
         return _pool_empty(x, kernel, stride, padding, dilation, ceil_mode)
-    if _torch_pool_fits(x, kernel, padding, dilation) and _avg_pool_runs(x):
-        return _AVG_POOL[d](x, kernel, stride, [lo for lo, _ in padding], ceil_mode, count_include_pad)
+    if _torch_pool_fits(x, kernel, padding, dilation) and _avg_pool_runs(x) and (divisor is None or d > 1):
+        pads = [lo for lo, _ in padding]
+        if divisor is None:
+            return _AVG_POOL[d](x, kernel, stride, pads, ceil_mode, count_include_pad)
+        return _AVG_POOL[d](x, kernel, stride, pads, ceil_mode, count_include_pad, divisor)
     pads = _read_padding(x, kernel, stride, padding, dilation, ceil_mode)
     s = _window_sum(_pad(x, pads), kernel, stride, dilation)
+    if divisor is not None:
+        return s / divisor
     count = _window_count(x.shape[2:], s.shape[2:], kernel, stride, padding, dilation, count_include_pad, s)
     return s / count
 
@@ -1387,14 +1397,366 @@ class CrossEntropy(CnnkitFunction):
         return e, None, None, None
 
 
+# == conv_transpose (issue 10a) ==============================================================
+
+
+def _conv_transpose_forward(y, w, b, stride, padding, output_padding, dilation, groups):
+    """torch's conv_transpose with the symmetric part of the padding, the rest cropped."""
+    sym, rest = _split_padding(padding)
+    a = _CONV_T[y.dim() - 2](y, w, b, stride, sym, output_padding, groups, dilation)
+    if not any(lo or hi for lo, hi in rest):
+        return a
+    size = [n - lo - hi for n, (lo, hi) in zip(a.shape[2:], rest)]
+    return _crop(a, rest, size)
+
+
+class ConvTranspose(Function):
+    """``a = conv_transpose(y, W) + b``: the conv's input gradient at ``δ = y``, in 1, 2 or 3 dimensions."""
+
+    @staticmethod
+    def forward(y, w, b, stride, padding, output_padding, dilation, groups):
+        return _conv_transpose_forward(y, w, b, stride, padding, output_padding, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        y, w, _b, stride, padding, _output_padding, dilation, groups = inputs
+        ctx.save_for_backward(y, w)
+        ctx.attrs = (stride, padding, dilation, groups)
+
+    @staticmethod
+    @_first_order_only
+    def backward(ctx, dy):
+        # δ_prev = conv(δ, W) (cropped to y);  dE/dW = δ ⋆ y (conv's dE/dW, roles swapped);  dE/db = Σ δ
+        y, w = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.attrs
+        need_y, need_w, need_b = ctx.needs_input_grad[:3]
+        spatial = _spatial(w)
+        dx = dw = db = None
+        if need_y or need_w:
+            size = y.shape[2:]
+            if need_y:
+                conv = _conv_forward(dy, w, None, stride, padding, dilation, groups, False)
+                dx = conv[(slice(None), slice(None), *(slice(0, n) for n in size))]
+            if need_w:
+                # y on the conv's output grid: zeros where output_padding >= stride added outputs
+                out = [
+                    conv_output_size(n, f, s, p, dl)
+                    for n, f, s, p, dl in zip(dy.shape[2:], w.shape[2:], stride, padding, dilation)
+                ]
+                y_grid = _pad(y, [(0, o - n) for o, n in zip(out, size)])
+                dw = _conv_weight_grad(dy, y_grid, w.shape[2:], stride, padding, dilation, groups)
+                if dw.stride() != w.stride() and _dense(w):
+                    dw = torch.empty_strided(w.shape, w.stride(), dtype=dw.dtype, device=dw.device).copy_(dw)
+        if need_b:
+            db = dy.sum((0, *spatial))
+        return dx, dw, db, None, None, None, None, None
+
+
+# == pad_nd (issue 10a) ======================================================================
+
+
+def _pad_nd(x: torch.Tensor, pads: Pads, mode: str, value: float) -> torch.Tensor:
+    """F.pad with one ``(before, after)`` per axis; reflect/replicate/circular on the padded
+    trailing axes of ``x`` seen as ``(B, *axes)``, the form torch pads for any batch."""
+    if mode == "constant":
+        return F.pad(x, _pad_arg(pads), value=value)
+    padded = [a for a, (lo, hi) in enumerate(pads) if lo or hi]
+    if not padded:
+        return x.clone()
+    first = padded[0]
+    y = F.pad(x.reshape(-1, *x.shape[first:]), _pad_arg(pads[first:]), mode=mode)
+    return y.view(*x.shape[:first], *y.shape[1:])
+
+
+def _pad_source(n: int, lo: int, hi: int, mode: str, device: Any) -> torch.Tensor:
+    """``src(t)`` for ``t = -lo .. n + hi - 1``: the input unit each padded unit copies."""
+    t = torch.arange(-lo, n + hi, device=device)
+    if mode == "replicate":
+        return t.clamp(0, n - 1)
+    if mode == "circular":
+        return t % n
+    period = max(1, 2 * (n - 1))
+    m = t % period
+    return torch.where(m < n, m, period - m)
+
+
+class PadNd(Function):
+    """``out[j] = y[src(j - b)]`` along each padded axis (``constant``: ``value`` outside)."""
+
+    @staticmethod
+    def forward(x, pads, mode, value):
+        return _pad_nd(x, pads, mode, value)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, pads, mode, _value = inputs
+        ctx.x_shape = x.shape
+        ctx.attrs = (pads, mode)
+
+    @staticmethod
+    @_first_order_only
+    def backward(ctx, dy):
+        # δ_prev[s] = Σ_{j : src(j - b) = s} δ[j] along each padded axis (constant: δ cropped)
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        pads, mode = ctx.attrs
+        return _pad_nd_backward(dy, ctx.x_shape, pads, mode), None, None, None
+
+
+def _pad_nd_backward(dy: torch.Tensor, shape: Sequence[int], pads: Pads, mode: str) -> torch.Tensor:
+    """``δ_prev[s] = Σ_{j : src(j - b) = s} δ[j]`` along each padded axis (constant: δ cropped)."""
+    g = dy
+    if mode == "constant":
+        index = tuple(slice(lo, lo + n) for n, (lo, _) in zip(shape, pads))
+        return g[index].clone(memory_format=torch.contiguous_format)
+    for axis in reversed(range(len(pads))):
+        lo, hi = pads[axis]
+        if not (lo or hi):
+            continue
+        n = shape[axis]
+        acc = g.narrow(axis, lo, n).clone()  # every unit's own copy
+        src = _pad_source(n, lo, hi, mode, g.device)
+        if lo:
+            acc.index_add_(axis, src[:lo], g.narrow(axis, 0, lo))
+        if hi:
+            acc.index_add_(axis, src[lo + n :], g.narrow(axis, lo + n, hi))
+        g = acc
+    return g.clone(memory_format=torch.contiguous_format)
+
+
+# == adaptive pooling (issue 10a) ============================================================
+
+_ADAPTIVE_AVG = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
+_ADAPTIVE_MAX = {1: F.adaptive_max_pool1d, 2: F.adaptive_max_pool2d, 3: F.adaptive_max_pool3d}
+
+
+def _adaptive_matrix(n: int, o: int, like: torch.Tensor) -> torch.Tensor:
+    """``A[i, u] = 1/|window_i|`` for ``u`` in ``[floor(i·N/O), ceil((i+1)·N/O))``, on ``like``'s device."""
+    i = torch.arange(o, device=like.device)
+    start = (i * n) // o
+    end = -((-(i + 1) * n) // o)
+    u = torch.arange(n, device=like.device)
+    inside = (u[None, :] >= start[:, None]) & (u[None, :] < end[:, None])
+    return inside.to(like.dtype) / (end - start).to(like.dtype)[:, None]
+
+
+class AdaptiveAvgPool(Function):
+    """``a[i] = Σ_{u ∈ window_i} y[u] / |window_i|``, PyTorch's adaptive windows."""
+
+    @staticmethod
+    def forward(x, output_size):
+        return _ADAPTIVE_AVG[x.dim() - 2](x, output_size)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.x_shape = inputs[0].shape
+        ctx.output_size = inputs[1]
+
+    @staticmethod
+    @_first_order_only
+    def backward(ctx, dy):
+        # δ_prev[u] = Σ_{windows i ∋ u} δ[i] / |window_i|: per axis, δ times the averaging matrix A
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        g = dy
+        for a, (n, o) in enumerate(zip(ctx.x_shape[2:], ctx.output_size)):
+            g = (g.movedim(2 + a, -1) @ _adaptive_matrix(n, o, dy)).movedim(-1, 2 + a)
+        return g.contiguous(), None
+
+
+class AdaptiveMaxPool(Function):
+    """``a[i] = max_{u ∈ window_i} y[u]``; returns ``(a, winner)``, the winner's flat index."""
+
+    @staticmethod
+    def forward(x, output_size):
+        return _ADAPTIVE_MAX[x.dim() - 2](x, output_size, return_indices=True)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _y, idx = output
+        ctx.mark_non_differentiable(idx)
+        ctx.save_for_backward(idx)
+        ctx.x_shape = inputs[0].shape
+
+    @staticmethod
+    @_first_order_only
+    def backward(ctx, dy, _didx):
+        # δ_prev[winner(i)] += δ[i]; every unit that did not win gets 0
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        (idx,) = ctx.saved_tensors
+        n, c, *size = ctx.x_shape
+        dx = dy.new_zeros((n, c, math.prod(size)))
+        dx.scatter_add_(2, idx.reshape(n, c, -1), dy.reshape(n, c, -1))
+        return dx.view(ctx.x_shape), None
+
+
+def _adaptive_max_pool_indices(x: torch.Tensor, output_size: Sequence[int]) -> tuple[torch.Tensor, None]:
+    """The flat index, in its ``(n, c)`` plane, of each window's maximum (torch's own indices)."""
+    with torch.no_grad():
+        return _ADAPTIVE_MAX[x.dim() - 2](x, output_size, return_indices=True)[1], None
+
+
+def _no_backward(ctx: Any, grad_output: Any) -> tuple[None]:
+    # integer indices: nothing to differentiate
+    return (None,)
+
+
+def _indices_kernel(fn: Any, attrs: tuple[str, ...]) -> Kernel:
+    """A kernel whose output is integer indices: ``call`` and ``forward`` run ``fn``, no gradient."""
+
+    def call(*inputs: Any, **kw: Any) -> Any:
+        return fn(*inputs, *(kw[k] for k in attrs))[0]
+
+    def forward(*inputs: Any, **kw: Any) -> tuple[Any, None]:
+        return fn(*inputs, *(kw[k] for k in attrs))
+
+    return Kernel(forward=forward, backward=_no_backward, call=call)
+
+
+# == max_pool's indices, max_unpool (issue 10a) ================================================
+
+
+def _max_pool_indices(x, kernel_size, stride, padding, dilation, ceil_mode) -> tuple[torch.Tensor, None]:
+    """The flat index, in its ``(n, c)`` input plane, of each window's maximum (PyTorch's indices)."""
+    with torch.no_grad():
+        stride, dilation = _bounded(x.shape, kernel_size, stride, padding, dilation)
+        _y, idx, pads = _max_pool_forward(x, kernel_size, stride, padding, dilation, ceil_mode)
+    if pads is None:  # torch's own pooling: its indices already are in the input plane
+        return idx, None
+    size = x.shape[2:]
+    full = [n + lo + hi for n, (lo, hi) in zip(size, pads)]
+    flat = torch.zeros_like(idx)
+    rest = idx
+    coords = []
+    for p in reversed(full):  # unravel in the padded plane, last axis first
+        coords.append(rest % p)
+        rest = rest // p
+    for c, n, (lo, _) in zip(reversed(coords), size, pads):
+        flat = flat * n + (c - lo)
+    return flat, None
+
+
+class MaxUnpool(Function):
+    """``a[n, c].flat[indices[n, c, i]] = y[n, c, i]``, zeros elsewhere."""
+
+    @staticmethod
+    def forward(x, indices, output_size):
+        n, c = x.shape[:2]
+        out = x.new_zeros((n, c, math.prod(output_size)))
+        out.scatter_(2, indices.reshape(n, c, -1).long(), x.reshape(n, c, -1))
+        return out.view(n, c, *output_size)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, indices, _ = inputs
+        ctx.save_for_backward(indices)
+        ctx.x_shape = x.shape
+
+    @staticmethod
+    @_first_order_only
+    def backward(ctx, dy):
+        # δ_prev[n, c, i] = δ[n, c].flat[indices[n, c, i]]
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        (indices,) = ctx.saved_tensors
+        n, c = ctx.x_shape[:2]
+        g = dy.reshape(n, c, -1).gather(2, indices.reshape(n, c, -1).long())
+        return g.view(ctx.x_shape), None, None
+
+
 _POOL_ATTRS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
 
+
 #: One kernel per op kind, in the order of :mod:`cnnkit_numpy.ops`.
+def _padding_mode(conv: Kernel) -> Kernel:
+    """The conv kernel taking ``padding_mode``: ``"zeros"`` is the conv's own padding; any other
+    mode pads through :class:`PadNd` first (its hand backward folds the gradient back) and runs
+    the conv unpadded, so the conv's Function, its second derivatives included, is unchanged."""
+    pad = _kernel(PadNd, 1, ("pads", "mode", "value"))
+
+    def split(x: Any, kw: dict) -> tuple[dict, Any]:
+        mode = kw.pop("padding_mode", "zeros")
+        if mode == "zeros":
+            return kw, None
+        pads = [(0, 0), (0, 0), *kw["padding"]]
+        kw["padding"] = tuple((0, 0) for _ in kw["padding"])
+        return kw, {"pads": pads, "mode": mode, "value": 0.0}
+
+    def call(x: Any, w: Any, b: Any, **kw: Any) -> Any:
+        kw, p = split(x, dict(kw))
+        return conv.call(x if p is None else pad.call(x, **p), w, b, **kw)
+
+    def forward(x: Any, w: Any, b: Any, **kw: Any) -> tuple[Any, Any]:
+        kw, p = split(x, dict(kw))
+        if p is None:
+            return conv.forward(x, w, b, **kw)
+        x_pad, pad_ctx = pad.forward(x, **p)
+        y, conv_ctx = conv.forward(x_pad, w, b, **kw)
+        return y, (pad_ctx, conv_ctx)
+
+    def backward(ctx: Any, g: Any) -> tuple[Any, ...]:
+        if not isinstance(ctx, tuple):
+            return conv.backward(ctx, g)
+        padded, ctx = ctx  # the pad's context, the conv's
+        dx_pad, dw, db = conv.backward(ctx, g)
+        ctx = padded
+        (dx,) = pad.backward(ctx, dx_pad) if dx_pad is not None else (None,)
+        return dx, dw, db
+
+    call.function = conv.call.function  # type: ignore[attr-defined]
+    return Kernel(forward=forward, backward=backward, call=call)
+
+
+def _divisor_override(avg: Kernel) -> Kernel:
+    """The average-pool kernel taking ``divisor_override``: the count-including-padding average
+    times ``|window| / divisor`` (the window sum over the divisor), through the pool's Function."""
+
+    def scale(x: Any, kw: dict) -> tuple[dict, Any]:
+        divisor = kw.pop("divisor_override", None)
+        if divisor is None:
+            return kw, None
+        kw["count_include_pad"] = True
+        k, s_, p, d, ceil = (kw[a] for a in _POOL_ATTRS)
+        size = x.shape[2:]
+        out = [pool_output_size(n, f, st, pp, dl, ceil) for n, f, st, pp, dl in zip(size, k, s_, p, d)]
+        count = _window_count(size, out, k, s_, p, d, True, x)
+        return kw, count / divisor
+
+    def call(x: Any, **kw: Any) -> Any:
+        kw, factor = scale(x, dict(kw))
+        y = avg.call(x, **kw)
+        return y if factor is None else y * factor
+
+    def forward(x: Any, **kw: Any) -> tuple[Any, Any]:
+        kw, factor = scale(x, dict(kw))
+        y, ctx = avg.forward(x, **kw)
+        return (y, ctx) if factor is None else (y * factor, (ctx, factor))
+
+    def backward(ctx: Any, g: Any) -> tuple[Any, ...]:
+        if isinstance(ctx, tuple):
+            ctx, factor = ctx
+            g = g * factor
+        return avg.backward(ctx, g)
+
+    call.function = avg.call.function  # type: ignore[attr-defined]
+    return Kernel(forward=forward, backward=backward, call=call)
+
+
 KERNELS: dict[str, Kernel] = {
-    "conv": _kernel(Conv, 3, ("stride", "padding", "dilation", "groups", "flip")),
+    "conv": _padding_mode(_kernel(Conv, 3, ("stride", "padding", "dilation", "groups", "flip"))),
+    "conv_transpose": _kernel(
+        ConvTranspose, 3, ("stride", "padding", "output_padding", "dilation", "groups")
+    ),
     "max_pool": _kernel(MaxPool, 1, _POOL_ATTRS, n_outputs=2),
-    "avg_pool": _kernel(AvgPool, 1, (*_POOL_ATTRS, "count_include_pad")),
+    "avg_pool": _divisor_override(_kernel(AvgPool, 1, (*_POOL_ATTRS, "count_include_pad"))),
     "lp_pool": _kernel(LpPool, 1, (*_POOL_ATTRS, "norm_type")),
+    "adaptive_avg_pool": _kernel(AdaptiveAvgPool, 1, ("output_size",)),
+    "adaptive_max_pool": _kernel(AdaptiveMaxPool, 1, ("output_size",), n_outputs=2),
+    "adaptive_max_pool_indices": _indices_kernel(_adaptive_max_pool_indices, ("output_size",)),
+    "max_pool_indices": _indices_kernel(_max_pool_indices, _POOL_ATTRS),
+    "max_unpool": _kernel(MaxUnpool, 2, ("output_size",)),
+    "pad_nd": _kernel(PadNd, 1, ("pads", "mode", "value")),
     "relu": _kernel(ReLU, 1, ()),
     "leaky_relu": _kernel(LeakyReLU, 1, ("negative_slope",)),
     "sigmoid": _kernel(Sigmoid, 1, ()),
@@ -1516,4 +1878,8 @@ KERNELS.update(
     }
 )
 #: The Function behind each op kind (its ``autocast`` declaration is read by :func:`autocast_inputs`).
-_FUNCTIONS: dict[str, type[Function]] = {op: k.call.function for op, k in KERNELS.items()}  # type: ignore[union-attr]
+_FUNCTIONS: dict[str, type[Function]] = {
+    op: k.call.function  # type: ignore[union-attr]
+    for op, k in KERNELS.items()
+    if hasattr(k.call, "function")  # the index ops (integer outputs) have no Function
+}

@@ -5,6 +5,7 @@ family              what it holds (each op's record, functions and layers)
 ==================  ==============================================================
 :mod:`.convolution` convolution in 1-3 D, true and cross-correlation
 :mod:`.pooling`     max, average and Lp pooling in 1-3 D, and the global pools
+:mod:`.padding`     padding of any axes: constant, reflect, replicate, circular
 :mod:`.activation`  the element-wise activations
 :mod:`.dense`       flattening and the dense layer
 :mod:`.loss`        softmax cross-entropy and its loss object
@@ -24,7 +25,7 @@ Canonical attributes, as kernels receive them, are in each record's docstring.
 
 from __future__ import annotations
 
-from cnnkit.ops import activation, convolution, dense, dropout, loss, normalization, pooling
+from cnnkit.ops import activation, convolution, dense, dropout, loss, normalization, padding, pooling
 from cnnkit.ops.activation import ActivationSpec
 from cnnkit.ops.convolution import ConvSpec
 from cnnkit.ops.dense import FlattenSpec, LinearSpec
@@ -60,7 +61,7 @@ __all__ = [
 ]
 
 #: The families, in the order their ops are listed and their cases run.
-FAMILIES = (convolution, pooling, activation, dense, loss, normalization, dropout)
+FAMILIES = (convolution, pooling, padding, activation, dense, loss, normalization, dropout)
 
 BUILTIN_SPECS: tuple[OpSpec, ...] = tuple(spec for family in FAMILIES for spec in family.SPECS)
 BUILTIN_FUNCTIONS = tuple(fn for family in FAMILIES for fn in family.FUNCTIONS)

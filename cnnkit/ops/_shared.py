@@ -62,6 +62,34 @@ def pad(x: np.ndarray, pads: Sequence[tuple[int, int]], value: float = 0.0) -> n
     return np.pad(x, ((0, 0), (0, 0), *pads), constant_values=value)
 
 
+# -- padding modes (the pad op and the convolutions' padding_mode) --------------------------------
+
+
+def check_pads(where: str, shape: Sequence[int], pads: Sequence[tuple[int, int]], mode: str) -> None:
+    """Raise ``ValueError`` unless ``mode`` can pad each axis of ``shape`` by its ``(before, after)``.
+
+    ``reflect`` needs padding smaller than the axis (the edge is not repeated),
+    ``circular`` at most the axis (it wraps around once), ``replicate`` an axis
+    of at least one unit.
+    """
+    for axis, (n, (lo, hi)) in enumerate(zip(shape, pads)):
+        if not (lo or hi) or mode == "constant":
+            continue
+        if mode == "reflect" and max(lo, hi) >= n:
+            raise ValueError(
+                f"{where}: reflect padding must be smaller than the input along each padded axis, "
+                f"got pad ({lo}, {hi}) on axis {axis} of length {n} (input {tuple(shape)})"
+            )
+        if mode == "circular" and max(lo, hi) > n:
+            raise ValueError(
+                f"{where}: circular padding must be at most the input's length along each padded axis "
+                f"(it wraps around once), got pad ({lo}, {hi}) on axis {axis} of length {n} "
+                f"(input {tuple(shape)})"
+            )
+        if mode == "replicate" and n < 1:
+            raise ValueError(f"{where}: replicate padding needs at least 1 unit on axis {axis}")
+
+
 # -- a property every op with an oracle has ----------------------------------------------------
 
 

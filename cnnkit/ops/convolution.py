@@ -21,7 +21,7 @@ from cnnkit import geometry
 from cnnkit.conformance.cases import Case, Random, Seeds, error_cases, pad_id, per_axis
 from cnnkit.dispatch import call
 from cnnkit.layer import Layer, ParamSpec, window_of
-from cnnkit.ops._shared import BackendArg, doc, nan_propagates, pad, windows
+from cnnkit.ops._shared import BackendArg, check_pads, doc, nan_propagates, pad, windows
 from cnnkit.spec import (
     OpSpec,
     PropertySkip,
@@ -39,6 +39,8 @@ __all__ = ["FUNCTIONS", "LAYERS", "Conv1d", "Conv2d", "Conv3d", "ConvSpec", "con
 # -- the record ----------------------------------------------------------------------------
 
 LAYOUT = {1: (9,), 2: (7, 6), 3: (5, 4, 4)}
+#: torch.nn's conv padding modes
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 rand = Seeds(1000)
 
 
@@ -131,6 +133,14 @@ def _random_cases() -> Iterator[Case]:
     yield _case(
         3, c=2, k=3, f=(2, 2, 3), padding=((1, 0), (0, 1), (2, 1)), dilation=(2, 1, 1), n=1, extra="s1asym"
     )
+    # padding_mode (torch.nn's): the padding holds reflected, replicated or wrapped units
+    for d in (1, 2, 3):
+        for j, mode in enumerate(("reflect", "replicate", "circular")):
+            kw = ({"padding": 1}, {"padding": per_axis(d, ((2, 1), (0, 2))), "stride": 2})[(d + j) % 2]
+            case = _case(d, extra=mode, **kw)
+            yield Case(case.id, "conv", case.inputs, {**case.attrs, "padding_mode": mode}, tags=case.tags)
+    case = _case(2, c=4, k=4, groups=2, dilation=2, padding="same", extra="reflect")
+    yield Case(case.id, "conv", case.inputs, {**case.attrs, "padding_mode": "reflect"}, tags=case.tags)
 
 
 def _goldens() -> Iterator[Case]:
@@ -314,6 +324,22 @@ def _error_cases() -> Iterator[Case]:
                 "floating",
             ),
             (
+                "conv-error-reflect-too-wide",
+                "conv",
+                (x4, w4, None),
+                {"padding": 6, "padding_mode": "reflect"},
+                ValueError,
+                "reflect padding must be smaller than the input",
+            ),
+            (
+                "conv-error-padding-mode",
+                "conv",
+                (x4, w4, None),
+                {"padding": 1, "padding_mode": "mirror"},
+                ValueError,
+                "padding_mode must be one of",
+            ),
+            (
                 "conv-error-unknown-attr",
                 "conv",
                 (x4, w4, None),
@@ -374,9 +400,13 @@ def _translation_equivariance(run) -> None:
     run.compare("property: conv(shift(x)) == shift(conv(x)) (stride 1)", y_shift[..., 1:], y[..., :-1])
 
 
-def _oracle(x, w, b, *, stride, padding, dilation, groups, flip):
+def _oracle(x, w, b, *, stride, padding, dilation, groups, flip, padding_mode="zeros"):
     """The definition, with every window gathered at once and reduced by one einsum."""
     d = x.ndim - 2
+    if padding_mode != "zeros":  # NumPy's own modes: reflect, edge, wrap
+        mode = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}[padding_mode]
+        x = np.pad(x, ((0, 0), (0, 0), *padding), mode=mode)
+        padding = tuple((0, 0) for _ in padding)
     if flip:
         w = w[(slice(None), slice(None), *([slice(None, None, -1)] * d))]
     kernel = w.shape[2:]
@@ -413,8 +443,12 @@ class ConvSpec(OpSpec):
     Shape: input ``(N, C, *spatial)``, weight ``(K, C/groups, *F)``, bias ``(K,)``
     -> ``(N, K, *O)`` with ``O = floor((N + P_before + P_after - D·(F-1) - 1) / S) + 1``.
 
+    ``padding_mode`` (torch.nn's): ``"zeros"``, or ``"reflect"``, ``"replicate"``,
+    ``"circular"``: ``y_pad`` is then the ``pad`` op's padding of ``y`` in that mode,
+    and ``δ_prev`` is the pad op's backward of the padded input's gradient.
+
     Canonical attributes: ``stride, dilation: (d,) ints``, ``padding: (d,)
-    (before, after)``, ``groups: int``, ``flip: bool``.
+    (before, after)``, ``groups: int``, ``flip: bool``, ``padding_mode: str``.
     """
 
     name = "conv"
@@ -426,6 +460,7 @@ class ConvSpec(OpSpec):
         "dilation": 1,
         "groups": 1,
         "flip": False,
+        "padding_mode": "zeros",
         "dims": None,
     }
 
@@ -476,7 +511,19 @@ class ConvSpec(OpSpec):
                     f"dilation {d}) is larger than the padded input along spatial axis {axis} "
                     f"({size} + padding {p}) (input {x.shape}, weight {w.shape})"
                 )
-        return {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups, "flip": flip}
+        mode = attrs["padding_mode"]
+        if mode not in PADDING_MODES:
+            raise ValueError(f"{where}: padding_mode must be one of {', '.join(PADDING_MODES)}, got {mode!r}")
+        if mode != "zeros":
+            check_pads(where, x.shape[2:], padding, mode)
+        return {
+            "stride": stride,
+            "padding": padding,
+            "dilation": dilation,
+            "groups": groups,
+            "flip": flip,
+            "padding_mode": mode,
+        }
 
     def output_shape(self, infos, attrs):
         x, w, _ = infos
@@ -522,6 +569,8 @@ _FUNCTION_DOC = """{d}-D convolution (cross-correlation by default) of ``input``
         groups: split channels and filters into this many independent groups
             (``groups == C`` with ``K == C`` is depthwise).
         flip: ``True`` for true convolution, ``False`` (default) for cross-correlation.
+        padding_mode: ``"zeros"`` (default), ``"reflect"``, ``"replicate"`` or
+            ``"circular"``: what the padding holds (torch.nn's conv modes).
         backend: the backend to run on (default: the active one).
 
     Shape:
@@ -534,7 +583,8 @@ _FUNCTION_DOC = """{d}-D convolution (cross-correlation by default) of ``input``
     Raises:
         ValueError: wrong number of dimensions, channels that do not match the
             weight, groups that do not divide them, a kernel larger than the
-            padded input, stride or dilation < 1, negative padding.
+            padded input, stride or dilation < 1, negative padding, an unknown
+            padding_mode, reflect padding not smaller than the input.
         TypeError: non-integer sizes, non-floating or mismatched dtypes.
 
     Example:
@@ -546,24 +596,64 @@ _FUNCTION_DOC = """{d}-D convolution (cross-correlation by default) of ``input``
     """
 
 
-def _conv(dims: int, input, weight, bias, stride, padding, dilation, groups, flip, backend):
+def _conv(
+    dims: int, input, weight, bias, stride, padding, dilation, groups, flip, backend, padding_mode="zeros"
+):
     attrs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, flip=flip)
+    if padding_mode != "zeros":
+        attrs["padding_mode"] = padding_mode
     return call("conv", input, weight, bias, backend=backend, where=f"conv{dims}d", dims=dims, **attrs)
 
 
 @doc(_FUNCTION_DOC, d=1)
-def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, flip=False, *, backend=None):
-    return _conv(1, input, weight, bias, stride, padding, dilation, groups, flip, backend)
+def conv1d(
+    input,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    flip=False,
+    padding_mode="zeros",
+    *,
+    backend=None,
+):
+    return _conv(1, input, weight, bias, stride, padding, dilation, groups, flip, backend, padding_mode)
 
 
 @doc(_FUNCTION_DOC, d=2)
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, flip=False, *, backend=None):
-    return _conv(2, input, weight, bias, stride, padding, dilation, groups, flip, backend)
+def conv2d(
+    input,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    flip=False,
+    padding_mode="zeros",
+    *,
+    backend=None,
+):
+    return _conv(2, input, weight, bias, stride, padding, dilation, groups, flip, backend, padding_mode)
 
 
 @doc(_FUNCTION_DOC, d=3)
-def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, flip=False, *, backend=None):
-    return _conv(3, input, weight, bias, stride, padding, dilation, groups, flip, backend)
+def conv3d(
+    input,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    flip=False,
+    padding_mode="zeros",
+    *,
+    backend=None,
+):
+    return _conv(3, input, weight, bias, stride, padding, dilation, groups, flip, backend, padding_mode)
 
 
 # -- the layers ------------------------------------------------------------------------------
@@ -584,6 +674,7 @@ _LAYER_DOC = """{d}-D convolution layer (cross-correlation by default): ``y = W 
         dilation: ``D``, spacing of the kernel taps (default 1).
         groups: independent channel groups (``groups == C``: depthwise).
         bias: learn a bias per filter (default ``True``).
+        padding_mode: ``"zeros"`` (default), ``"reflect"``, ``"replicate"`` or ``"circular"``.
         flip: true convolution instead of cross-correlation (default ``False``).
         seed, rng: where the initial weights come from (a seed or a
             ``numpy.random.Generator``; both ``None``: fresh entropy).
@@ -640,6 +731,7 @@ class _ConvNd(Layer):
         dilation: Any = 1,
         groups: int = 1,
         bias: bool = True,
+        padding_mode: str = "zeros",
         flip: bool = False,
         *,
         seed: int | None = None,
@@ -661,6 +753,11 @@ class _ConvNd(Layer):
         self.padding = _padding(padding, self.dims, where)
         self.dilation = as_int_tuple(dilation, self.dims, "dilation", where)
         self.has_bias = as_bool(bias, "bias", where)
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(
+                f"{where}: padding_mode must be one of {', '.join(PADDING_MODES)}, got {padding_mode!r}"
+            )
+        self.padding_mode = padding_mode
         self.flip = as_bool(flip, "flip", where)
         self.init_parameters(seed=seed, rng=rng, backend=backend)
 
@@ -674,7 +771,7 @@ class _ConvNd(Layer):
 
     def function(self, x, weight, bias):
         attrs = (self.stride, self.padding, self.dilation, self.groups, self.flip)
-        return _conv(self.dims, x, weight, bias, *attrs, None)
+        return _conv(self.dims, x, weight, bias, *attrs, None, self.padding_mode)
 
     def config(self):
         return {
@@ -686,6 +783,7 @@ class _ConvNd(Layer):
             "dilation": self.dilation,
             "groups": self.groups,
             "bias": self.has_bias,
+            "padding_mode": self.padding_mode,
             "flip": self.flip,
         }
 
@@ -699,6 +797,8 @@ class _ConvNd(Layer):
             s += f", groups={self.groups}"
         if not self.has_bias:
             s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode}"
         if self.flip:
             s += ", flip=True"
         return s
@@ -727,3 +827,628 @@ FUNCTIONS = (conv1d, conv2d, conv3d)
 LAYERS = (Conv1d, Conv2d, Conv3d)
 #: The family's op records.
 SPECS = (ConvSpec(),)
+
+
+# == conv_transpose: the record (issue 10a) ===================================================
+
+_TRAND = Seeds(5000)
+_T_LAYOUT = {1: (5,), 2: (4, 3), 3: (3, 3, 2)}
+
+
+def _t_case(
+    d: int,
+    *,
+    c: int = 2,
+    k: int = 3,
+    f: int | tuple = 3,
+    stride: Any = 1,
+    padding: Any = 0,
+    output_padding: Any = 0,
+    dilation: Any = 1,
+    groups: int = 1,
+    bias: bool = True,
+    n: int = 2,
+    spatial: tuple[int, ...] | None = None,
+    extra: str = "",
+) -> Case:
+    """A seeded ``conv_transpose{d}d`` case: input ``(n, c, *spatial)``, weight ``(c, k/groups, *f)``."""
+    spatial = spatial or _T_LAYOUT[d]
+    kernel = (f,) * d if isinstance(f, int) else f
+    parts = [f"conv_transpose{d}d"]
+    if extra:
+        parts.append(extra)
+    attrs: dict[str, Any] = {}
+    for key, value, default, tag in (
+        ("stride", stride, 1, "stride"),
+        ("padding", padding, 0, ""),
+        ("output_padding", output_padding, 0, "outpad"),
+        ("dilation", dilation, 1, "dil"),
+        ("groups", groups, 1, "groups"),
+    ):
+        if value != default:
+            attrs[key] = value
+            if key == "padding":
+                parts.append(pad_id(value))
+            else:
+                parts.append(tag + ("x".join(map(str, value)) if isinstance(value, tuple) else str(value)))
+    if not bias:
+        parts.append("nobias")
+    attrs["dims"] = d
+    inputs = (_TRAND(n, c, *spatial), _TRAND(c, k // groups, *kernel), _TRAND(k) if bias else None)
+    return Case("-".join(parts), "conv_transpose", inputs, attrs, tags=("conv_transpose", f"{d}d"))
+
+
+def _t_random_cases() -> Iterator[Case]:
+    """Transposed convolution in 1-3 D: strides, (before, after) pairs, output_padding, dilation, groups."""
+    for d in (1, 2, 3):
+        yield _t_case(d)
+        yield _t_case(d, stride=2)
+        yield _t_case(d, stride=2, padding=1, output_padding=1)
+        yield _t_case(d, stride=per_axis(d, (3, 2)), padding=per_axis(d, ((1, 0), (0, 2))), extra="pairs")
+        yield _t_case(d, dilation=2, padding=per_axis(d, (2, 1)))
+        yield _t_case(d, stride=2, dilation=2, output_padding=per_axis(d, (1, 0)))
+        yield _t_case(d, c=4, k=4, groups=2, stride=2, padding=1, bias=False)
+        yield _t_case(d, c=4, k=6, f=per_axis(d, (2, 3, 1)), groups=2, extra="rect")
+    # output_padding below the dilation but not the stride (torch allows it)
+    yield _t_case(1, stride=1, dilation=3, output_padding=2, extra="outpad-dil")
+    # a depthwise transposed conv (groups == channels) and more channels than taps
+    yield _t_case(2, c=4, k=4, groups=4, stride=2, extra="depthwise")
+    yield _t_case(2, c=9, k=2, f=2, stride=2, n=1, extra="manychannels")
+
+
+def _t_goldens() -> Iterator[Case]:
+    """Hand-computed: each input unit stamps the kernel at ``S·i``, overlaps add."""
+    yield Case(
+        "conv_transpose1d-golden-stamp-stride2",
+        "conv_transpose",
+        ([[[1.0, 2.0]]], [[[1.0, 10.0, 100.0]]], None),
+        {"stride": 2, "dims": 1},
+        expected=[[[1.0, 10.0, 102.0, 20.0, 200.0]]],
+        tags=("golden", "conv_transpose"),
+    )
+    yield Case(
+        "conv_transpose1d-golden-stamp-pad-outpad",
+        "conv_transpose",
+        ([[[1.0, 2.0]]], [[[1.0, 10.0, 100.0]]], [0.5]),
+        {"stride": 2, "padding": 1, "output_padding": 1, "dims": 1},
+        expected=[[[10.5, 102.5, 20.5, 200.5]]],
+        tags=("golden", "conv_transpose"),
+    )
+
+
+def _t_error_cases() -> Iterator[Case]:
+    x, w = _TRAND(1, 2, 4, 4), _TRAND(2, 3, 3, 3)
+    yield from error_cases(
+        [
+            (
+                "conv_transpose-error-output-padding-too-large",
+                "conv_transpose",
+                (x, w, None),
+                {"stride": 2, "output_padding": 2},
+                ValueError,
+                "output_padding",
+            ),
+            (
+                "conv_transpose-error-output-padding-stride1",
+                "conv_transpose",
+                (x, w, None),
+                {"output_padding": 1},
+                ValueError,
+                "output_padding must be smaller than either stride or dilation",
+            ),
+            (
+                "conv_transpose-error-channel-mismatch",
+                "conv_transpose",
+                (x, _TRAND(3, 3, 3, 3), None),
+                {},
+                ValueError,
+                "weight has 3 input channels but input has 2",
+            ),
+            (
+                "conv_transpose-error-groups-not-dividing",
+                "conv_transpose",
+                (_TRAND(1, 3, 4, 4), _TRAND(3, 1, 3, 3), None),
+                {"groups": 2},
+                ValueError,
+                "groups=2 does not divide",
+            ),
+            (
+                "conv_transpose-error-bias-shape",
+                "conv_transpose",
+                (x, w, _TRAND(2)),
+                {},
+                ValueError,
+                "bias must have shape",
+            ),
+            (
+                "conv_transpose-error-empty-output",
+                "conv_transpose",
+                (_TRAND(1, 2, 1, 1), w, None),
+                {"padding": 2},
+                ValueError,
+                "padding",
+            ),
+            (
+                "conv_transpose-error-string-padding",
+                "conv_transpose",
+                (x, w, None),
+                {"padding": "same"},
+                TypeError,
+                "padding",
+            ),
+            (
+                "conv_transpose-error-wrong-ndim",
+                "conv_transpose",
+                (_TRAND(2, 4, 4), w, None),
+                {"dims": 2},
+                ValueError,
+                "input must have 4",
+            ),
+            (
+                "conv_transpose-error-stride0",
+                "conv_transpose",
+                (x, w, None),
+                {"stride": 0},
+                ValueError,
+                "stride",
+            ),
+        ]
+    )
+
+
+@functools.cache
+def _t_all_cases() -> tuple[Case, ...]:
+    return (*_t_goldens(), *_t_random_cases(), *_t_error_cases())
+
+
+def _t_output_size(n: int, f: int, s: int, p: tuple[int, int], d: int, op: int) -> int:
+    """``O = (N - 1)·S - P_before - P_after + D·(F - 1) + output_padding + 1``."""
+    return (n - 1) * s - p[0] - p[1] + d * (f - 1) + op + 1
+
+
+def _t_oracle(x, w, b, *, stride, padding, output_padding, dilation, groups):
+    """The definition: input unit ``i`` stamps ``W[c_in, :, m]`` at ``S·i + D·m - P_before``."""
+    d = x.ndim - 2
+    n, c = x.shape[:2]
+    kg, kernel = w.shape[1], w.shape[2:]
+    full = [
+        (ni - 1) * s + dl * (f - 1) + 1 + op
+        for ni, s, dl, f, op in zip(x.shape[2:], stride, dilation, kernel, output_padding)
+    ]
+    y = np.zeros((n, groups, kg, *full))
+    xg = x.reshape(n, groups, c // groups, *x.shape[2:])
+    wg = w.reshape(groups, c // groups, kg, *kernel)
+    sp = string.ascii_lowercase[-d:]
+    for m in np.ndindex(*kernel):
+        contrib = np.einsum(f"ngc{sp},gck->ngk{sp}", xg, wg[(Ellipsis, *m)])
+        index = tuple(
+            slice(dl * mi, dl * mi + s * (ni - 1) + 1, s)
+            for mi, s, dl, ni in zip(m, stride, dilation, x.shape[2:])
+        )
+        y[(slice(None), slice(None), slice(None), *index)] += contrib
+    crop = tuple(slice(lo, size - hi) for size, (lo, hi) in zip(full, padding))
+    y = y[(Ellipsis, *crop)].reshape(
+        n, groups * kg, *(size - lo - hi for size, (lo, hi) in zip(full, padding))
+    )
+    if b is not None:
+        y = y + b.reshape(-1, *([1] * d))
+    return y
+
+
+def _conv_attrs(canonical: dict) -> dict:
+    return {k: canonical[k] for k in ("stride", "padding", "dilation", "groups")}
+
+
+def _duality_input_grad(run) -> None:
+    """conv_transpose(y, W) is the input gradient of conv(x, W) at δ = y (the lecture's duality)."""
+    if not run.has("conv"):
+        raise PropertySkip("the backend has no conv")
+    from cnnkit.dispatch import vjp
+
+    y, w, _ = run.inputs
+    _, canonical = run.canonical()
+    if any(op >= s for op, s in zip(canonical["output_padding"], canonical["stride"])):
+        raise PropertySkip("output_padding >= stride: the conv of that size has more outputs than y")
+    want = run.run([y, w, None])  # (N, C_out, *O)
+    x = np.zeros((y.shape[0], w.shape[1] * canonical["groups"], *want.shape[2:]), dtype=run.dtype)
+    out, pullback = vjp("conv", x, w, None, backend=run.backend, **_conv_attrs(canonical))
+    if tuple(out.shape) != tuple(y.shape):
+        raise run.fail(f"conv of the transposed output has shape {tuple(out.shape)}, want {y.shape}")
+    dx = pullback(y)[0]
+    run.compare("property: conv_transpose(y, W) == d conv(x, W)/dx at δ = y", run.numpy(dx), want)
+
+
+def _duality_inner_product(run) -> None:
+    """<conv(x, W), y> = <x, conv_transpose(y, W)>: the two ops are adjoint."""
+    if not run.has("conv"):
+        raise PropertySkip("the backend has no conv")
+    y, w, _ = run.inputs
+    _, canonical = run.canonical()
+    if any(op >= s for op, s in zip(canonical["output_padding"], canonical["stride"])):
+        raise PropertySkip("output_padding >= stride: the conv of that size has more outputs than y")
+    t = run.run([y, w, None])
+    x = run.rng("x").uniform(-1, 1, size=t.shape).astype(run.dtype)
+    a = run.numpy(call("conv", x, w, None, backend=run.backend, **_conv_attrs(canonical)))
+    lhs = np.asarray(float(np.sum(a * y.astype(np.float64))))
+    rhs = np.asarray(float(np.sum(x.astype(np.float64) * t)))
+    run.compare("property: <conv(x, W), y> == <x, conv_transpose(y, W)>", lhs, rhs)
+
+
+def _t_linearity(run) -> None:
+    y1, w, _ = run.inputs
+    y2 = run.rng("y2").uniform(-1, 1, size=y1.shape).astype(run.dtype)
+    lhs = run.run([0.75 * y1 - 1.25 * y2, w, None])
+    rhs = 0.75 * run.run([y1, w, None]) - 1.25 * run.run([y2, w, None])
+    what = "property: conv_transpose(a·y1 + b·y2, W) == a·conv_transpose(y1, W) + b·conv_transpose(y2, W)"
+    run.compare(what, lhs, rhs)
+
+
+class ConvTransposeSpec(OpSpec):
+    """Transposed convolution in 1, 2 or 3 spatial dimensions: the conv's input gradient.
+
+    Forward: every input unit ``y[n, c, i]`` stamps its filter, ``S`` apart,
+    taps ``D`` apart, overlapping stamps adding up, the first ``P_before`` and
+    last ``P_after`` units cropped::
+
+        a[n, g·K/G + k, S·i + D·m - P_before] += Σ_c y[n, g·C/G + c, i] · W[g·C/G + c, k, m]  (+ b[k])
+
+    The lecture's duality: this is exactly ``δ_prev = δ ⋆_full rot180(W)`` of
+    ``conv(x, W)`` (same stride, padding, dilation, groups) evaluated at
+    ``δ = y``, so ``<conv(x, W), y> = <x, conv_transpose(y, W)>``.
+
+    Backward (the conv's forward and its weight gradient)::
+
+        δ_prev = conv(δ, W)                   (stride S, padding P, dilation D, groups G; cropped to y)
+        dE/dW[c, k, m] = Σ_n Σ_i y[n, c, i] · δ_pad[n, k, S·i + D·m]      (δ ⋆ y, as conv's dE/dW)
+        dE/db[k] = Σ_n Σ_j δ[n, k, j]
+
+    Shape: input ``(N, C_in, *spatial)``, weight ``(C_in, C_out/groups, *F)``,
+    bias ``(C_out,)`` -> ``(N, C_out, *O)`` with
+    ``O = (N - 1)·S - P_before - P_after + D·(F - 1) + output_padding + 1``.
+
+    Canonical attributes: ``stride, output_padding, dilation: (d,) ints``,
+    ``padding: (d,) (before, after)``, ``groups: int``.
+    """
+
+    name = "conv_transpose"
+    inputs = ("input", "weight", "bias")
+    optional = frozenset({"bias"})
+    defaults: Mapping[str, Any] = {
+        "stride": 1,
+        "padding": 0,
+        "output_padding": 0,
+        "groups": 1,
+        "dilation": 1,
+        "dims": None,
+    }
+
+    def check(self, where, infos, attrs):
+        x, w, b = infos
+        dims = spatial_dims(where, attrs, x)
+        check_ndim(where, "input", x, dims + 2, layout(dims))
+        check_ndim(where, "weight", w, dims + 2, layout(dims, "C_in, C_out/groups"))
+        check_spatial_nonempty(where, x)
+        stride = as_int_tuple(attrs["stride"], dims, "stride", where)
+        dilation = as_int_tuple(attrs["dilation"], dims, "dilation", where)
+        output_padding = as_int_tuple(attrs["output_padding"], dims, "output_padding", where, minimum=0)
+        if isinstance(attrs["padding"], str):
+            raise TypeError(
+                f"{where}: padding must be ints or (before, after) pairs, got {attrs['padding']!r} "
+                "(a transposed conv has no 'same' or 'valid')"
+            )
+        padding = geometry.resolve_padding(
+            attrs["padding"], w.shape[2:], stride, dilation, x.shape[2:], where=where
+        )
+        groups = attrs["groups"]
+        if not _is_int(groups):
+            raise TypeError(f"{where}: groups must be an int, got {groups!r}")
+        if groups < 1:
+            raise ValueError(f"{where}: groups must be >= 1, got {groups}")
+        c = x.shape[1]
+        cw, kg = w.shape[:2]
+        kernel = w.shape[2:]
+        if c % groups:
+            raise ValueError(
+                f"{where}: groups={groups} does not divide the {c} input channels (input {x.shape})"
+            )
+        if cw != c:
+            raise ValueError(
+                f"{where}: weight has {cw} input channels but input has {c} "
+                f"(input {x.shape}, weight {w.shape}; weight is (C_in, C_out/groups, *kernel))"
+            )
+        if kg < 1 or min(kernel) < 1:
+            raise ValueError(f"{where}: weight has no output channels or an empty kernel (weight {w.shape})")
+        if b is not None and b.shape != (kg * groups,):
+            raise ValueError(
+                f"{where}: bias must have shape ({kg * groups},), one per output channel, got {b.shape} "
+                f"(weight {w.shape}, groups {groups})"
+            )
+        for axis, (op, s, dl) in enumerate(zip(output_padding, stride, dilation)):
+            if op >= max(s, dl):
+                raise ValueError(
+                    f"{where}: output_padding must be smaller than either stride or dilation, got "
+                    f"output_padding {op} with stride {s} and dilation {dl} on spatial axis {axis}"
+                )
+        for axis, (n, f, s, p, dl, op) in enumerate(
+            zip(x.shape[2:], kernel, stride, padding, dilation, output_padding)
+        ):
+            if _t_output_size(n, f, s, p, dl, op) < 1:
+                raise ValueError(
+                    f"{where}: padding {p} crops the whole output along spatial axis {axis} "
+                    f"(uncropped length {_t_output_size(n, f, s, (0, 0), dl, op)}; "
+                    f"input {x.shape}, weight {w.shape})"
+                )
+        return {
+            "stride": stride,
+            "padding": padding,
+            "output_padding": output_padding,
+            "dilation": dilation,
+            "groups": groups,
+        }
+
+    def output_shape(self, infos, attrs):
+        x, w, _ = infos
+        spatial = tuple(
+            _t_output_size(n, f, s, p, d, op)
+            for n, f, s, p, d, op in zip(
+                x.shape[2:],
+                w.shape[2:],
+                attrs["stride"],
+                attrs["padding"],
+                attrs["dilation"],
+                attrs["output_padding"],
+            )
+        )
+        return (x.shape[0], w.shape[1] * attrs["groups"], *spatial)
+
+    def cases(self):
+        return _t_all_cases()
+
+    def oracle(self, x, w, b, **attrs):
+        return _t_oracle(x, w, b, **attrs)
+
+    properties = (_duality_input_grad, _duality_inner_product, _t_linearity, nan_propagates)
+
+
+# -- conv_transpose: the functions ----------------------------------------------------------
+
+_T_FUNCTION_DOC = """{d}-D transposed convolution of ``input`` with ``weight``: the conv's input gradient.
+
+    Each input unit stamps its filter ``S`` apart (taps ``D`` apart), stamps
+    add up, ``padding`` crops the ends and ``output_padding`` adds units at the
+    end: ``out = conv_transpose(y, W)`` equals ``d conv(x, W)/dx`` at ``δ = y``.
+
+    Args:
+        input: ``(N, C_in, {axes})``.
+        weight: ``(C_in, C_out/groups, {kernel})``.
+        bias: ``(C_out,)`` or ``None``.
+        stride: ``S``, an int or one per axis, >= 1.
+        padding: an int, one int per axis, or one ``(before, after)`` pair per
+            axis: units cropped from each end of the output.
+        output_padding: units added at the end of each axis, smaller than
+            the stride or the dilation.
+        groups: independent channel groups.
+        dilation: ``D``, spacing of the kernel taps, >= 1.
+        backend: the backend to run on (default: the active one).
+
+    Shape:
+        output ``(N, C_out, {out_axes})`` with, per axis,
+        ``O = (N - 1)·S - P_before - P_after + D·(F - 1) + output_padding + 1``.
+
+    Returns:
+        The output, in the input's dtype, as the backend's array type.
+
+    Raises:
+        ValueError: wrong number of dimensions, channels that do not match the
+            weight, groups that do not divide them, output_padding not smaller
+            than the stride or the dilation, padding that crops everything.
+        TypeError: non-integer sizes, string padding, non-floating or mismatched dtypes.
+
+    Example:
+        >>> import numpy as np
+        >>> y, w = np.array([[[1.0, 2.0]]]), np.array([[[1.0, 10.0, 100.0]]])
+        >>> conv_transpose1d(y, w, stride=2).tolist()
+        [[[1.0, 10.0, 102.0, 20.0, 200.0]]]
+    """
+
+
+def _conv_transpose(dims, input, weight, bias, stride, padding, output_padding, groups, dilation, backend):
+    attrs = dict(
+        stride=stride, padding=padding, output_padding=output_padding, groups=groups, dilation=dilation
+    )
+    return call(
+        "conv_transpose",
+        input,
+        weight,
+        bias,
+        backend=backend,
+        where=f"conv_transpose{dims}d",
+        dims=dims,
+        **attrs,
+    )
+
+
+@doc(_T_FUNCTION_DOC, d=1)
+def conv_transpose1d(
+    input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *, backend=None
+):
+    return _conv_transpose(1, input, weight, bias, stride, padding, output_padding, groups, dilation, backend)
+
+
+@doc(_T_FUNCTION_DOC, d=2)
+def conv_transpose2d(
+    input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *, backend=None
+):
+    return _conv_transpose(2, input, weight, bias, stride, padding, output_padding, groups, dilation, backend)
+
+
+@doc(_T_FUNCTION_DOC, d=3)
+def conv_transpose3d(
+    input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *, backend=None
+):
+    return _conv_transpose(3, input, weight, bias, stride, padding, output_padding, groups, dilation, backend)
+
+
+# -- conv_transpose: the layers -------------------------------------------------------------
+
+_T_LAYER_DOC = """{d}-D transposed convolution layer: the conv's input gradient, with learnt ``W`` and ``b``.
+
+    ``y[n, g·K/G + k, S·i + D·m - P_before] += Σ_c x[n, g·C/G + c, i] · W[g·C/G + c, k, m]`` (+ ``b``).
+    Backward: ``dE/dx = conv(δ, W)``, ``dE/dW = x ⋆ δ`` (as conv's weight gradient), ``dE/db = Σ δ``.
+
+    Args:
+        in_channels: ``C_in``, channels of the input.
+        out_channels: ``C_out``, channels of the output.
+        kernel_size: ``F``, an int or one per axis.
+        stride: ``S`` (default 1).
+        padding: an int, one per axis or ``(before, after)`` pairs, cropped from the output.
+        output_padding: units added at the end of each output axis (default 0).
+        groups: independent channel groups (default 1).
+        bias: learn a bias per output channel (default ``True``).
+        dilation: ``D``, spacing of the kernel taps (default 1).
+        seed, rng: where the initial weights come from.
+        backend: the backend the parameters live on (default: the active one).
+
+    Attributes:
+        weight: ``Parameter`` of shape ``(C_in, C_out/groups, {kernel})``, ``U(±1/√fan_in)``
+            with torch's ``fan_in = C_out/groups · Π F`` (``weight.size(1)`` times the kernel).
+        bias: ``Parameter`` of shape ``(C_out,)``, ``U(±1/√fan_in)``, or ``None``.
+
+    Shape:
+        input ``(N, C_in, {axes})`` -> output ``(N, C_out, {out_axes})`` with, per axis,
+        ``O = (N - 1)·S - P_before - P_after + D·(F - 1) + output_padding + 1``.
+
+    Returns:
+        ``forward(x)`` returns the output as the backend's array type.
+
+    Raises:
+        ValueError: sizes < 1, channels not divisible by ``groups``,
+            output_padding not smaller than stride or dilation.
+        TypeError: non-integer sizes.
+
+    Example:
+        >>> import numpy as np
+        >>> layer = ConvTranspose{d}d(2, 4, 3, stride=2, padding=1, output_padding=1, seed=0)
+        >>> layer(np.zeros((1, 2, {example}), dtype=np.float32)).shape
+        (1, 4, {out})
+    """
+
+
+class _ConvTransposeNd(Layer):
+    dims = 0
+    param_names = ("weight", "bias")
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Any,
+        stride: Any = 1,
+        padding: Any = 0,
+        output_padding: Any = 0,
+        groups: int = 1,
+        bias: bool = True,
+        dilation: Any = 1,
+        *,
+        seed: int | None = None,
+        rng: np.random.Generator | None = None,
+        backend: BackendArg = None,
+    ) -> None:
+        super().__init__()
+        where = type(self).__name__
+        (self.in_channels,) = as_int_tuple(in_channels, 1, "in_channels", where)
+        (self.out_channels,) = as_int_tuple(out_channels, 1, "out_channels", where)
+        (self.groups,) = as_int_tuple(groups, 1, "groups", where)
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(
+                f"{where}: groups={self.groups} must divide in_channels ({self.in_channels}) "
+                f"and out_channels ({self.out_channels})"
+            )
+        self.kernel_size = as_int_tuple(kernel_size, self.dims, "kernel_size", where)
+        self.stride = as_int_tuple(stride, self.dims, "stride", where)
+        if isinstance(padding, str):
+            raise ValueError(f"{where}: padding must be ints or (before, after) pairs, got {padding!r}")
+        self.padding = _padding(padding, self.dims, where)
+        self.output_padding = as_int_tuple(output_padding, self.dims, "output_padding", where, minimum=0)
+        self.dilation = as_int_tuple(dilation, self.dims, "dilation", where)
+        for op, s, dl in zip(self.output_padding, self.stride, self.dilation):
+            if op >= max(s, dl):
+                raise ValueError(
+                    f"{where}: output_padding must be smaller than either stride or dilation, got "
+                    f"output_padding {self.output_padding}, stride {self.stride}, dilation {self.dilation}"
+                )
+        self.has_bias = as_bool(bias, "bias", where)
+        self.init_parameters(seed=seed, rng=rng, backend=backend)
+
+    def param_specs(self):
+        # torch's _calculate_fan_in_and_fan_out on (C_in, C_out/G, *F): fan_in = size(1) · Π F
+        fan_in = self.out_channels // self.groups * math.prod(self.kernel_size)
+        shape = (self.in_channels, self.out_channels // self.groups, *self.kernel_size)
+        return {
+            "weight": ParamSpec(shape, fan_in, "kaiming_uniform"),
+            "bias": ParamSpec((self.out_channels,), fan_in) if self.has_bias else None,
+        }
+
+    def function(self, x, weight, bias):
+        attrs = (self.stride, self.padding, self.output_padding, self.groups, self.dilation)
+        return _conv_transpose(self.dims, x, weight, bias, *attrs, None)
+
+    def config(self):
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": self.kernel_size,
+            "stride": self.stride,
+            "padding": self.padding,
+            "output_padding": self.output_padding,
+            "groups": self.groups,
+            "bias": self.has_bias,
+            "dilation": self.dilation,
+        }
+
+    def extra_repr(self):
+        # torch's ConvTransposeNd repr, field for field
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0,) * self.dims:
+            s += f", padding={self.padding}"
+        if self.dilation != (1,) * self.dims:
+            s += f", dilation={self.dilation}"
+        if self.output_padding != (0,) * self.dims:
+            s += f", output_padding={self.output_padding}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if not self.has_bias:
+            s += ", bias=False"
+        return s
+
+    def window(self):
+        return ()  # an output unit's inputs are not one window of the input: no receptive field
+
+
+@doc(_T_LAYER_DOC, d=1, example="4", out="8")
+class ConvTranspose1d(_ConvTransposeNd):
+    dims = 1
+
+
+@doc(_T_LAYER_DOC, d=2, example="4, 4", out="8, 8")
+class ConvTranspose2d(_ConvTransposeNd):
+    dims = 2
+
+
+@doc(_T_LAYER_DOC, d=3, example="4, 4, 4", out="8, 8, 8")
+class ConvTranspose3d(_ConvTransposeNd):
+    dims = 3
+
+
+FUNCTIONS = (*FUNCTIONS, conv_transpose1d, conv_transpose2d, conv_transpose3d)
+LAYERS = (*LAYERS, ConvTranspose1d, ConvTranspose2d, ConvTranspose3d)
+SPECS = (*SPECS, ConvTransposeSpec())
+__all__ += [
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
+    "ConvTransposeSpec",
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "conv_transpose3d",
+]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -24,13 +25,18 @@ from cnnkit.conformance.cases import Case, Seeds, error_cases, pad_id, per_axis
 from cnnkit.dispatch import call, vjp
 from cnnkit.layer import Layer, window_of
 from cnnkit.ops._shared import BackendArg, doc, nan_and_inf_propagate, nan_propagates, pad, windows
+from cnnkit.registry import use_backend
 from cnnkit.spec import (
     OpSpec,
     PropertySkip,
+    _is_int,
     as_bool,
     as_float,
     as_int_tuple,
+    check_ndim,
+    check_spatial_nonempty,
     check_window,
+    layout,
     spatial_dims,
     window_output_shape,
 )
@@ -191,6 +197,32 @@ def _random_cases() -> Iterator[Case]:
             case = _case(op, d, kernel=spatial, extra=extra)
             name = f"{op.split('_')[0]}_pool{d}d-global" + ("-p2" if extra else "")
             yield Case(name, op, case.inputs, case.attrs, tags=(*case.tags, "global"))
+    # ONNX's padding rule: up to the window's extent minus one, every window holding an input unit
+    for op, extra in (("max_pool", {}), ("avg_pool", {}), ("lp_pool", {"norm_type": 2})):
+        for d in (1, 2):
+            yield _case(op, d, kernel=3, stride=2, padding=2, extra=extra, suffix="onnxpad")
+            yield _case(
+                op,
+                d,
+                kernel=2,
+                stride=1,
+                padding=per_axis(d, ((1, 0), (0, 1))),
+                extra=extra,
+                suffix="onnxpad",
+            )
+        yield _case(op, 1, kernel=2, stride=3, dilation=2, padding=2, extra=extra, suffix="onnxpad")
+    yield _case(
+        "avg_pool", 2, kernel=3, stride=2, padding=2, extra={"count_include_pad": False}, suffix="onnxpad"
+    )
+    # divisor_override: every window divided by one number (torch's avg_pool2d/3d)
+    for d in (2, 3):
+        yield _case("avg_pool", d, kernel=2, extra={"divisor_override": 3}, suffix="div3")
+        yield _case(
+            "avg_pool", d, kernel=3, stride=2, padding=1, extra={"divisor_override": 2}, suffix="div2"
+        )
+    yield _case(
+        "avg_pool", 2, kernel=3, stride=1, padding=2, extra={"divisor_override": 5}, suffix="onnxpad-div5"
+    )
 
 
 def _goldens() -> Iterator[Case]:
@@ -308,7 +340,7 @@ def _error_cases() -> Iterator[Case]:
                 (x4,),
                 {"kernel_size": 2, "padding": 2},
                 ValueError,
-                "padding must be at most half",
+                "padding must be at most the window's extent minus one",
             ),
             (
                 "max_pool-error-kernel-too-large",
@@ -452,6 +484,8 @@ def _max_ge_avg(run) -> None:
         raise PropertySkip("max >= mean holds for finite inputs")
     x = np.abs(run.inputs[0])
     attrs = _pool_attrs(run)
+    if attrs.pop("divisor_override", None) is not None:
+        raise PropertySkip("max >= mean holds with the window's own divisor")
     m = np.asarray(run.numpy(call("max_pool", x, backend=run.backend, **attrs)))
     for cip in (True, False):
         a = np.asarray(run.numpy(call("avg_pool", x, backend=run.backend, count_include_pad=cip, **attrs)))
@@ -522,8 +556,12 @@ def _max_pool(x, *, kernel_size, stride, padding, dilation, ceil_mode):
     return win.max(axis=axes)
 
 
-def _avg_pool(x, *, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad):
+def _avg_pool(
+    x, *, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad, divisor_override=None
+):
     win, axes, real, out = _pool_windows(x, kernel_size, stride, padding, dilation, ceil_mode, 0.0)
+    if divisor_override is not None:
+        return win.sum(axis=axes) / divisor_override
     # the divisor counts the taps on input units, plus (count_include_pad) those on declared padding;
     # the extra units a ceil_mode window hangs past the declared padding never count
     ones = np.ones((1, 1, *x.shape[2:]))
@@ -565,6 +603,11 @@ class _PoolSpec(OpSpec):
         out = check_window(where, x, attrs, dims)
         if "count_include_pad" in attrs:
             out["count_include_pad"] = as_bool(attrs["count_include_pad"], "count_include_pad", where)
+        if "divisor_override" in attrs:
+            div = attrs["divisor_override"]
+            out["divisor_override"] = (
+                None if div is None else as_int_tuple(div, 1, "divisor_override", where)[0]
+            )
         if "norm_type" in attrs:
             p = as_float(attrs["norm_type"], "norm_type", where)
             if not (p > 0 and math.isfinite(p)):
@@ -606,11 +649,13 @@ class AvgPoolSpec(_PoolSpec):
 
     Backward: ``δ_prev[n, c, S·i + D·m] += δ[n, c, i] / |window_i|`` for every tap.
 
+    ``divisor_override`` (an int >= 1) replaces ``|window_i|`` in both, as in PyTorch.
+
     Shape: ``(N, C, *spatial) -> (N, C, *O)``.
     """
 
     name = "avg_pool"
-    _extra: Mapping[str, Any] = {"count_include_pad": True}
+    _extra: Mapping[str, Any] = {"count_include_pad": True, "divisor_override": None}
     properties = (_max_ge_avg, nan_propagates)
 
     def oracle(self, x, **attrs):
@@ -642,7 +687,8 @@ _FUNCTION_DOC = """{d}-D {what} pooling: {formula}
         input: ``(N, C, {axes})``.{extra_args}
         kernel_size: ``F``, the window, an int or one per axis.
         stride: ``S`` (default: ``kernel_size``).
-        padding: as for the convolutions; at most half the window per side.
+        padding: as for the convolutions; at most the window's extent minus one per side,
+            every window holding an input unit (ONNX's rule).
             {pad_note}
         dilation: spacing of the window's taps, >= 1.
         ceil_mode: keep a last, partial window (never one that starts in the
@@ -674,6 +720,8 @@ _KINDS = {
         "gradient to the window's winning unit (the first maximum\n    in row-major order); "
         "every other unit gets zero.",
         pad_note="Padding never wins: it acts as -inf.",
+        cip="\n        return_indices: also return each maximum's flat index in its ``(n, c)`` plane,"
+        "\n            as PyTorch does (``(output, indices)``; default False).",
         example={
             1: "max_pool1d(x, 2).tolist()\n        [[[3.0, 4.0]]]",
             2: "max_pool2d(x, 2)[0, 0].tolist()\n        [[6.0, 8.0], [3.0, 4.0]]",
@@ -685,7 +733,8 @@ _KINDS = {
         "as ``1/|window|`` over its window.",
         pad_note="Padding counts as zeros (see ``count_include_pad``).",
         cip="\n        count_include_pad: divide by the whole window, padding included "
-        "(default),\n            or only by the input units it covers.",
+        "(default),\n            or only by the input units it covers."
+        "\n        divisor_override: divide every window by this int instead (2-D, 3-D; default None).",
         example={
             1: "avg_pool1d(x, 2).tolist()\n        [[[2.0, 3.0]]]",
             2: "avg_pool2d(x, 2)[0, 0].tolist()\n        [[3.25, 5.25], [2.0, 2.0]]",
@@ -729,48 +778,65 @@ def _pool(op: str, dims: int, input, backend, **attrs):
     return call(op, input, backend=backend, where=f"{op}{dims}d", dims=dims, **attrs)
 
 
+def _max_pool_call(dims, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend):
+    attrs = dict(
+        kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode
+    )
+    out = _pool("max_pool", dims, input, backend, **attrs)
+    if not as_bool(return_indices, "return_indices", f"max_pool{dims}d"):
+        return out
+    where = f"max_pool{dims}d"
+    return out, call("max_pool_indices", input, backend=backend, where=where, dims=dims, **attrs)
+
+
 @_function_doc("max", 1)
-def max_pool1d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *, backend=None):
-    return _pool(
-        "max_pool",
-        1,
-        input,
-        backend,
-        kernel_size=kernel_size,
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        ceil_mode=ceil_mode,
+def max_pool1d(
+    input,
+    kernel_size,
+    stride=None,
+    padding=0,
+    dilation=1,
+    ceil_mode=False,
+    return_indices=False,
+    *,
+    backend=None,
+):
+    return _max_pool_call(
+        1, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend
     )
 
 
 @_function_doc("max", 2)
-def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *, backend=None):
-    return _pool(
-        "max_pool",
-        2,
-        input,
-        backend,
-        kernel_size=kernel_size,
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        ceil_mode=ceil_mode,
+def max_pool2d(
+    input,
+    kernel_size,
+    stride=None,
+    padding=0,
+    dilation=1,
+    ceil_mode=False,
+    return_indices=False,
+    *,
+    backend=None,
+):
+    return _max_pool_call(
+        2, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend
     )
 
 
 @_function_doc("max", 3)
-def max_pool3d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *, backend=None):
-    return _pool(
-        "max_pool",
-        3,
-        input,
-        backend,
-        kernel_size=kernel_size,
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        ceil_mode=ceil_mode,
+def max_pool3d(
+    input,
+    kernel_size,
+    stride=None,
+    padding=0,
+    dilation=1,
+    ceil_mode=False,
+    return_indices=False,
+    *,
+    backend=None,
+):
+    return _max_pool_call(
+        3, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend
     )
 
 
@@ -809,6 +875,7 @@ def avg_pool2d(
     dilation=1,
     ceil_mode=False,
     count_include_pad=True,
+    divisor_override=None,
     *,
     backend=None,
 ):
@@ -823,6 +890,7 @@ def avg_pool2d(
         dilation=dilation,
         ceil_mode=ceil_mode,
         count_include_pad=count_include_pad,
+        divisor_override=divisor_override,
     )
 
 
@@ -835,6 +903,7 @@ def avg_pool3d(
     dilation=1,
     ceil_mode=False,
     count_include_pad=True,
+    divisor_override=None,
     *,
     backend=None,
 ):
@@ -849,6 +918,7 @@ def avg_pool3d(
         dilation=dilation,
         ceil_mode=ceil_mode,
         count_include_pad=count_include_pad,
+        divisor_override=divisor_override,
     )
 
 
@@ -1008,7 +1078,8 @@ _LAYER_DOC = """{d}-D {what} pooling layer: {formula}
     Args:{extra}
         kernel_size: ``F``, the window, an int or one per axis.
         stride: ``S`` (default: ``kernel_size``).
-        padding: as for the convolution layers; at most half the window per side.
+        padding: as for the convolution layers; at most the window's extent minus one per side,
+            every window holding an input unit (ONNX's rule).
         dilation: spacing of the window's taps (default 1).
         ceil_mode: keep a last, partial window.{cip}
 
@@ -1031,12 +1102,14 @@ _LAYER_KINDS = {
         formula="the largest unit of each window.\n\n    Backward: the gradient goes to the "
         "window's winning unit, all others get zero.",
         cls="MaxPool",
+        cip="\n        return_indices: also return each maximum's flat index in its plane (default False).",
     ),
     "avg": dict(
         formula="the mean of each window.\n\n    Backward: each output's gradient is spread "
         "as ``1/|window|`` over its window.",
         cls="AvgPool",
-        cip="\n        count_include_pad: divide by the whole window, padding included (default).",
+        cip="\n        count_include_pad: divide by the whole window, padding included (default)."
+        "\n        divisor_override: divide every window by this int instead (default None).",
     ),
     "lp": dict(
         formula="the norm ``(Σ|x|^p)^(1/p)`` of each window (p = 2: L2 pooling).\n\n    "
@@ -1112,10 +1185,27 @@ class _MaxPoolNd(_PoolNd):
         ceil_mode: bool = False,
     ) -> None:
         super().__init__()
-        if as_bool(return_indices, "return_indices", type(self).__name__):
-            raise ValueError(f"{type(self).__name__}: return_indices=True is not supported, got True")
-        self.return_indices = False
+        self.return_indices = as_bool(return_indices, "return_indices", type(self).__name__)
         self._keep(kernel_size, stride, padding, dilation, ceil_mode)
+
+    def _indices(self, x):
+        return _pool("max_pool_indices", self.dims, x, None, **self._attrs())
+
+    def function(self, x):
+        out = super().function(x)
+        return (out, self._indices(x)) if self.return_indices else out
+
+    def forward(self, x):
+        if not self.return_indices:
+            return super().forward(x)
+        be = self._run_backend(x)
+        x, _ = self._arrays(be, x)
+        with use_backend(be):
+            y, self._pullback = vjp(super().function, x)  # the gradient flows through the values only
+            return y, self._indices(x)
+
+    def config(self):
+        return {**super().config(), "return_indices": self.return_indices}
 
     def extra_repr(self):
         return (
@@ -1149,6 +1239,7 @@ class _AvgPoolNd(_PoolNd):
         padding: Any = 0,
         ceil_mode: bool = False,
         count_include_pad: bool = True,
+        divisor_override: int | None = None,
         *,
         dilation: Any = 1,
     ) -> None:
@@ -1156,6 +1247,11 @@ class _AvgPoolNd(_PoolNd):
         where = type(self).__name__
         self._keep(kernel_size, stride, padding, dilation, ceil_mode)
         self.count_include_pad = as_bool(count_include_pad, "count_include_pad", where)
+        self.divisor_override = (
+            None
+            if divisor_override is None
+            else as_int_tuple(divisor_override, 1, "divisor_override", where)[0]
+        )
         if self.dims == 1:  # torch.nn.AvgPool1d keeps 1-tuples
             self.kernel_size = as_int_tuple(self.kernel_size, 1, "kernel_size", where)
             self.stride = as_int_tuple(self.stride, 1, "stride", where)
@@ -1163,7 +1259,10 @@ class _AvgPoolNd(_PoolNd):
                 self.padding = tuple(padding) if isinstance(padding, (list, tuple)) else (padding,)
 
     def _attrs(self):
-        return {**super()._attrs(), "count_include_pad": self.count_include_pad}
+        attrs = {**super()._attrs(), "count_include_pad": self.count_include_pad}
+        if self.divisor_override is not None:
+            attrs["divisor_override"] = self.divisor_override
+        return attrs
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -1352,3 +1451,835 @@ LAYERS = (
 )
 #: The family's op records.
 SPECS = (MaxPoolSpec(), AvgPoolSpec(), LpPoolSpec())
+
+
+# == adaptive pooling (issue 10a) ==============================================================
+
+#: one run of seeds per op, so that each op's cases are the same whichever is built first
+_ASEED = {"adaptive_avg_pool": 26000, "adaptive_max_pool": 27000, "adaptive_max_pool_indices": 28000}
+
+
+def adaptive_windows(n: int, o: int) -> list[tuple[int, int]]:
+    """PyTorch's adaptive windows along one axis: ``[floor(i·N/O), ceil((i+1)·N/O))`` for ``i < O``.
+
+    Example:
+        >>> adaptive_windows(5, 3)
+        [(0, 2), (1, 4), (3, 5)]
+    """
+    return [((i * n) // o, -((-(i + 1) * n) // o)) for i in range(o)]
+
+
+def _adaptive_oracle(x: np.ndarray, output_size: tuple[int, ...], reduce) -> np.ndarray:
+    """The definition: each output unit reduces its window, one window at a time."""
+    d = len(output_size)
+    wins = [adaptive_windows(n, o) for n, o in zip(x.shape[2:], output_size)]
+    y = np.empty((*x.shape[:2], *output_size))
+    axes = tuple(range(2, 2 + d))
+    for i in np.ndindex(*output_size):
+        sl = tuple(slice(*wins[a][i[a]]) for a in range(d))
+        y[(slice(None), slice(None), *i)] = reduce(x[(slice(None), slice(None), *sl)], axis=axes)
+    return y
+
+
+def _a_case(rand: Seeds, op: str, d: int, shape: tuple[int, ...], output_size: Any, extra: str = "") -> Case:
+    out = output_size if isinstance(output_size, int) else "x".join(str(v) for v in output_size)
+    name = f"{op}{d}d-in{'x'.join(map(str, shape[2:]))}-out{out}" + (f"-{extra}" if extra else "")
+    attrs = {"output_size": output_size, "dims": d}
+    return Case(name, op, (rand(*shape),), attrs, tags=("pool", "adaptive", f"{d}d"))
+
+
+def _adaptive_cases(op: str) -> Iterator[Case]:
+    rand = Seeds(_ASEED[op])
+    yield _a_case(rand, op, 1, (2, 2, 7), 3)  # windows overlap (7 / 3 is not whole)
+    yield _a_case(rand, op, 1, (2, 2, 6), 3)  # windows tile the input
+    yield _a_case(rand, op, 1, (2, 2, 3), 5)  # more outputs than inputs: windows repeat units
+    yield _a_case(rand, op, 1, (1, 2, 5), 1, "global")
+    yield _a_case(rand, op, 2, (2, 2, 7, 5), (3, 2))
+    yield _a_case(rand, op, 2, (1, 3, 4, 6), (4, 4))
+    yield _a_case(rand, op, 2, (2, 2, 5, 5), (None, 2), "keep")  # None keeps the input's size
+    yield _a_case(rand, op, 3, (1, 2, 5, 4, 3), (2, 3, 2))
+    yield _a_case(rand, op, 3, (2, 1, 3, 3, 3), 2)
+    yield from error_cases(
+        [
+            (
+                f"{op}-error-output-size-0",
+                op,
+                (rand(1, 2, 4, 4),),
+                {"output_size": 0, "dims": 2},
+                ValueError,
+                "output_size must be >= 1",
+            ),
+            (
+                f"{op}-error-output-size-length",
+                op,
+                (rand(1, 2, 4, 4),),
+                {"output_size": (2, 2, 2), "dims": 2},
+                ValueError,
+                "output_size must be an int or 2 ints",
+            ),
+            (
+                f"{op}-error-output-size-float",
+                op,
+                (rand(1, 2, 4, 4),),
+                {"output_size": 2.5, "dims": 2},
+                TypeError,
+                "output_size",
+            ),
+            (
+                f"{op}-error-wrong-ndim",
+                op,
+                (rand(2, 4, 4),),
+                {"output_size": 2, "dims": 2},
+                ValueError,
+                "input must have 4 dimensions",
+            ),
+        ]
+    )
+
+
+class _AdaptivePoolSpec(OpSpec):
+    inputs = ("input",)
+    defaults: Mapping[str, Any] = {"output_size": OpSpec.REQUIRED, "dims": None}
+
+    def check(self, where, infos, attrs):
+        (x,) = infos
+        dims = spatial_dims(where, attrs, x)
+        check_ndim(where, "input", x, dims + 2, layout(dims))
+        check_spatial_nonempty(where, x)
+        size = attrs["output_size"]
+        if isinstance(size, (tuple, list)) and len(size) == dims:  # None keeps that axis
+            size = tuple(n if v is None else v for v, n in zip(size, x.shape[2:]))
+        return {"output_size": as_int_tuple(size, dims, "output_size", where)}
+
+    def output_shape(self, infos, attrs):
+        (x,) = infos
+        return (*x.shape[:2], *attrs["output_size"])
+
+    @functools.cache  # noqa: B019 - one record per op, built once
+    def cases(self):
+        return tuple(_adaptive_cases(self.name))
+
+
+class AdaptiveAvgPoolSpec(_AdaptivePoolSpec):
+    """Adaptive average pooling: ``O`` windows per axis, whatever the input's length ``N``.
+
+    Forward, window ``i`` along an axis being ``[s_i, e_i) = [floor(i·N/O), ceil((i+1)·N/O))``::
+
+        a[n, c, i] = Σ_{u ∈ window_i} y[n, c, u] / |window_i|
+
+    Backward::
+
+        δ_prev[n, c, u] = Σ_{windows i ∋ u} δ[n, c, i] / |window_i|
+
+    Shape: ``(N, C, *spatial)`` -> ``(N, C, *output_size)``.
+
+    Canonical attributes: ``output_size: (d,) ints >= 1``.
+    """
+
+    name = "adaptive_avg_pool"
+
+    def oracle(self, x, *, output_size):
+        return _adaptive_oracle(x, output_size, np.mean)
+
+    properties = (nan_and_inf_propagate,)
+
+
+class AdaptiveMaxPoolSpec(_AdaptivePoolSpec):
+    """Adaptive max pooling: ``O`` windows per axis, whatever the input's length ``N``.
+
+    Forward, with PyTorch's windows ``[floor(i·N/O), ceil((i+1)·N/O))``::
+
+        a[n, c, i] = max_{u ∈ window_i} y[n, c, u]
+
+    Backward (``u*`` the first maximum of window ``i`` in row-major order)::
+
+        δ_prev[n, c, u*] += δ[n, c, i]
+
+    Shape: ``(N, C, *spatial)`` -> ``(N, C, *output_size)``.
+
+    Canonical attributes: ``output_size: (d,) ints >= 1``.
+    """
+
+    name = "adaptive_max_pool"
+
+    def oracle(self, x, *, output_size):
+        return _adaptive_oracle(x, output_size, np.max)
+
+    properties = (nan_propagates,)
+
+
+_ADAPTIVE_DOC = """{d}-D adaptive {kind} pooling: ``output_size`` windows per axis, whatever the input size.
+
+    Window ``i`` along an axis of length ``N`` covers ``[floor(i·N/O), ceil((i+1)·N/O))``
+    (PyTorch's rule: windows may overlap by one unit, or repeat units when ``O > N``).
+
+    Args:
+        input: ``(N, C, {axes})``.
+        output_size: ``O``, an int or one per axis (``None`` keeps that axis's size), >= 1.{extra_arg}
+        backend: the backend to run on (default: the active one).
+
+    Shape:
+        output ``(N, C, {out_axes})`` = ``(N, C, *output_size)``.
+
+    Returns:
+        The pooled output as the backend's array type.{extra_ret}
+
+    Raises:
+        ValueError: wrong number of dimensions, an output_size < 1 or of the wrong length.
+        TypeError: a non-integer output_size, a non-floating input.
+
+    Example:
+        >>> import numpy as np
+        >>> adaptive_{kind}_pool{d}d(np.arange(1.0, {n}).reshape(1, 1, {shape}), {o}).ravel().tolist()
+        {want}
+    """
+
+
+def _adaptive(op: str, dims: int, input, output_size, backend):
+    return call(op, input, backend=backend, where=f"{op}{dims}d", output_size=output_size, dims=dims)
+
+
+_AVG_EX = {
+    1: ("6", "5", "2", "[2.0, 4.0]"),
+    2: ("5", "2, 2", "1", "[2.5]"),
+    3: ("9", "2, 2, 2", "1", "[4.5]"),
+}
+_MAX_EX = {
+    1: ("6", "5", "2", "[3.0, 5.0]"),
+    2: ("5", "2, 2", "1", "[4.0]"),
+    3: ("9", "2, 2, 2", "1", "[8.0]"),
+}
+
+
+def _adoc(kind: str, d: int):
+    n, shape, o, want = (_AVG_EX if kind == "avg" else _MAX_EX)[d]
+    extra_arg = (
+        "\n        return_indices: also return the flat index of each maximum in its plane."
+        if kind == "max"
+        else ""
+    )
+    extra_ret = " With ``return_indices``, ``(output, indices)``." if kind == "max" else ""
+    return doc(
+        _ADAPTIVE_DOC,
+        d=d,
+        kind=kind,
+        n=n,
+        shape=shape,
+        o=o,
+        want=want,
+        extra_arg=extra_arg,
+        extra_ret=extra_ret,
+    )
+
+
+@_adoc("avg", 1)
+def adaptive_avg_pool1d(input, output_size, *, backend=None):
+    return _adaptive("adaptive_avg_pool", 1, input, output_size, backend)
+
+
+@_adoc("avg", 2)
+def adaptive_avg_pool2d(input, output_size, *, backend=None):
+    return _adaptive("adaptive_avg_pool", 2, input, output_size, backend)
+
+
+@_adoc("avg", 3)
+def adaptive_avg_pool3d(input, output_size, *, backend=None):
+    return _adaptive("adaptive_avg_pool", 3, input, output_size, backend)
+
+
+def _adaptive_max(dims, input, output_size, return_indices, backend):
+    where = f"adaptive_max_pool{dims}d"
+    out = _adaptive("adaptive_max_pool", dims, input, output_size, backend)
+    if not as_bool(return_indices, "return_indices", where):
+        return out
+    return out, call(
+        "adaptive_max_pool_indices", input, backend=backend, where=where, output_size=output_size, dims=dims
+    )
+
+
+@_adoc("max", 1)
+def adaptive_max_pool1d(input, output_size, return_indices=False, *, backend=None):
+    return _adaptive_max(1, input, output_size, return_indices, backend)
+
+
+@_adoc("max", 2)
+def adaptive_max_pool2d(input, output_size, return_indices=False, *, backend=None):
+    return _adaptive_max(2, input, output_size, return_indices, backend)
+
+
+@_adoc("max", 3)
+def adaptive_max_pool3d(input, output_size, return_indices=False, *, backend=None):
+    return _adaptive_max(3, input, output_size, return_indices, backend)
+
+
+_ADAPTIVE_LAYER_DOC = """{d}-D adaptive {kind} pooling layer: ``output_size`` windows per axis.
+
+    Window ``i`` along an axis of length ``N`` covers ``[floor(i·N/O), ceil((i+1)·N/O))``.
+
+    Args:
+        output_size: ``O``, an int or one per axis (``None`` keeps that axis's size).{extra_arg}
+
+    Shape:
+        input ``(N, C, {axes})`` -> output ``(N, C, {out_axes})`` = ``(N, C, *output_size)``.
+
+    Returns:
+        ``forward(x)`` returns the pooled output.
+
+    Raises:
+        ValueError: an output_size < 1.
+
+    Example:
+        >>> import numpy as np
+        >>> Adaptive{Kind}Pool{d}d(2)(np.zeros((1, 3, {example}))).shape
+        (1, 3, {out})
+    """
+
+_EXAMPLE = {1: ("5", "2"), 2: ("5, 4", "2, 2"), 3: ("5, 4, 3", "2, 2, 2")}
+
+
+def _alayer_doc(kind: str, d: int):
+    example, out = _EXAMPLE[d]
+    extra_arg = (
+        "\n        return_indices: also return the indices of the maxima (default ``False``)."
+        if kind == "max"
+        else ""
+    )
+    return doc(
+        _ADAPTIVE_LAYER_DOC,
+        d=d,
+        kind=kind,
+        Kind=kind.capitalize(),
+        example=example,
+        out=out,
+        extra_arg=extra_arg,
+    )
+
+
+def _output_size(value: Any, dims: int, where: str) -> Any:
+    """``output_size`` checked and kept as given (an int stays an int; ``None`` keeps an axis)."""
+    if isinstance(value, (tuple, list)) and len(value) == dims and any(v is None for v in value):
+        return tuple(None if v is None else as_int_tuple(v, 1, "output_size", where)[0] for v in value)
+    size = as_int_tuple(value, dims, "output_size", where)
+    return size[0] if _is_int(value) else size
+
+
+class _AdaptiveAvgPoolNd(Layer):
+    dims = 0
+
+    def __init__(self, output_size: Any) -> None:
+        super().__init__()
+        self.output_size = _output_size(output_size, self.dims, type(self).__name__)
+
+    def function(self, x):
+        return _adaptive("adaptive_avg_pool", self.dims, x, self.output_size, None)
+
+    def config(self):
+        return {"output_size": self.output_size}
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"  # as given, as torch shows it
+
+    def window(self):
+        return ()  # the windows depend on the input's size: no fixed receptive field
+
+
+class _AdaptiveMaxPoolNd(_AdaptiveAvgPoolNd):
+    def __init__(self, output_size: Any, return_indices: bool = False) -> None:
+        super().__init__(output_size)
+        self.return_indices = as_bool(return_indices, "return_indices", type(self).__name__)
+
+    def _values(self, x):
+        return _adaptive("adaptive_max_pool", self.dims, x, self.output_size, None)
+
+    def _indices(self, x):
+        where = type(self).__name__
+        return call("adaptive_max_pool_indices", x, where=where, output_size=self.output_size, dims=self.dims)
+
+    def function(self, x):
+        out = self._values(x)
+        return (out, self._indices(x)) if self.return_indices else out
+
+    def forward(self, x):
+        if not self.return_indices:
+            return super().forward(x)
+        be = self._run_backend(x)
+        x, _ = self._arrays(be, x)
+        with use_backend(be):
+            y, self._pullback = vjp(self._values, x)  # the gradient flows through the values only
+            return y, self._indices(x)
+
+    def config(self):
+        return {"output_size": self.output_size, "return_indices": self.return_indices}
+
+
+@_alayer_doc("avg", 1)
+class AdaptiveAvgPool1d(_AdaptiveAvgPoolNd):
+    dims = 1
+
+
+@_alayer_doc("avg", 2)
+class AdaptiveAvgPool2d(_AdaptiveAvgPoolNd):
+    dims = 2
+
+
+@_alayer_doc("avg", 3)
+class AdaptiveAvgPool3d(_AdaptiveAvgPoolNd):
+    dims = 3
+
+
+@_alayer_doc("max", 1)
+class AdaptiveMaxPool1d(_AdaptiveMaxPoolNd):
+    dims = 1
+
+
+@_alayer_doc("max", 2)
+class AdaptiveMaxPool2d(_AdaptiveMaxPoolNd):
+    dims = 2
+
+
+@_alayer_doc("max", 3)
+class AdaptiveMaxPool3d(_AdaptiveMaxPoolNd):
+    dims = 3
+
+
+class AdaptiveMaxPoolIndicesSpec(AdaptiveMaxPoolSpec):
+    """Where each adaptive max pooling window's maximum is: its flat index in its ``(n, c)`` plane.
+
+    ``indices[n, c, i] = Σ_a u*_a · Π_{b > a} N_b`` for the first maximum ``u*`` of
+    window ``i`` (PyTorch's ``return_indices``). Backward: none, the output is
+    integers; checked against torch's own indices in ``tests/test_native_oracle.py``.
+    """
+
+    name = "adaptive_max_pool_indices"
+    properties = ()
+    #: its output holds integers: its cases are error contracts only (the values are torch's)
+    index_output = True
+
+    def cases(self):
+        return tuple(_adaptive_cases(self.name))[-4:]  # the error contracts
+
+    @property
+    def has_oracle(self) -> bool:
+        return False
+
+
+FUNCTIONS = (
+    *FUNCTIONS,
+    adaptive_avg_pool1d,
+    adaptive_avg_pool2d,
+    adaptive_avg_pool3d,
+    adaptive_max_pool1d,
+    adaptive_max_pool2d,
+    adaptive_max_pool3d,
+)
+LAYERS = (
+    *LAYERS,
+    AdaptiveAvgPool1d,
+    AdaptiveAvgPool2d,
+    AdaptiveAvgPool3d,
+    AdaptiveMaxPool1d,
+    AdaptiveMaxPool2d,
+    AdaptiveMaxPool3d,
+)
+SPECS = (*SPECS, AdaptiveAvgPoolSpec(), AdaptiveMaxPoolSpec(), AdaptiveMaxPoolIndicesSpec())
+
+
+# == max_pool's indices, max_unpool (issue 10a) ===================================================
+
+
+class MaxPoolIndicesSpec(MaxPoolSpec):
+    """Where each max pooling window's maximum is: its flat index in its ``(n, c)`` input plane.
+
+    ``indices[n, c, i] = Σ_a u*_a · Π_{b > a} N_b`` with ``u* = S·i + D·m* - P_before``
+    the first maximum of window ``i`` (PyTorch's ``return_indices``). Backward:
+    none, the output is integers; held to torch's own indices in
+    ``tests/test_native_oracle.py``.
+    """
+
+    name = "max_pool_indices"
+    properties = ()
+    index_output = True
+
+    def cases(self):
+        rand = Seeds(29500)  # its own seeds: the same inputs however often this is called
+        x4 = rand(1, 1, 4, 4)
+        return tuple(
+            error_cases(
+                [
+                    (
+                        "max_pool_indices-error-stride0",
+                        self.name,
+                        (x4,),
+                        {"kernel_size": 2, "stride": 0},
+                        ValueError,
+                        "stride",
+                    ),
+                    (
+                        "max_pool_indices-error-wrong-ndim",
+                        self.name,
+                        (rand(4, 4),),
+                        {"kernel_size": 2, "dims": 2},
+                        ValueError,
+                        "input must have 4",
+                    ),
+                ]
+            )
+        )
+
+    @property
+    def has_oracle(self) -> bool:
+        return False
+
+
+_URAND = Seeds(29000)
+
+
+def _unpool_case(
+    d: int,
+    spatial: tuple[int, ...],
+    kernel: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    output_size: Any = None,
+    extra: str = "",
+) -> Case:
+    """A ``max_unpool{d}d`` case: indices of a max pooling of a seeded input with the same geometry."""
+    k = (kernel,) * d if isinstance(kernel, int) else tuple(kernel)
+    s = k if stride is None else ((stride,) * d if isinstance(stride, int) else tuple(stride))
+    p = (padding,) * d if isinstance(padding, int) else tuple(padding)
+    out_default = [(n - 1) * si - 2 * pi + ki for n, si, pi, ki in zip(spatial, s, p, k)]
+    size = out_default if output_size is None else list(output_size)
+    rng = np.random.default_rng(_URAND(1).seed)
+    n, c = 2, 2
+    # one distinct unit per window, as a pooling with stride >= kernel picks it: window i's
+    # taps are S·i + m - P; a random tap inside the output plane
+    flat = np.zeros((n, c, *spatial), dtype=np.int64)
+    for axis, (o, si, pi, ki, full) in enumerate(zip(spatial, s, p, k, size)):
+        i = np.arange(o).reshape([-1 if b == axis else 1 for b in range(d)])
+        m = rng.integers(0, ki, size=(n, c, *spatial))
+        pos = np.clip(si * i + m - pi, 0, full - 1)
+        flat = flat * full + pos
+    attrs: dict[str, Any] = {"kernel_size": kernel, "dims": d}
+    name = [f"max_unpool{d}d", f"k{kernel}" if isinstance(kernel, int) else "k" + "x".join(map(str, kernel))]
+    if stride is not None:
+        attrs["stride"] = stride
+        name.append(f"stride{stride}" if isinstance(stride, int) else "stride" + "x".join(map(str, stride)))
+    if padding:
+        attrs["padding"] = padding
+        name.append(f"pad{padding}" if isinstance(padding, int) else "pad" + "x".join(map(str, padding)))
+    if output_size is not None:
+        attrs["output_size"] = output_size
+        name.append("out" + "x".join(map(str, output_size)))
+    if extra:
+        name.append(extra)
+    return Case("-".join(name), "max_unpool", (_URAND(n, c, *spatial), flat), attrs, tags=("pool", "unpool"))
+
+
+def _unpool_oracle(x, indices, *, output_size, **_):
+    """The definition: output unit ``indices[n, c, i]`` of plane ``(n, c)`` gets ``x[n, c, i]``."""
+    n, c = x.shape[:2]
+    y = np.zeros((n, c, math.prod(output_size)))
+    for a in range(n):
+        for b in range(c):
+            y[a, b, indices[a, b].ravel()] = x[a, b].ravel()
+    return y.reshape(n, c, *output_size)
+
+
+def _unpool_cases() -> Iterator[Case]:
+    yield _unpool_case(1, (4,), 2)
+    yield _unpool_case(1, (3,), 3, 3, 1)
+    yield _unpool_case(2, (3, 2), 2)
+    yield _unpool_case(2, (2, 3), (2, 3), (3, 3), (0, 1))
+    yield _unpool_case(2, (3, 3), 2, output_size=(7, 7), extra="bigger")
+    yield _unpool_case(3, (2, 2, 1), 2)
+    yield _unpool_case(3, (1, 2, 2), (1, 2, 2), output_size=(1, 5, 4))
+    yield Case(
+        "max_unpool1d-golden",
+        "max_unpool",
+        ([[[5.0, 7.0]]], np.array([[[1, 2]]], dtype=np.int64)),
+        {"kernel_size": 2, "dims": 1},
+        expected=[[[0.0, 5.0, 7.0, 0.0]]],
+        tags=("golden", "unpool"),
+    )
+    x, idx = _URAND(1, 1, 2, 2), np.zeros((1, 1, 2, 2), dtype=np.int64)
+    yield from error_cases(
+        [
+            (
+                "max_unpool-error-index-out-of-range",
+                "max_unpool",
+                (x, idx + 16),
+                {"kernel_size": 2, "dims": 2},
+                ValueError,
+                r"indices must be in \[0, 16\)",
+            ),
+            (
+                "max_unpool-error-negative-index",
+                "max_unpool",
+                (x, idx - 1),
+                {"kernel_size": 2, "dims": 2},
+                ValueError,
+                "indices must be in",
+            ),
+            (
+                "max_unpool-error-index-shape",
+                "max_unpool",
+                (x, idx[..., :1]),
+                {"kernel_size": 2, "dims": 2},
+                ValueError,
+                "indices must have the input's shape",
+            ),
+            (
+                "max_unpool-error-float-indices",
+                "max_unpool",
+                (x, x),
+                {"kernel_size": 2, "dims": 2},
+                TypeError,
+                "indices must hold integers",
+            ),
+            (
+                "max_unpool-error-output-size-length",
+                "max_unpool",
+                (x, idx),
+                {"kernel_size": 2, "output_size": (4,), "dims": 2},
+                ValueError,
+                "output_size",
+            ),
+            (
+                "max_unpool-error-output-size-0",
+                "max_unpool",
+                (x, idx),
+                {"kernel_size": 2, "output_size": (0, 4), "dims": 2},
+                ValueError,
+                "output_size",
+            ),
+        ]
+    )
+
+
+class MaxUnpoolSpec(OpSpec):
+    """The partial inverse of max pooling: each value back at its maximum's place, zeros elsewhere.
+
+    Forward, ``indices`` the flat positions ``return_indices`` gave::
+
+        out[n, c, :].flat[indices[n, c, i]] = x[n, c, i];   every other unit 0
+
+    Backward::
+
+        δ_prev[n, c, i] = δ[n, c, :].flat[indices[n, c, i]]
+
+    Shape: input and indices ``(N, C, *spatial)`` -> ``(N, C, *output_size)``, by
+    default ``O = (N - 1)·S - P_before - P_after + F`` per axis.
+
+    Canonical attributes: ``output_size: (d,) ints``.
+    """
+
+    name = "max_unpool"
+    inputs = ("input", "indices")
+    integer_inputs = frozenset({"indices"})
+    defaults: Mapping[str, Any] = {
+        "kernel_size": OpSpec.REQUIRED,
+        "stride": None,
+        "padding": 0,
+        "output_size": None,
+        "dims": None,
+    }
+
+    def check(self, where, infos, attrs):
+        x, idx = infos
+        dims = spatial_dims(where, attrs, x)
+        check_ndim(where, "input", x, dims + 2, layout(dims))
+        if idx.shape != x.shape:
+            raise ValueError(f"{where}: indices must have the input's shape {x.shape}, got {idx.shape}")
+        kernel = as_int_tuple(attrs["kernel_size"], dims, "kernel_size", where)
+        stride = kernel if attrs["stride"] is None else as_int_tuple(attrs["stride"], dims, "stride", where)
+        padding = as_int_tuple(attrs["padding"], dims, "padding", where, minimum=0)
+        size = attrs["output_size"]
+        default = tuple((n - 1) * s - 2 * p + f for n, s, p, f in zip(x.shape[2:], stride, padding, kernel))
+        if size is None:
+            size = default
+            if min(size) < 1:
+                raise ValueError(f"{where}: padding {padding} leaves an empty output (sizes {size})")
+        else:
+            if isinstance(size, (tuple, list)) and len(size) == dims + 2:
+                size = tuple(size)[2:]  # torch takes (N, C, *spatial) too
+            size = as_int_tuple(size, dims, "output_size", where)
+            for axis, (o, o0, s) in enumerate(zip(size, default, stride)):
+                if not o0 - s < o < o0 + s:  # PyTorch's rule: within one stride of the default
+                    raise ValueError(
+                        f"{where}: output_size {size} must be within one stride of {default} "
+                        f"((N - 1)·S - 2P + F) on every axis: {o} on axis {axis} is not in "
+                        f"({o0 - s}, {o0 + s})"
+                    )
+        return {"output_size": size}
+
+    def check_values(self, where, inputs, to_numpy):
+        """Every index must name a unit of its output plane (``Π output_size`` units)."""
+        idx = to_numpy(inputs[1])
+        plane = self._plane.get()
+        if idx.size == 0 or plane is None:
+            return
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= plane:
+            raise ValueError(
+                f"{where}: indices must be in [0, {plane}) (the output plane), got values from {lo} to {hi}"
+            )
+
+    #: the output plane of the call being validated, for :meth:`check_values` (which sees no attributes)
+    _plane: ContextVar[int | None] = ContextVar("cnnkit_unpool_plane", default=None)
+
+    def bind(self, where, infos, attrs):
+        canonical = super().bind(where, infos, attrs)
+        self._plane.set(math.prod(canonical["output_size"]))
+        return canonical
+
+    def output_shape(self, infos, attrs):
+        return (*infos[0].shape[:2], *attrs["output_size"])
+
+    @functools.cache  # noqa: B019 - one record, built once
+    def cases(self):
+        return tuple(_unpool_cases())
+
+    def oracle(self, x, indices, **attrs):
+        return _unpool_oracle(x, indices, **attrs)
+
+
+_UNPOOL_DOC = """{d}-D max unpooling: each value back at the flat index max pooling gave, zeros elsewhere.
+
+    Args:
+        input: ``(N, C, {axes})``, a max pooling's output.
+        indices: its ``return_indices``, integers of the input's shape.
+        kernel_size, stride, padding: the pooling's (``stride`` default: ``kernel_size``).
+        output_size: the output's spatial size (or ``(N, C, *spatial)``); by default
+            ``(N - 1)·S - 2P + F`` per axis.
+        backend: the backend to run on (default: the active one).
+
+    Shape:
+        output ``(N, C, {out_axes})``.
+
+    Returns:
+        The unpooled output as the backend's array type.
+
+    Raises:
+        ValueError: indices outside the output plane or of another shape, a wrong output_size.
+        TypeError: indices that are not integers.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.array([[[5.0, 7.0]]]); idx = np.array([[[1, 2]]])
+        >>> max_unpool{d}d(x.reshape(1, 1, {shape}), idx.reshape(1, 1, {shape}), {k}).ravel().tolist()
+        {want}
+    """
+
+_UNPOOL_EX = {
+    1: dict(shape="2", k="2", want="[0.0, 5.0, 7.0, 0.0]"),
+    2: dict(shape="1, 2", k="(1, 2)", want="[0.0, 5.0, 7.0, 0.0]"),
+    3: dict(shape="1, 1, 2", k="(1, 1, 2)", want="[0.0, 5.0, 7.0, 0.0]"),
+}
+
+
+def _unpool(dims, input, indices, kernel_size, stride, padding, output_size, backend):
+    return call(
+        "max_unpool",
+        input,
+        indices,
+        backend=backend,
+        where=f"max_unpool{dims}d",
+        dims=dims,
+        kernel_size=kernel_size,
+        stride=stride,
+        padding=padding,
+        output_size=output_size,
+    )
+
+
+@doc(_UNPOOL_DOC, d=1, **_UNPOOL_EX[1])
+def max_unpool1d(input, indices, kernel_size, stride=None, padding=0, output_size=None, *, backend=None):
+    return _unpool(1, input, indices, kernel_size, stride, padding, output_size, backend)
+
+
+@doc(_UNPOOL_DOC, d=2, **_UNPOOL_EX[2])
+def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_size=None, *, backend=None):
+    return _unpool(2, input, indices, kernel_size, stride, padding, output_size, backend)
+
+
+@doc(_UNPOOL_DOC, d=3, **_UNPOOL_EX[3])
+def max_unpool3d(input, indices, kernel_size, stride=None, padding=0, output_size=None, *, backend=None):
+    return _unpool(3, input, indices, kernel_size, stride, padding, output_size, backend)
+
+
+_UNPOOL_LAYER_DOC = """{d}-D max unpooling layer: ``forward(x, indices)`` puts each value back in place.
+
+    Args:
+        kernel_size, stride, padding: the pooling's (``stride`` default: ``kernel_size``).
+
+    Shape:
+        input and indices ``(N, C, {axes})`` -> output ``(N, C, {out_axes})``, by default
+        ``(N - 1)·S - 2P + F`` per axis.
+
+    Returns:
+        ``forward(x, indices)`` returns the unpooled output; ``backward(δ)`` returns ``dE/dx``.
+
+    Raises:
+        ValueError: indices outside the output plane.
+
+    Example:
+        >>> import numpy as np
+        >>> MaxUnpool{d}d(2)(np.ones((1, 1, {ones})), np.zeros((1, 1, {ones}), dtype=np.int64)).shape
+        (1, 1, {out})
+    """
+
+
+class _MaxUnpoolNd(Layer):
+    dims = 0
+
+    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0) -> None:
+        super().__init__()
+        where = type(self).__name__
+        self.kernel_size = as_int_tuple(kernel_size, self.dims, "kernel_size", where)
+        self.stride = self.kernel_size if stride is None else as_int_tuple(stride, self.dims, "stride", where)
+        self.padding = as_int_tuple(padding, self.dims, "padding", where, minimum=0)
+
+    def function(self, x, indices, output_size=None):
+        return _unpool(self.dims, x, indices, self.kernel_size, self.stride, self.padding, output_size, None)
+
+    def forward(self, x, indices=None, output_size=None):
+        if indices is None:
+            raise TypeError(f"{type(self).__name__}: forward needs the pooling's indices")
+        be = self._run_backend(x)
+        x, _ = self._arrays(be, x)
+        with use_backend(be):
+            fn = functools.partial(self.function, output_size=output_size)
+            y, self._pullback = vjp(fn, x, indices)
+        return y
+
+    def __call__(self, x, indices=None, output_size=None):
+        return self.forward(x, indices, output_size)
+
+    def config(self):
+        return {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding}
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+    def window(self):
+        return ()  # each output unit reads the one input its index names: no fixed window
+
+
+@doc(_UNPOOL_LAYER_DOC, d=1, ones="2", out="4")
+class MaxUnpool1d(_MaxUnpoolNd):
+    dims = 1
+
+
+@doc(_UNPOOL_LAYER_DOC, d=2, ones="2, 2", out="4, 4")
+class MaxUnpool2d(_MaxUnpoolNd):
+    dims = 2
+
+
+@doc(_UNPOOL_LAYER_DOC, d=3, ones="2, 2, 2", out="4, 4, 4")
+class MaxUnpool3d(_MaxUnpoolNd):
+    dims = 3
+
+
+FUNCTIONS = (*FUNCTIONS, max_unpool1d, max_unpool2d, max_unpool3d)
+LAYERS = (*LAYERS, MaxUnpool1d, MaxUnpool2d, MaxUnpool3d)
+SPECS = (*SPECS, MaxPoolIndicesSpec(), MaxUnpoolSpec())

@@ -165,7 +165,7 @@ def test_errors_name_the_argument():
         distance_pool2d(x, 2.5)
     with pytest.raises(ValueError, match=r"distance_pool2d: input must have 4 dimensions"):
         distance_pool2d(np.zeros((1, 4, 4)), 2)
-    with pytest.raises(ValueError, match=r"padding must be at most half the window"):
+    with pytest.raises(ValueError, match=r"padding must be at most the window's extent minus one"):
         distance_pool2d(x, 2, padding=2)
 
 

@@ -30,7 +30,7 @@ def distance_pool2d(
         input: ``(N, C, H, W)``.
         kernel_size: the window ``F`` (an int or ``(F_h, F_w)``).
         stride: ``S`` (default: the kernel size, as every pooling).
-        padding: zero padding in any form ``conv2d`` accepts (at most half the window).
+        padding: zero padding in any form ``conv2d`` accepts (at most the window's extent minus one).
             Padded zeros count with their weight.
         sigma: the Gaussian's width in units (> 0); large sigma is average pooling.
         backend: a backend name or instance; ``None`` uses the active one.
