@@ -40,6 +40,9 @@ class TorchBackend(Backend):
             the CPU and tensors stay where they are.
         dtype: the dtype floating arrays from lists or NumPy get, and new parameters' dtype
             (a name such as ``"float32"`` or a ``torch.dtype``).
+        autotune: ``False`` turns off the timing of conv backward routes for this process (the
+            fixed rule is used, as with ``CNNKIT_AUTOTUNE=0``), ``True`` turns it on; not given:
+            left as it is (see :mod:`cnnkit_torch.autotune`).
 
     Raises:
         ValueError: ``device`` is no device name, or not one this machine has (``"cuda:0"`` on a
@@ -54,8 +57,17 @@ class TorchBackend(Backend):
 
     name = "torch"
 
-    def __init__(self, device: str | torch.device | None = None, dtype: Any = None) -> None:
+    def __init__(
+        self, device: str | torch.device | None = None, dtype: Any = None, autotune: bool | None = None
+    ) -> None:
         options: dict[str, Any] = {}
+        if autotune is not None:
+            if not isinstance(autotune, bool):
+                raise TypeError(f"torch backend: autotune must be True or False, got {autotune!r}")
+            from cnnkit_torch import autotune as _autotune
+
+            _autotune.set_enabled(autotune)  # process-wide, like torch.backends.cudnn.benchmark
+            options["autotune"] = autotune
         if device is not None:
             options["device"] = str(self._check_device(device))
         if dtype is not None:

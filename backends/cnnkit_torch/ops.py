@@ -38,6 +38,7 @@ from torch.autograd.function import Function, once_differentiable
 
 from cnnkit.geometry import bounded_window, conv_output_size, pool_output_size, pool_padding
 from cnnkit.registry import Kernel
+from cnnkit_torch import autotune
 from cnnkit_torch.sizes import COLUMNS_CHUNK_BYTES
 
 __all__ = [
@@ -419,11 +420,16 @@ def _conv_weight_grad(
     dilation: Sequence[int],
     groups: int,
 ) -> torch.Tensor:
-    # the fastest route by shape (measured on CPU, see benchmarks/README.md); all are y ⋆ δ
-    if groups == 1 and x.shape[1] >= 8:
-        if all(s == 1 for s in stride):
-            return _conv_weight_grad_gemm(x, dy, kernel, 1, pads, dilation)
+    # the fastest route for this shape on this machine (autotune: timed once, else the fixed
+    # rule measured on one CPU); all are y ⋆ δ
+    route = autotune.dw_route(x, dy, kernel, stride, pads, dilation, groups)
+    if route == "gemm":
+        return _conv_weight_grad_gemm(x, dy, kernel, 1, pads, dilation)
+    if route == "columns":
         return _conv_weight_grad_columns(x, dy, kernel, stride, pads, dilation)
+    if route == "im2col":
+        w_like = x.new_empty((dy.shape[1], x.shape[1], *kernel))  # only its shape is read
+        return _conv_grads_im2col(x, w_like, dy, stride, pads, dilation, False, True)[1]
     return _conv_weight_grad_conv(x, dy, kernel, stride, pads, dilation, groups)
 
 
@@ -520,13 +526,17 @@ class Conv(Function):
             return dx, dw, db, None, None, None, None, None
         w_used = w.flip(spatial) if flip and need_x else w  # rot180(W) is read by δ_prev only
         dx = dw = db = None
-        if groups == 1 and x.shape[1] <= 4 and w.shape[0] >= 16 and (need_x or need_w):
-            dx, dw = _conv_grads_im2col(x, w_used, dy, stride, padding, dilation, need_x, need_w)
-        else:
-            if need_x:
-                dx = _conv_input_grad(dy, w_used, x.shape, stride, padding, dilation, groups)
-            if need_w:
-                dw = _conv_weight_grad(x, dy, w.shape[2:], stride, padding, dilation, groups)
+        # the route per gradient: timed on first sight of a shape, else the fixed rule (autotune)
+        dx_route = autotune.dx_route(x, w_used, dy, stride, padding, dilation, groups) if need_x else None
+        dw_route = autotune.dw_route(x, dy, w.shape[2:], stride, padding, dilation, groups) if need_w else None
+        if "im2col" in (dx_route, dw_route):
+            dx, dw = _conv_grads_im2col(
+                x, w_used, dy, stride, padding, dilation, dx_route == "im2col", dw_route == "im2col"
+            )
+        if need_x and dx is None:
+            dx = _conv_input_grad(dy, w_used, x.shape, stride, padding, dilation, groups)
+        if need_w and dw is None:
+            dw = _conv_weight_grad(x, dy, w.shape[2:], stride, padding, dilation, groups)
         if dw is not None and flip:
             dw = dw.flip(spatial)
         if dw is not None and dw.stride() != w.stride() and _dense(w):
