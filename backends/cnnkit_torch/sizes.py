@@ -2,3 +2,4 @@
 
 #: Bytes of im2col columns per batch chunk of the strided weight gradient (measured on W5).
 COLUMNS_CHUNK_BYTES = 4 * 2**20
+
