@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -9,7 +10,23 @@ import torch
 
 from cnnkit.backend import Backend
 
-__all__ = ["TorchBackend", "dtype_name", "torch_dtype"]
+__all__ = ["TorchBackend", "dtype_name", "free_cores", "torch_dtype"]
+
+
+def free_cores() -> int:
+    """Cores this process may use that the rest of the machine is not already using:
+    ``usable - round(1-minute load)``, at least 1. On a shared machine a pool as wide as the
+    machine collapses (its threads wait at every barrier for one descheduled thread); one
+    thread per idle core does not."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    return max(1, min(usable, usable - int(load + 0.5)))
 
 
 def torch_dtype(name: str | torch.dtype) -> torch.dtype:
@@ -141,9 +158,10 @@ class TorchBackend(Backend):
             return x.to(device=device, dtype=target)
         return self.asarray(x).to(device=device, dtype=target)
 
-    def set_threads(self, n: int) -> None:
-        """``torch.set_num_threads(n)``: small nets on a busy machine run far faster on one thread."""
-        torch.set_num_threads(n)
+    def set_threads(self, n: int | None = None) -> None:
+        """``torch.set_num_threads(n)``: small nets on a busy machine run far faster on one thread.
+        ``None`` (or 0): :func:`free_cores`, the cores the rest of the machine leaves idle now."""
+        torch.set_num_threads(int(n) if n else free_cores())
 
     def devices(self) -> list[str]:
         """``"cpu"``, then ``"cuda:i"`` for every visible GPU (and ``"mps"`` on Apple silicon)."""
