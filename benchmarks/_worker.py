@@ -418,6 +418,10 @@ def serve(args: argparse.Namespace) -> None:
             except Exception as exc:
                 hello["errors"].setdefault(wl.name, {})[mode] = _error(exc)
     hello["process"] = process_info(args.backend)
+    if args.backend == "numpy":
+        from cnnkit_numpy import ops as np_ops
+
+        hello["numpy_tuning"] = dict(np_ops.TUNED)
     if args.backend == "torch":
         from cnnkit_torch import autotune
 

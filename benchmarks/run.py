@@ -388,6 +388,12 @@ def autotune_lines(report: dict[str, Any]) -> list[str]:
             lines.append(f"- torch autotune {name}: {cost}")
             continue
         lines.append(f"- torch autotune {name}: {'; '.join(chosen) or 'fixed rule (too small to time)'}; {cost}")
+    np_tune = report.get("hellos", {}).get("numpy", {}).get("numpy_tuning") or {}
+    if np_tune:
+        picks = ", ".join(
+            f"{rec['chunk_bytes'] // 2**10} KiB x{rec['threads']} ({rec['cost_ms']:.0f} ms)" for rec in np_tune.values()
+        )
+        lines.append(f"- numpy conv chunk/copy threads chosen by measurement, per shape: {picks}")
     total = sum(rec["cost_ms"] for rec in tune["decisions"].values())
     lines.append(f"- torch autotune: {len(tune['decisions'])} shapes timed, {total:.0f} ms in all, once per process")
     return lines
@@ -608,7 +614,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "workloads": [w.to_json() for w in wls],
         "hellos": {
-            b: {k: h.get(k) for k in ("first_ms", "autotune") if h.get(k) is not None} for b, h in hellos.items()
+            b: {k: h.get(k) for k in ("first_ms", "autotune", "numpy_tuning") if h.get(k) is not None}
+            for b, h in hellos.items()
         },
         "results": rows,
         "memory": memory,

@@ -86,7 +86,11 @@ class NumpyBackend(Backend):
     def set_threads(self, n: int | None = None) -> None:
         """Size OpenBLAS's thread pool (its matmuls) to ``n`` threads; ``None`` (or 0):
         :func:`free_cores`. A no-op where NumPy's BLAS is not an OpenBLAS this can find."""
-        _openblas_set_threads(int(n) if n else free_cores())
+        from cnnkit_numpy import ops
+
+        n = int(n) if n else free_cores()
+        _openblas_set_threads(n)
+        ops.COPY_THREADS = n  # the threads that share a conv's copies
 
     def is_native(self, x: Any) -> bool:
         return isinstance(x, np.ndarray)
