@@ -102,7 +102,7 @@ def test_the_cache_file_is_written_and_read(tuned, monkeypatch, tmp_path):
     assert sorted(k.split("|")[0] for k in routes) == ["dw", "dx"]
     # another process (here: a cleared cache) reads the file instead of timing
     key = next(k for k in routes if k.startswith("dw|"))
-    routes[key] = "conv"
+    routes[key] = "swapped"
     path.write_text(json.dumps({"schema": 1, "routes": routes}))
     autotune.clear()
     taken = []
@@ -136,8 +136,8 @@ def test_off_means_the_fixed_rule_and_nothing_timed(tuned, monkeypatch, how):
     assert autotune.fixed_dw_route(3, 16, (1, 1), 1) == "im2col"
     assert autotune.fixed_dw_route(8, 8, (1, 1), 1) == "gemm"
     assert autotune.fixed_dw_route(8, 8, (2, 2), 1) == "columns"
-    assert autotune.fixed_dw_route(8, 8, (1, 1), 2) == "conv"
-    assert autotune.fixed_dx_route(3, 16, 1) == "im2col" and autotune.fixed_dx_route(8, 8, 1) == "conv"
+    assert autotune.fixed_dw_route(8, 8, (1, 1), 2) == "swapped"
+    assert autotune.fixed_dx_route(3, 16, 1) == "im2col" and autotune.fixed_dx_route(8, 8, 1) == "rot180"
 
 
 def test_backend_option_turns_it_back_on(tuned):

@@ -90,7 +90,7 @@ class NumpyBackend(Backend):
 
         n = int(n) if n else free_cores()
         _openblas_set_threads(n)
-        ops.COPY_THREADS = n  # the threads that share a conv's copies
+        ops.COPY_THREADS = n  # the threads that share a convolution's copies
 
     def is_native(self, x: Any) -> bool:
         return isinstance(x, np.ndarray)

@@ -1,9 +1,10 @@
-"""Which conv backward route to take, chosen by measurement (as ``torch.backends.cudnn.benchmark``).
+"""Which convolution backward route to take, chosen by measurement (as ``torch.backends.cudnn.benchmark``).
 
-:class:`cnnkit_torch.ops.Conv` has several exact ways to compute each gradient
-(``dx``: a conv of ``δ`` with ``rot180(W)`` / ``conv_transpose``, or im2col +
-scatter; ``dW``: one GEMM per kernel offset on the padded grid, channels-last
-im2col columns, im2col per sample, or a conv with batch and channels swapped).
+The convolution Function of :mod:`cnnkit_torch.ops` has several exact ways to compute each
+gradient (``dx``: ``"rot180"``, a convolution of ``δ`` with ``rot180(W)`` /
+``conv_transpose``, or ``"im2col"`` + scatter; ``dW``: ``"gemm"``, one GEMM per kernel
+offset on the padded grid, ``"columns"``, channels-last im2col columns, ``"im2col"`` per
+sample, or ``"swapped"``, a convolution with batch and channels swapped).
 Which is fastest depends on the shape *and the CPU*: thresholds tuned on one
 machine were 1.4x slower than native on another. So the first time a shape is
 seen, every candidate is run on the real tensors and timed, the fastest is kept
@@ -96,7 +97,7 @@ def decisions() -> dict[str, dict[str, Any]]:
         return {k: dict(v) for k, v in _records.items()}
 
 
-# -- the fixed rule (the thresholds measured on one CPU, before autotuning) -----------------------
+# -- the fixed rule (the thresholds measured on one CPU before autotuning) -----------------------
 
 
 def _im2col_shape(c: int, k: int, groups: int) -> bool:
@@ -104,18 +105,18 @@ def _im2col_shape(c: int, k: int, groups: int) -> bool:
 
 
 def fixed_dx_route(c: int, k: int, groups: int) -> str:
-    """``"im2col"`` for few input channels and many filters, else ``"conv"``."""
-    return "im2col" if _im2col_shape(c, k, groups) else "conv"
+    """``"im2col"`` for few input channels and many filters, else ``"rot180"``."""
+    return "im2col" if _im2col_shape(c, k, groups) else "rot180"
 
 
 def fixed_dw_route(c: int, k: int, stride: Sequence[int], groups: int) -> str:
     """``"im2col"`` (few channels, many filters), ``"gemm"`` (stride 1, C >= 8), ``"columns"``
-    (strided, C >= 8), else ``"conv"``."""
+    (strided, C >= 8), else ``"swapped"``."""
     if _im2col_shape(c, k, groups):
         return "im2col"
     if groups == 1 and c >= 8:
         return "gemm" if all(s == 1 for s in stride) else "columns"
-    return "conv"
+    return "swapped"
 
 
 # -- timing -------------------------------------------------------------------------------------
@@ -237,11 +238,11 @@ def _flops(x: torch.Tensor, dy: torch.Tensor, kernel: Sequence[int], groups: int
     return dy.shape[0] * dy.shape[1] * (x.shape[1] // max(groups, 1)) * math.prod(kernel) * math.prod(dy.shape[2:])
 
 
-# -- the two questions Conv.backward asks ---------------------------------------------------------
+# -- the two questions the convolution backward asks ---------------------------------------------------------
 
 
 def dx_route(x, w, dy, stride, pads, dilation, groups) -> str:
-    """``"conv"`` (:func:`~cnnkit_torch.ops._conv_input_grad`) or ``"im2col"``
+    """``"rot180"`` (:func:`~cnnkit_torch.ops._conv_input_grad`) or ``"im2col"``
     (:func:`~cnnkit_torch.ops._conv_grads_im2col`) for ``δ_prev``."""
     from cnnkit_torch import ops  # the module that asks; looked up now, so patched routes are timed
 
@@ -250,7 +251,7 @@ def dx_route(x, w, dy, stride, pads, dilation, groups) -> str:
     if not _tunable(x, _flops(x, dy, kernel, groups)):
         return fixed
     cands: dict[str, Callable[[], Any]] = {
-        "conv": lambda: ops._conv_input_grad(dy, w, x.shape, stride, pads, dilation, groups)
+        "rot180": lambda: ops._conv_input_grad(dy, w, x.shape, stride, pads, dilation, groups)
     }
     if groups == 1:
         cands["im2col"] = lambda: ops._conv_grads_im2col(x, w, dy, stride, pads, dilation, True, False)
@@ -258,7 +259,7 @@ def dx_route(x, w, dy, stride, pads, dilation, groups) -> str:
 
 
 def dw_route(x, dy, kernel, stride, pads, dilation, groups) -> str:
-    """``"gemm"``, ``"columns"``, ``"conv"`` or ``"im2col"`` for ``dE/dW``."""
+    """``"gemm"``, ``"columns"``, ``"swapped"`` or ``"im2col"`` for ``dE/dW``."""
     from cnnkit_torch import ops
 
     c, k = x.shape[1], dy.shape[1]
@@ -266,7 +267,7 @@ def dw_route(x, dy, kernel, stride, pads, dilation, groups) -> str:
     if not _tunable(x, _flops(x, dy, kernel, groups)):
         return fixed
     cands: dict[str, Callable[[], Any]] = {
-        "conv": lambda: ops._conv_weight_grad_conv(x, dy, kernel, stride, pads, dilation, groups)
+        "swapped": lambda: ops._conv_weight_grad_conv(x, dy, kernel, stride, pads, dilation, groups)
     }
     if groups == 1:
         if all(s == 1 for s in stride):

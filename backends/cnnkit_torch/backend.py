@@ -57,7 +57,7 @@ class TorchBackend(Backend):
             the CPU and tensors stay where they are.
         dtype: the dtype floating arrays from lists or NumPy get, and new parameters' dtype
             (a name such as ``"float32"`` or a ``torch.dtype``).
-        autotune: ``False`` turns off the timing of conv backward routes for this process (the
+        autotune: ``False`` turns off the timing of convolution backward routes for this process (the
             fixed rule is used, as with ``CNNKIT_AUTOTUNE=0``), ``True`` turns it on; not given:
             left as it is (see :mod:`cnnkit_torch.autotune`).
 
