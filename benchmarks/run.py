@@ -376,26 +376,32 @@ def autotune_lines(report: dict[str, Any]) -> list[str]:
             for key, rec in tune["decisions"].items()
             if w["op"] != "vgg_step" and f"|{x_shape})|" in key
         ]
-        f_ms, n_ms, m_ms = first.get(name, {}).get("fwdbwd"), native_first.get(name, {}).get("fwdbwd"), med.get(
-            (name, "torch")
+        f_ms, n_ms, m_ms = (
+            first.get(name, {}).get("fwdbwd"),
+            native_first.get(name, {}).get("fwdbwd"),
+            med.get((name, "torch")),
         )
         cost = (
             f"first fwd+bwd call {_f(f_ms, '.1f')} ms (native's {_f(n_ms, '.1f')} ms; later calls median "
             f"{_f(m_ms, '.1f')} ms)"
         )
         if w["op"] == "vgg_step":
-            n_tuned = sum(1 for k in tune["decisions"] if f"x({w['n']}," in k)
             lines.append(f"- torch autotune {name}: {cost}")
             continue
-        lines.append(f"- torch autotune {name}: {'; '.join(chosen) or 'fixed rule (too small to time)'}; {cost}")
+        lines.append(
+            f"- torch autotune {name}: {'; '.join(chosen) or 'fixed rule (too small to time)'}; {cost}"
+        )
     np_tune = report.get("hellos", {}).get("numpy", {}).get("numpy_tuning") or {}
     if np_tune:
         picks = ", ".join(
-            f"{rec['chunk_bytes'] // 2**10} KiB x{rec['threads']} ({rec['cost_ms']:.0f} ms)" for rec in np_tune.values()
+            f"{rec['chunk_bytes'] // 2**10} KiB x{rec['threads']} ({rec['cost_ms']:.0f} ms)"
+            for rec in np_tune.values()
         )
         lines.append(f"- numpy conv chunk/copy threads chosen by measurement, per shape: {picks}")
     total = sum(rec["cost_ms"] for rec in tune["decisions"].values())
-    lines.append(f"- torch autotune: {len(tune['decisions'])} shapes timed, {total:.0f} ms in all, once per process")
+    lines.append(
+        f"- torch autotune: {len(tune['decisions'])} shapes timed, {total:.0f} ms in all, once per process"
+    )
     return lines
 
 

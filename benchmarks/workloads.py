@@ -16,9 +16,9 @@ from cnnkit.geometry import conv_output_size
 
 __all__ = [
     "MEMORY_BATCHES",
-    "VGG_LAYERS",
     "PROFILES",
     "TARGETS",
+    "VGG_LAYERS",
     "Workload",
     "memory_workload",
     "workloads",
@@ -89,7 +89,8 @@ class Workload:
         """The issue's notation: ``N,C,HxW->K,F,stride,padding`` (pools: ``window/stride``)."""
         size = "x".join(map(str, self.spatial)) if len(self.spatial) > 1 else f"L={self.spatial[0]}"
         if self.is_model:
-            return f"{self.n},{self.c},{size} VGG({'-'.join(str(a) for k, a in VGG_LAYERS if k == 'conv')})->{self.k}"
+            convs = "-".join(str(a) for kind, a in VGG_LAYERS if kind == "conv")
+            return f"{self.n},{self.c},{size} VGG({convs})->{self.k}"
         if self.is_conv:
             return f"{self.n},{self.c},{size}->{self.k},{self.f},{self.stride},{self.padding}"
         return f"{self.n},{self.c},{size} {self.f}x{self.f}/{self.stride}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from cnnkit_numpy.backend import NumpyBackend
 from cnnkit_numpy.backend import free_cores as np_free_cores
 

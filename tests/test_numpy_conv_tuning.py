@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from cnnkit_numpy import ops
 
 ATTRS = dict(stride=(1, 1), padding=((1, 1), (1, 1)), dilation=(1, 1), groups=1, flip=False)

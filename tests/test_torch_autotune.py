@@ -68,7 +68,9 @@ def test_autotuner_picks_among_the_candidates_and_gives_native_gradients(tuned, 
 
 @pytest.mark.parametrize("xs, ws, stride", SHAPES)
 @pytest.mark.parametrize("kind", ["dx", "dw"])
-def test_every_candidate_the_autotuner_may_choose_gives_native_gradients(tuned, monkeypatch, xs, ws, stride, kind):
+def test_every_candidate_the_autotuner_may_choose_gives_native_gradients(
+    tuned, monkeypatch, xs, ws, stride, kind
+):
     """Force each candidate in turn (the fastest is whichever the machine says): all are exact."""
     x, w, b = _inputs(xs, ws)
     ref = _grads(x, w, b, stride, native=True)

@@ -10,6 +10,7 @@ import numpy as np
 
 from cnnkit.backend import Backend
 
+
 def free_cores() -> int:
     """Cores this process may use that the rest of the machine is not already using:
     ``usable - round(1-minute load)``, at least 1. On a shared machine a pool as wide as the

@@ -274,7 +274,14 @@ def _conv_config(x, weight, bias, attrs: dict) -> tuple[int | None, int | None]:
     flops = x.shape[0] * k * x.shape[1] // attrs["groups"] * math.prod(kernel) * math.prod(x.shape[2:])
     if flops < TUNE_MIN_FLOPS or not _autotune_on():
         return None, None
-    key = (x.shape, weight.shape, bias is not None, x.dtype.str, COPY_THREADS, *(repr(attrs[a]) for a in sorted(attrs)))
+    key = (
+        x.shape,
+        weight.shape,
+        bias is not None,
+        x.dtype.str,
+        COPY_THREADS,
+        *(repr(attrs[a]) for a in sorted(attrs)),
+    )
     found = _tuned.get(key)
     if found is not None:
         return found

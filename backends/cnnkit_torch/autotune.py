@@ -235,7 +235,13 @@ def _key(kind: str, x: torch.Tensor, dy: torch.Tensor, kernel, stride, pads, dil
 
 def _flops(x: torch.Tensor, dy: torch.Tensor, kernel: Sequence[int], groups: int) -> int:
     """Multiply-adds of one gradient: ``N·K·C/G·ΠF·ΠO``."""
-    return dy.shape[0] * dy.shape[1] * (x.shape[1] // max(groups, 1)) * math.prod(kernel) * math.prod(dy.shape[2:])
+    return (
+        dy.shape[0]
+        * dy.shape[1]
+        * (x.shape[1] // max(groups, 1))
+        * math.prod(kernel)
+        * math.prod(dy.shape[2:])
+    )
 
 
 # -- the two questions the convolution backward asks ---------------------------------------------------------
@@ -276,5 +282,7 @@ def dw_route(x, dy, kernel, stride, pads, dilation, groups) -> str:
         cols = x.shape[0] * c * math.prod(kernel) * math.prod(dy.shape[2:]) * x.element_size()
         if cols <= IM2COL_MAX_BYTES or fixed == "im2col":
             w_like = x.new_empty((k, c, *kernel))  # only its shape is read when dx is not asked
-            cands["im2col"] = lambda: ops._conv_grads_im2col(x, w_like, dy, stride, pads, dilation, False, True)
+            cands["im2col"] = lambda: ops._conv_grads_im2col(
+                x, w_like, dy, stride, pads, dilation, False, True
+            )
     return choose(_key("dw", x, dy, kernel, stride, pads, dilation, groups), cands, fixed, x.device)

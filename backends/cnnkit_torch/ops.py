@@ -570,7 +570,9 @@ class Conv(Function):
         dx = dw = db = None
         # the route per gradient: timed on first sight of a shape, else the fixed rule (autotune)
         dx_route = autotune.dx_route(x, w_used, dy, stride, padding, dilation, groups) if need_x else None
-        dw_route = autotune.dw_route(x, dy, w.shape[2:], stride, padding, dilation, groups) if need_w else None
+        dw_route = (
+            autotune.dw_route(x, dy, w.shape[2:], stride, padding, dilation, groups) if need_w else None
+        )
         if "im2col" in (dx_route, dw_route):
             dx, dw = _conv_grads_im2col(
                 x, w_used, dy, stride, padding, dilation, dx_route == "im2col", dw_route == "im2col"

@@ -2,4 +2,3 @@
 
 #: Bytes of im2col columns per batch chunk of the strided weight gradient (measured on W5).
 COLUMNS_CHUNK_BYTES = 4 * 2**20
-
