@@ -86,8 +86,8 @@ def test_the_choice_is_cached_per_shape(tuned, monkeypatch):
     x, w, b = _inputs(*SHAPES[1][:2])
     _grads(x, w, b, 1, native=False)
     timed = []
-    real = autotune._time
-    monkeypatch.setattr(autotune, "_time", lambda fn, sync: timed.append(1) or real(fn, sync))
+    real = autotune._time_all
+    monkeypatch.setattr(autotune, "_time_all", lambda c, sync: timed.append(1) or real(c, sync))
     _grads(x, w, b, 1, native=False)
     assert timed == []  # the same shape again: nothing timed
     x2, w2, b2 = _inputs((3, 8, 7, 7), SHAPES[1][1])
@@ -110,7 +110,7 @@ def test_the_cache_file_is_written_and_read(tuned, monkeypatch, tmp_path):
     taken = []
     real = ops._conv_weight_grad_conv
     monkeypatch.setattr(ops, "_conv_weight_grad_conv", lambda *a, **k: taken.append(1) or real(*a, **k))
-    monkeypatch.setattr(autotune, "_time", lambda fn, sync: pytest.fail("timed a shape the file knows"))
+    monkeypatch.setattr(autotune, "_time_all", lambda c, sync: pytest.fail("timed a shape the file knows"))
     ref = _grads(x, w, b, 2, native=True)
     for a, e in zip(_grads(x, w, b, 2, native=False), ref):
         torch.testing.assert_close(a, e, rtol=1e-7, atol=1e-9)
@@ -128,7 +128,7 @@ def test_off_means_the_fixed_rule_and_nothing_timed(tuned, monkeypatch, how):
     else:
         monkeypatch.delenv("CNNKIT_AUTOTUNE", raising=False)
         monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
-    monkeypatch.setattr(autotune, "_time", lambda fn, sync: pytest.fail("timed with autotuning off"))
+    monkeypatch.setattr(autotune, "_time_all", lambda c, sync: pytest.fail("timed with autotuning off"))
     for xs, ws, stride in SHAPES:
         x, w, b = _inputs(xs, ws)
         ref = _grads(x, w, b, stride, native=True)
@@ -151,7 +151,7 @@ def test_backend_option_turns_it_back_on(tuned):
 
 def test_small_calls_are_not_timed(monkeypatch):
     autotune.clear()
-    monkeypatch.setattr(autotune, "_time", lambda fn, sync: pytest.fail("timed a tiny call"))
+    monkeypatch.setattr(autotune, "_time_all", lambda c, sync: pytest.fail("timed a tiny call"))
     x, w, b = _inputs((1, 2, 5, 5), (3, 2, 3, 3))
     _grads(x, w, b, 1, native=False)
     assert autotune.decisions() == {}

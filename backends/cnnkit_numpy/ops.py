@@ -289,21 +289,25 @@ def _conv_config(x, weight, bias, attrs: dict) -> tuple[int | None, int | None]:
 
     t_start = time.perf_counter()
 
-    def timed(cfg: tuple[int, int]) -> float:
-        best = math.inf
+    def run(cfg: tuple[int, int]) -> float:
+        t0 = time.perf_counter()
+        a, ctx = _conv_forward(x, weight, bias, cfg=cfg, **attrs)
+        conv_backward(ctx, a)
+        return (time.perf_counter() - t0) * 1e3
+
+    def fastest(cfgs: list[tuple[int, int]]) -> dict[tuple[int, int], float]:
+        # rounds that run every configuration once in turn: a burst of load falls on all alike
+        out = dict.fromkeys(cfgs, math.inf)
         for _ in range(2):
-            t0 = time.perf_counter()
-            a, ctx = _conv_forward(x, weight, bias, cfg=cfg, **attrs)
-            conv_backward(ctx, a)
-            best = min(best, time.perf_counter() - t0)
-        return best * 1e3
+            for cfg in cfgs:
+                out[cfg] = min(out[cfg], run(cfg))
+        return out
 
     threads = max(1, COPY_THREADS)
-    times = {(ch, threads): timed((ch, threads)) for ch in CHUNK_CANDIDATES}
+    times = fastest([(ch, threads) for ch in CHUNK_CANDIDATES])
     best = min(times, key=times.__getitem__)
     if threads > 1:
-        one = (best[0], 1)
-        times[one] = timed(one)
+        times.update(fastest([(best[0], 1), best]))
         best = min(times, key=times.__getitem__)
     _tuned[key] = best
     TUNED[repr(key)] = {

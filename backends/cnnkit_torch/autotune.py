@@ -56,8 +56,9 @@ MIN_FLOPS = 20_000_000
 MARGIN = 0.97
 #: The im2col route's columns are built whole (not in chunks): no candidate above this size.
 IM2COL_MAX_BYTES = 64 * 2**20
-#: Timed runs per candidate, after one untimed warm-up run; the fastest counts.
-REPEATS = 2
+#: Timed rounds (every candidate once per round), after one untimed warm-up run each; the
+#: fastest run of each candidate counts.
+REPEATS = 3
 
 _lock = threading.Lock()
 _enabled: bool | None = None  # None: read CNNKIT_AUTOTUNE
@@ -175,17 +176,26 @@ def _sync(device: torch.device) -> Callable[[], None]:
     return lambda: None
 
 
-def _time(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
+def _time_all(candidates: dict[str, Callable[[], Any]], sync: Callable[[], None]) -> dict[str, float]:
+    """Each candidate's fastest run in ms: one untimed warm-up each, then :data:`REPEATS` rounds
+    that run every candidate once in turn, so a burst of load from elsewhere falls on all of
+    them alike. A candidate that cannot run here (memory) is left out."""
+    best: dict[str, float] = {}
     with torch.no_grad():
-        fn()  # warm-up: allocations, oneDNN primitives, caches
-        best = math.inf
+        for name, fn in candidates.items():
+            try:
+                fn()  # warm-up: allocations, oneDNN primitives, caches
+            except (RuntimeError, MemoryError):
+                continue
+            best[name] = math.inf
         for _ in range(REPEATS):
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            best = min(best, time.perf_counter() - t0)
-    return best * 1e3
+            for name in best:
+                sync()
+                t0 = time.perf_counter()
+                candidates[name]()
+                sync()
+                best[name] = min(best[name], (time.perf_counter() - t0) * 1e3)
+    return best
 
 
 def choose(key: str, candidates: dict[str, Callable[[], Any]], fixed: str, device: torch.device) -> str:
@@ -200,12 +210,7 @@ def choose(key: str, candidates: dict[str, Callable[[], Any]], fixed: str, devic
         return fixed
     sync = _sync(device)
     t0 = time.perf_counter()
-    times: dict[str, float] = {}
-    for name, fn in candidates.items():
-        try:
-            times[name] = _time(fn, sync)
-        except (RuntimeError, MemoryError):  # a route that cannot run here (memory): not a candidate
-            continue
+    times = _time_all(candidates, sync)
     cost = (time.perf_counter() - t0) * 1e3
     route = fixed
     if times:
