@@ -33,7 +33,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a file: make ``benchmarks`` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.workloads import MEMORY_BATCHES, Workload, memory_workload, workloads
+from benchmarks.workloads import MEMORY_BATCHES, VGG_LAYERS, Workload, memory_workload, workloads
 
 MODES = ("fwd", "fwdbwd")
 SEED = 0
@@ -142,7 +142,83 @@ def _torch_backend(device: str) -> Any:
         return "torch"
 
 
+class VggCalls(Calls):
+    """A training step of the small VGG (:data:`~benchmarks.workloads.VGG_LAYERS`): ``fwd`` the
+    loss under ``no_grad``, ``fwdbwd`` forward, backward and an SGD update of every parameter.
+    PyTorch native or cnnkit's torch backend (the NumPy backend has no autograd to drive it)."""
+
+    LR = 1e-3
+
+    def __init__(self, wl: Workload, device: str, native: bool) -> None:
+        import torch
+
+        self.torch = torch
+        if native:
+            self.F = torch.nn.functional
+            self.kw: dict[str, Any] = {}
+        else:
+            import cnnkit
+
+            self.F = cnnkit.functional
+            self.kw = {"backend": _torch_backend(device)}
+        rng = np.random.default_rng(SEED)
+        c, size, params = wl.c, list(wl.spatial), []
+        for kind, arg in VGG_LAYERS:
+            if kind == "conv":
+                w = rng.standard_normal((arg, c, 3, 3), dtype=np.float32) * np.float32((2 / (9 * c)) ** 0.5)
+                params += [w, np.zeros(arg, np.float32)]
+                c = arg
+            elif kind == "maxpool":
+                size = [n // arg for n in size]
+            else:  # the hook: a new layer kind needs its parameters here and a branch in _layer
+                raise NotImplementedError(f"VGG layer {kind!r} is not wired into the benchmark yet")
+        fan_in = c * int(np.prod(size))
+        params += [rng.standard_normal((wl.k, fan_in), dtype=np.float32) / np.float32(fan_in**0.5)]
+        params += [np.zeros(wl.k, np.float32)]
+        self.params = [torch.from_numpy(p).to(device).requires_grad_() for p in params]
+        self.x = torch.from_numpy(rng.standard_normal(wl.input_shape, dtype=np.float32)).to(device)
+        self.t = torch.from_numpy(rng.integers(0, wl.k, wl.n)).to(device)
+        if device.startswith("cuda"):
+            self.sync = torch.cuda.synchronize
+
+    def _layer(self, kind: str, arg: int, h: Any, params: list) -> Any:
+        F, kw = self.F, self.kw
+        if kind == "conv":
+            w, b = params.pop(0), params.pop(0)
+            return F.relu(F.conv2d(h, w, b, 1, 1, **kw), **kw)
+        if kind == "maxpool":
+            return F.max_pool2d(h, arg, **kw)
+        raise NotImplementedError(kind)  # the hook (see VGG_LAYERS)
+
+    def _loss(self) -> Any:
+        params = list(self.params)
+        h = self.x
+        for kind, arg in VGG_LAYERS:
+            h = self._layer(kind, arg, h, params)
+        h = self.torch.flatten(h, 1) if not self.kw else self.F.flatten(h, 1, **self.kw)
+        logits = self.F.linear(h, params[0], params[1], **self.kw)
+        return self.F.cross_entropy(logits, self.t, **self.kw)
+
+    def fwd(self):
+        with self.torch.no_grad():
+            return (self._loss(),)
+
+    def fwdbwd(self):
+        for p in self.params:
+            p.grad = None
+        loss = self._loss()
+        loss.backward()
+        with self.torch.no_grad():
+            for p in self.params:
+                p.sub_(p.grad, alpha=self.LR)
+        return (loss, self.params[0].grad, self.params[-2].grad, self.params[-1].grad)
+
+
 def make_calls(backend: str, wl: Workload, device: str) -> Calls:
+    if wl.is_model:
+        if backend == "numpy":
+            raise NotImplementedError("the VGG step runs on the torch backend and native only")
+        return VggCalls(wl, device, native=backend == "native")
     if backend == "numpy":
         return NumpyCalls(wl, device)
     return TorchCalls(wl, device, native=backend == "native")
@@ -210,10 +286,14 @@ def process_info(backend: str) -> dict[str, Any]:
 
 
 def matmul_peak(backend: str, device: str, sizes: tuple[int, ...], repeat: int) -> dict[str, Any]:
-    """GFLOP/s of a float32 square matmul (``2·n³`` FLOPs) per size; the peak is the best of all.
+    """GFLOP/s of float32 GEMMs (``2·n³`` FLOPs) per size; the peak is the best of all.
 
-    A peak is what the machine can do, so each size reports its fastest sample
-    (and its median); on a shared machine the median is pulled down by others' load.
+    With the threads the ops use (this worker's), after three warm-up calls, each size's fastest
+    sample (and its median; on a shared machine the median is pulled down by others' load).
+    NumPy: ``np.matmul`` (its BLAS). torch: ``torch.mm`` (MKL or OpenBLAS) *and* a 1x1
+    convolution of the same GEMM (``C = K = n``, ``n`` pixels), which runs in oneDNN, as the
+    convs do: on some CPUs oneDNN's GEMM is much faster than the BLAS's (MKL on AMD), and a
+    peak from ``torch.mm`` alone was below what native convs reach.
     """
     rng = np.random.default_rng(SEED)
     result: dict[str, Any] = {"library": "numpy" if backend == "numpy" else "torch", "sizes": {}}
@@ -221,31 +301,33 @@ def matmul_peak(backend: str, device: str, sizes: tuple[int, ...], repeat: int) 
         a = rng.standard_normal((n, n), dtype=np.float32)
         b = rng.standard_normal((n, n), dtype=np.float32)
         sync = Calls.sync
+        kernels: dict[str, Callable[[], Any]] = {}
         if backend == "numpy":
             out = np.empty((n, n), np.float32)
-
-            def mm(a=a, b=b, out=out):
-                return np.matmul(a, b, out=out)
-
+            kernels["matmul"] = lambda a=a, b=b, out=out: np.matmul(a, b, out=out)
         else:
             import torch
 
             ta, tb = torch.from_numpy(a).to(device), torch.from_numpy(b).to(device)
             tout = torch.empty((n, n), device=device)
-
-            def mm(a=ta, b=tb, out=tout):
-                return torch.mm(a, b, out=out)
-
+            kernels["mm"] = lambda a=ta, b=tb, out=tout: torch.mm(a, b, out=out)
+            side = int(n**0.5)
+            if side * side == n or n % 32 == 0:
+                shape = (1, n, side, n // side) if side * side == n else (1, n, 32, n // 32)
+                cx = ta.reshape(shape)
+                cw = tb.reshape(n, n, 1, 1)
+                kernels["conv1x1"] = lambda x=cx, w=cw: torch.conv2d(x, w)
             if device.startswith("cuda"):
                 sync = torch.cuda.synchronize
-        for _ in range(2):
-            mm()
-        ms = [time_call(mm, sync) for _ in range(repeat)]
-        result["sizes"][str(n)] = {
-            "samples_ms": ms,
-            "median_gflops": 2 * n**3 / statistics.median(ms) / 1e6,
-            "gflops": 2 * n**3 / min(ms) / 1e6,
-        }
+        for kind, mm in kernels.items():
+            for _ in range(3):
+                mm()
+            ms = [time_call(mm, sync) for _ in range(repeat)]
+            result["sizes"][f"{kind} {n}" if kind not in ("matmul", "mm") else str(n)] = {
+                "samples_ms": ms,
+                "median_gflops": 2 * n**3 / statistics.median(ms) / 1e6,
+                "gflops": 2 * n**3 / min(ms) / 1e6,
+            }
     result["gflops"] = max(s["gflops"] for s in result["sizes"].values())
     return result
 
@@ -310,7 +392,7 @@ def serve(args: argparse.Namespace) -> None:
         if args.device.startswith("cuda") and not torch.cuda.is_available():
             _send({"skipped": f"no CUDA device for --device {args.device}"})
             return
-    hello: dict[str, Any] = {"process": None, "peak": None, "checks": {}, "errors": {}}
+    hello: dict[str, Any] = {"process": None, "peak": None, "checks": {}, "errors": {}, "first_ms": {}}
     if args.peak:
         hello["peak"] = matmul_peak(args.backend, args.device, tuple(args.peak_sizes), repeat=7)
     gc.collect()
@@ -324,7 +406,10 @@ def serve(args: argparse.Namespace) -> None:
         for mode in MODES:
             try:
                 fn = getattr(calls[wl.name], mode)
+                t0 = time.perf_counter()
                 outs = fn()
+                calls[wl.name].sync()
+                hello["first_ms"].setdefault(wl.name, {})[mode] = (time.perf_counter() - t0) * 1e3
                 norms = [None if o is None else _norm(o) for o in outs]
                 hello["checks"].setdefault(wl.name, {})[mode] = norms
                 del outs
@@ -333,6 +418,14 @@ def serve(args: argparse.Namespace) -> None:
             except Exception as exc:
                 hello["errors"].setdefault(wl.name, {})[mode] = _error(exc)
     hello["process"] = process_info(args.backend)
+    if args.backend == "numpy":
+        from cnnkit_numpy import ops as np_ops
+
+        hello["numpy_tuning"] = dict(np_ops.TUNED)
+    if args.backend == "torch":
+        from cnnkit_torch import autotune
+
+        hello["autotune"] = {"enabled": autotune.enabled(), "decisions": autotune.decisions()}
     _send(hello)
     gc.disable()
     for line in sys.stdin:

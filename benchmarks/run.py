@@ -40,6 +40,8 @@ from benchmarks.workloads import MEMORY_BATCHES, TARGETS, Workload, workloads
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 BACKENDS = ("numpy", "torch", "native")
+#: Also accepted by --backends: the torch backend with autotuning off (the fixed route rule).
+EXTRA_BACKENDS = ("torch-fixed",)
 MODES = {"fwd": "fwd", "fwdbwd": "fwd+bwd"}
 CHECK_RTOL = 1e-3  # relative difference of output norms that flags a backend as computing something else
 #: Pause between one worker's round and the next worker's: OpenBLAS threads spin for ~0.1 s
@@ -62,7 +64,7 @@ class Worker:
             sys.executable,
             "-m",
             "benchmarks._worker",
-            f"--backend={backend}",
+            f"--backend={'torch' if backend == 'torch-fixed' else backend}",
             f"--device={'cpu' if backend == 'numpy' else args.device}",
             f"--threads={args.threads}",
             f"--profile={args.profile}",
@@ -77,7 +79,7 @@ class Worker:
         self.proc = subprocess.Popen(
             cmd,
             cwd=ROOT,
-            env=worker_env(args.threads),
+            env=worker_env(args.threads, autotune=backend != "torch-fixed" and args.autotune != "off"),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.stderr,
@@ -115,12 +117,14 @@ def peak_sizes(profile: str, device: str) -> str:
     """The matmul sizes whose best GFLOP/s is the peak: cache-friendly on a CPU, large on a GPU."""
     if profile == "tiny":
         return "64"
-    return "4096,8192" if device.startswith("cuda") else "512,1024,2048"
+    return "4096,8192" if device.startswith("cuda") else "1024,2048,3072"
 
 
-def worker_env(threads: int) -> dict[str, str]:
+def worker_env(threads: int, autotune: bool = True) -> dict[str, str]:
     env = dict(os.environ)
     env.update(dict.fromkeys(THREAD_VARS, str(threads)))
+    env["CNNKIT_AUTOTUNE"] = "1" if autotune else "0"
+    env.pop("CNNKIT_AUTOTUNE_CACHE", None)  # every run times its own choices: their cost is reported
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     return env
 
@@ -173,6 +177,8 @@ def build_results(
                 flops = wl.flops(mode)
                 gflops = flops / med / 1e6 if flops else None
                 peak = peaks.get("cpu" if backend == "numpy" else "device")
+                if peak and flops:  # the peak is what the machine did: no op above it
+                    peak = max(peak, max(flops / m_ / 1e6 for m_ in s))
                 check = hello["checks"][wl.name][mode]
                 row.update(
                     samples_ms=s,
@@ -209,9 +215,12 @@ def summarise(
         }
 
     conv = {w.name for w in wls if w.is_conv}
+    models = {w.name for w in wls if w.is_model}
     np_conv = ratios("numpy", lambda n: n in conv)
-    np_pool = ratios("numpy", lambda n: n not in conv)
-    torch_all = ratios("torch", lambda n: True)
+    np_pool = ratios("numpy", lambda n: n not in conv and n not in models)
+    torch_all = ratios("torch", lambda n: n not in models)
+    torch_vgg = ratios("torch", lambda n: n in models)
+    torch_fixed = ratios("torch-fixed", lambda n: True)
     complete = lambda d: bool(d) and all(v is not None for v in d.values())  # noqa: E731
     gm = geomean(list(np_conv.values())) if complete(np_conv) else None
     np_conv_min = ratios("numpy", lambda n: n in conv, "min_ratio_to_native")
@@ -230,6 +239,8 @@ def summarise(
             ("torch backend fwd+bwd, each", worst(torch_all), TARGETS["torch_each"]),
             ("torch backend fwd+bwd, goal", worst(torch_all), TARGETS["torch_goal"]),
         ]
+    if torch_vgg:
+        targets.append(("torch backend VGG training step", worst(torch_vgg), TARGETS["torch_vgg"]))
     mem_ratio = None
     if memory is not None:
         mem_ratio = memory.get("ratio")
@@ -244,6 +255,8 @@ def summarise(
         "numpy_conv_fwdbwd_geomean_of_min": gm_min,
         "numpy_pool_fwdbwd_ratio": np_pool,
         "torch_fwdbwd_ratio": torch_all,
+        "torch_vgg_step_ratio": torch_vgg,
+        "torch_fixed_fwdbwd_ratio": torch_fixed,
         "memory_ratio": mem_ratio,
         "mismatched_outputs": mismatched,
         "targets": [{"name": n, "value": v, "target": t, "verdict": _verdict(v, t)} for n, v, t in targets],
@@ -273,7 +286,8 @@ def render(report: dict[str, Any]) -> str:
         f"{BUSY_WARNING if (m.get('other_cpu_load') or 0) > BUSY_CPUS else ''}.",
         f"device {s['device']}; {s['threads']} threads per backend; "
         f"{s['repeat']} samples after {s['warmup']} warm-up; float32.",
-        f"matmul peak (GFLOP/s, float32 sgemm): {peaks or '-'}.",
+        f"matmul peak (GFLOP/s, float32 GEMM: BLAS matmul, and a 1x1 oneDNN conv for torch; "
+        f"% peak is of this, or of the fastest op sample where one ran faster): {peaks or '-'}.",
         "",
         "| workload | shape | pass | backend | median ms | min-max ms | GFLOP/s | x native | % peak |",
         "|---|---|---|---|---:|---:|---:|---:|---:|",
@@ -307,6 +321,14 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"- NumPy pool fwd+bwd / native: {listing(sm['numpy_pool_fwdbwd_ratio'])}",
         f"- torch backend fwd+bwd / native: {listing(sm['torch_fwdbwd_ratio'])}",
     ]
+    if sm.get("torch_vgg_step_ratio"):
+        lines.append(f"- torch backend VGG training step / native: {listing(sm['torch_vgg_step_ratio'])}")
+    if sm.get("torch_fixed_fwdbwd_ratio"):
+        lines.append(
+            f"- torch backend, autotuning off (fixed rule), fwd+bwd / native: "
+            f"{listing(sm['torch_fixed_fwdbwd_ratio'])}"
+        )
+    lines += autotune_lines(report)
     mem = report.get("memory")
     if mem:
         if "error" in mem:
@@ -323,6 +345,63 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"- target {t['name']} <= {t['target']}: {value} -> {t['verdict']}")
     if sm["mismatched_outputs"]:
         lines.append(f"- (!) outputs differ from native: {', '.join(sm['mismatched_outputs'])}")
+    return lines
+
+
+def autotune_lines(report: dict[str, Any]) -> list[str]:
+    """What the torch backend's autotuner chose per workload, what it timed, and the first call's cost."""
+    hello = report.get("hellos", {}).get("torch") or {}
+    tune = hello.get("autotune")
+    if not tune:
+        return []
+    if not tune.get("enabled"):
+        return ["- torch autotune: off (CNNKIT_AUTOTUNE=0): the fixed rule chose every route"]
+    first = hello.get("first_ms", {})
+    native_first = report.get("hellos", {}).get("native", {}).get("first_ms", {})
+    med = {
+        (r["workload"], r["backend"]): r.get("median_ms")
+        for r in report["results"]
+        if r["mode"] == "fwdbwd" and "error" not in r
+    }
+    shapes = {w["name"]: w for w in report["workloads"]}
+    lines = []
+    for name, w in shapes.items():
+        if not (w["op"].startswith("conv") or w["op"] == "vgg_step"):
+            continue
+        x_shape = f"x({w['n']}, {w['c']}, " + ", ".join(map(str, w["spatial"]))
+        chosen = [
+            f"{key.split('|')[0]} {rec['route']} ("
+            + ", ".join(f"{r} {t:.2f}" for r, t in sorted(rec["times_ms"].items(), key=lambda kv: kv[1]))
+            + f" ms; fixed rule {rec['fixed']}; timing cost {rec['cost_ms']:.1f} ms)"
+            for key, rec in tune["decisions"].items()
+            if w["op"] != "vgg_step" and f"|{x_shape})|" in key
+        ]
+        f_ms, n_ms, m_ms = (
+            first.get(name, {}).get("fwdbwd"),
+            native_first.get(name, {}).get("fwdbwd"),
+            med.get((name, "torch")),
+        )
+        cost = (
+            f"first fwd+bwd call {_f(f_ms, '.1f')} ms (native's {_f(n_ms, '.1f')} ms; later calls median "
+            f"{_f(m_ms, '.1f')} ms)"
+        )
+        if w["op"] == "vgg_step":
+            lines.append(f"- torch autotune {name}: {cost}")
+            continue
+        lines.append(
+            f"- torch autotune {name}: {'; '.join(chosen) or 'fixed rule (too small to time)'}; {cost}"
+        )
+    np_tune = report.get("hellos", {}).get("numpy", {}).get("numpy_tuning") or {}
+    if np_tune:
+        picks = ", ".join(
+            f"{rec['chunk_bytes'] // 2**10} KiB x{rec['threads']} ({rec['cost_ms']:.0f} ms)"
+            for rec in np_tune.values()
+        )
+        lines.append(f"- numpy conv chunk/copy threads chosen by measurement, per shape: {picks}")
+    total = sum(rec["cost_ms"] for rec in tune["decisions"].values())
+    lines.append(
+        f"- torch autotune: {len(tune['decisions'])} shapes timed, {total:.0f} ms in all, once per process"
+    )
     return lines
 
 
@@ -408,12 +487,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--out",
         type=Path,
-        help="write OUT.json and OUT.md (default benchmarks/results/latest, latest-cuda for cuda)",
+        help="write OUT.json and OUT.md (default benchmarks/results/local/latest: not committed)",
+    )
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="write the committed benchmarks/results/latest (latest-cuda) and the README's table",
+    )
+    p.add_argument(
+        "--autotune",
+        choices=("on", "off"),
+        default="on",
+        help="the torch backend's route autotuning (default on; backend torch-fixed is always off)",
     )
     p.add_argument(
         "--backends",
         default=None,
-        help="comma-separated, of numpy, torch, native (default all; torch,native with --device cuda)",
+        help="comma-separated, of numpy, torch, native, torch-fixed (the torch backend with autotuning "
+        "off) (default numpy,torch,native; torch,native with --device cuda)",
     )
     p.add_argument("--device", default="cpu", help="device of the torch backend and native (cpu, cuda)")
     p.add_argument("--threads", type=int, default=2, help="threads of every backend (default 2)")
@@ -429,7 +520,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="first wait up to S seconds for the machine to be idle (shared machines)",
     )
     p.add_argument("--no-memory", action="store_true", help="skip the NumPy memory measurement")
-    p.add_argument("--update-readme", action="store_true", help="put the report into benchmarks/README.md")
+    p.add_argument("--update-readme", action="store_true", help="the same as --update")
     p.add_argument("--tiny", action="store_true", help="minuscule shapes: tests the harness, not speed")
     args = p.parse_args(argv)
     args.profile = "tiny" if args.tiny else "full"
@@ -437,12 +528,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.warmup = args.warmup or (1 if args.quick else 2)
     cuda = args.device.startswith("cuda")
     args.backends = args.backends.split(",") if args.backends else (["torch", "native"] if cuda else BACKENDS)
-    bad = sorted(set(args.backends) - set(BACKENDS))
+    bad = sorted(set(args.backends) - set(BACKENDS) - set(EXTRA_BACKENDS))
     if bad:
-        p.error(f"unknown backend(s) {bad}; choose from {', '.join(BACKENDS)}")
+        p.error(f"unknown backend(s) {bad}; choose from {', '.join(BACKENDS + EXTRA_BACKENDS)}")
     if args.repeat < 1 or args.warmup < 1 or args.threads < 1:
         p.error("--repeat, --warmup and --threads must be >= 1")
-    args.out = args.out or RESULTS / ("latest-cuda" if cuda else "latest")
+    args.update = args.update or args.update_readme
+    name = "latest-cuda" if cuda else "latest"
+    if args.update and args.out is None:
+        args.out = RESULTS / name  # the committed results
+    args.out = args.out or RESULTS / "local" / name
     args.workloads = list(workloads(args.profile, args.workloads) and (args.workloads or []))
     return args
 
@@ -524,6 +619,10 @@ def main(argv: list[str] | None = None) -> int:
             "device_gflops": peaks["device"],
         },
         "workloads": [w.to_json() for w in wls],
+        "hellos": {
+            b: {k: h.get(k) for k in ("first_ms", "autotune", "numpy_tuning") if h.get(k) is not None}
+            for b, h in hellos.items()
+        },
         "results": rows,
         "memory": memory,
         "summary": summarise(wls, rows, memory, MEMORY_BATCHES[args.profile]),
@@ -535,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(json.dumps(report, indent=1) + "\n")
     Path(f"{args.out}.md").write_text(text)
-    if args.update_readme:
+    if args.update:
         update_readme(ROOT / "benchmarks" / "README.md", text)
     return 0
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = ["W1", "W2", "W3", "W4", "W5", "conv1d", "maxpool", "avgpool"]
+WORKLOADS = ["W1", "W2", "W3", "W4", "W5", "conv1d", "maxpool", "avgpool", "vgg"]
 BACKENDS = ["numpy", "torch", "native"]
 REPEAT = 2
 
@@ -69,6 +69,8 @@ def test_workloads_and_flop_counts(report):
             fwd = 2 * w["n"] * w["k"] * w["c"] * w["f"] ** len(out) * math.prod(out)
             assert (w["flops_fwd"], w["flops_fwdbwd"]) == (fwd, 3 * fwd)
             assert w["output_shape"] == [w["n"], w["k"], *out]
+        elif w["op"] == "vgg_step":  # a training step: its convs and linear layer, x3 for fwd+bwd
+            assert w["flops_fwdbwd"] == 3 * w["flops_fwd"] > 0 and w["output_shape"] == [w["n"], w["k"]]
         else:
             assert w["flops_fwd"] is None and w["output_shape"][2:] == [n // 2 for n in w["spatial"]]
     assert wls["W5"]["describe"] == "2,4,8x8->8,3,2,1"
@@ -97,13 +99,15 @@ def test_every_row_has_samples_or_a_reason(report):
             native["check_norms"],
         )
         assert len(r["check_norms"]) == (1 if mode == "fwd" else 4 if wl not in ("maxpool", "avgpool") else 2)
+        if r["peak_fraction"] is not None:
+            assert 0 < r["peak_fraction"] <= 1.0  # the peak is what the machine did: no op above it
 
 
 def test_summary_follows_from_the_rows(report):
     sm = report["summary"]
     rows = [r for r in report["results"] if r["mode"] == "fwdbwd" and "error" not in r]
     np_conv = {r["workload"]: r["ratio_to_native"] for r in rows if r["backend"] == "numpy"}
-    np_conv = {k: v for k, v in np_conv.items() if k not in ("maxpool", "avgpool")}
+    np_conv = {k: v for k, v in np_conv.items() if k not in ("maxpool", "avgpool", "vgg")}
     if len(np_conv) == 6:
         expected = math.exp(sum(map(math.log, np_conv.values())) / 6)
         assert sm["numpy_conv_fwdbwd_geomean"] == pytest.approx(expected)
@@ -128,6 +132,15 @@ def test_markdown_and_printout(report):
     assert md.count("\n| ") == 1 + len(report["results"])  # header + one row each
     assert "NumPy conv fwd+bwd / native" in md and "target " in md
     assert md in report["_stdout"]
+    assert "torch autotune" in md and "first fwd+bwd call" in md
+
+
+def test_a_run_does_not_overwrite_the_committed_results_unless_asked():
+    from benchmarks.run import RESULTS, parse_args
+
+    assert parse_args(["--tiny"]).out == RESULTS / "local" / "latest"
+    assert parse_args(["--tiny", "--update"]).out == RESULTS / "latest"
+    assert parse_args(["--tiny", "--out", "x/y"]).out == Path("x/y")
 
 
 # -- the fast routes the benchmarks exercise compute the right gradients ---------------------------

@@ -2,11 +2,52 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
 from typing import Any
 
 import numpy as np
 
 from cnnkit.backend import Backend
+
+
+def free_cores() -> int:
+    """Cores this process may use that the rest of the machine is not already using:
+    ``usable - round(1-minute load)``, at least 1. On a shared machine a pool as wide as the
+    machine collapses (its threads wait at every barrier for one descheduled thread); one
+    thread per idle core does not."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    return max(1, min(usable, usable - int(load + 0.5)))
+
+
+def _openblas_set_threads(n: int) -> bool:
+    """Resize the thread pool of the OpenBLAS NumPy loaded (best effort: False if none is found)."""
+    try:
+        with open("/proc/self/maps") as f:
+            libs = sorted({ln.split()[-1] for ln in f if "openblas" in ln.lower() and ".so" in ln})
+    except OSError:
+        return False
+    names = ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "openblas_set_num_threads")
+    for path in libs:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in names:
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.argtypes = [ctypes.c_int]
+                fn(int(n))
+                return True
+    return False
+
 
 #: The dtypes the ``dtype`` option may name (NumPy has no bfloat16).
 FLOAT_DTYPES = ("float16", "float32", "float64")
@@ -42,6 +83,15 @@ class NumpyBackend(Backend):
         if options.get("dtype") is not None:
             options["dtype"] = float_dtype_name(options["dtype"])
         super().__init__(**options)
+
+    def set_threads(self, n: int | None = None) -> None:
+        """Size OpenBLAS's thread pool (its matmuls) to ``n`` threads; ``None`` (or 0):
+        :func:`free_cores`. A no-op where NumPy's BLAS is not an OpenBLAS this can find."""
+        from cnnkit_numpy import ops
+
+        n = int(n) if n else free_cores()
+        _openblas_set_threads(n)
+        ops.COPY_THREADS = n  # the threads that share a convolution's copies
 
     def is_native(self, x: Any) -> bool:
         return isinstance(x, np.ndarray)

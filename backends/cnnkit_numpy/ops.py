@@ -22,7 +22,9 @@ equal live in :mod:`cnnkit_numpy.reference`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -41,6 +43,33 @@ CHUNK_BYTES = 2 * 2**20
 #: above it, backward rebuilds them chunk by chunk, which measured faster than
 #: keeping tens of MiB of fresh (page-faulting, uncached) memory alive.
 KEEP_COLUMNS_BYTES = 8 * 2**20
+
+#: Threads that share one conv's copies (im2col, the scatter), each a slab of channels: NumPy's
+#: copies run single-threaded (and release the GIL) next to a multi-threaded BLAS matmul.
+#: :meth:`cnnkit_numpy.backend.NumpyBackend.set_threads` sets it with BLAS's pool.
+COPY_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+#: Copies smaller than this many bytes stay on one thread (a hand-off costs tens of µs).
+PARALLEL_MIN_BYTES = 512 * 2**10
+
+_pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): a forked child makes its own
+
+
+def _in_parallel(fn: Callable[[int, int], None], n: int, nbytes: int, threads: int | None = None) -> None:
+    """``fn(lo, hi)`` over ``[0, n)`` in up to ``threads`` (:data:`COPY_THREADS`) slabs, the
+    calling thread taking the first; one call when the work is small."""
+    global _pool
+    parts = min(COPY_THREADS if threads is None else threads, n)
+    if parts <= 1 or nbytes < PARALLEL_MIN_BYTES:
+        fn(0, n)
+        return
+    if _pool is None or _pool[0] != os.getpid() or _pool[1]._max_workers < parts - 1:
+        _pool = (os.getpid(), ThreadPoolExecutor(max(1, parts - 1), thread_name_prefix="cnnkit-copy"))
+    bounds = [n * i // parts for i in range(parts + 1)]
+    futures = [_pool[1].submit(fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+    fn(bounds[0], bounds[1])
+    for f in futures:
+        f.result()
+
 
 #: NaN and inf propagate silently (no RuntimeWarning) through every kernel.
 _quiet = np.errstate(all="ignore")
@@ -98,9 +127,9 @@ def _as(g: np.ndarray, dtype) -> np.ndarray:
     return np.asarray(g).astype(dtype, copy=False)
 
 
-def _chunks(n: int, bytes_per_sample: int) -> Iterator[tuple[int, int]]:
-    """Batch ranges whose columns take about :data:`CHUNK_BYTES`."""
-    step = max(1, CHUNK_BYTES // max(1, bytes_per_sample))
+def _chunks(n: int, bytes_per_sample: int, chunk_bytes: int | None = None) -> Iterator[tuple[int, int]]:
+    """Batch ranges whose columns take about ``chunk_bytes`` (:data:`CHUNK_BYTES`)."""
+    step = max(1, (chunk_bytes or CHUNK_BYTES) // max(1, bytes_per_sample))
     for n0 in range(0, n, step):
         yield n0, min(n, n0 + step)
 
@@ -169,13 +198,17 @@ def _im2col(x: np.ndarray, geo: dict) -> np.ndarray:
         s_n, s_c, s_i = x_flat.strides
         steps = tuple(s_i * t for t in geo["tap_step"])
         win = as_strided(x_flat, (nb, c, *kernel, p), (s_n, s_c, *steps, s_i), writeable=False)
-        np.copyto(taps, win.reshape(taps.shape))
     else:
         d = x.ndim - 2
         x_pad = _pad(x, geo["padding"])
         win = _windows(x_pad, kernel, geo["stride"], geo["dilation"], grid)  # (nb, C, *O, *F)
         win = win.transpose(0, 1, *range(2 + d, 2 + 2 * d), *range(2, 2 + d))  # (nb, C, *F, *O)
-        np.copyto(taps, win.reshape(taps.shape))
+    src = win.reshape(taps.shape)  # a view: C split into (G, C/G), Π grid into the grid's axes
+
+    def copy(lo: int, hi: int) -> None:  # one slab of channels
+        np.copyto(taps[:, :, lo:hi], src[:, :, lo:hi])
+
+    _in_parallel(copy, c // groups, taps.nbytes, geo.get("threads"))
     if geo["ones"]:
         col[:, :, rows] = 1
     return col
@@ -187,23 +220,34 @@ def _col2im(dcol: np.ndarray, dx: np.ndarray, geo: dict) -> None:
     nb, c, *spatial = dx.shape
     kernel, grid = geo["kernel"], geo["grid"]
     dcol = dcol.reshape(nb, c, *kernel, math.prod(grid))  # (nb, C, *F, Π grid)
+    inner = _inner(tuple(spatial), geo["padding"])
     if geo["flat"]:  # tap m adds to the contiguous run starting at off_m
         size, n_grid = math.prod(geo["padded"]), math.prod(grid)
         dx_flat = np.empty((nb, c, size + geo["slack"]), dtype=dx.dtype)
-        for j, m in enumerate(np.ndindex(*kernel)):
-            off = sum(t * mi for t, mi in zip(geo["tap_step"], m))
-            if j == 0:  # offset 0 covers the first Π grid units: set them, zero the rest
-                dx_flat[..., :n_grid] = dcol[(slice(None), slice(None), *m)]
-                dx_flat[..., n_grid:] = 0
-            else:
-                dx_flat[..., off : off + n_grid] += dcol[(slice(None), slice(None), *m)]
-        dx[...] = dx_flat[..., :size].reshape(nb, c, *geo["padded"])[_inner(tuple(spatial), geo["padding"])]
+
+        def scatter(lo: int, hi: int) -> None:  # one slab of channels, every tap
+            part, d_part = dx_flat[:, lo:hi], dcol[:, lo:hi]
+            for j, m in enumerate(np.ndindex(*kernel)):
+                off = sum(t * mi for t, mi in zip(geo["tap_step"], m))
+                if j == 0:  # offset 0 covers the first Π grid units: set them, zero the rest
+                    part[..., :n_grid] = d_part[(slice(None), slice(None), *m)]
+                    part[..., n_grid:] = 0
+                else:
+                    part[..., off : off + n_grid] += d_part[(slice(None), slice(None), *m)]
+            dx[:, lo:hi] = part[..., :size].reshape(nb, hi - lo, *geo["padded"])[inner]
+
+        _in_parallel(scatter, c, dcol.nbytes, geo.get("threads"))
         return
     dx_pad = np.zeros((nb, c, *geo["padded"]), dtype=dx.dtype)
     dcol = dcol.reshape(nb, c, *kernel, *grid)
-    for _, m, sl in _taps(kernel, geo["stride"], geo["dilation"], grid):
-        dx_pad[sl] += dcol[(slice(None), slice(None), *m)]  # (nb, C, *O)
-    dx[...] = dx_pad[_inner(tuple(spatial), geo["padding"])]
+
+    def scatter_taps(lo: int, hi: int) -> None:
+        part, d_part = dx_pad[:, lo:hi], dcol[:, lo:hi]
+        for _, m, sl in _taps(kernel, geo["stride"], geo["dilation"], grid):
+            part[sl] += d_part[(slice(None), slice(None), *m)]  # (nb, C, *O)
+        dx[:, lo:hi] = part[inner]
+
+    _in_parallel(scatter_taps, c, dcol.nbytes, geo.get("threads"))
 
 
 def _on_grid(geo: dict) -> tuple:
@@ -219,24 +263,100 @@ def _mode_padded(x, padding, padding_mode):
     return pad_nd_forward(x, pads=pads, mode=padding_mode, value=0.0)
 
 
+#: The batch-chunk sizes (bytes of columns) and copy threads the first call of a conv shape
+#: times (forward and backward, on its own inputs), the fastest kept per shape for the process.
+#: ``CNNKIT_AUTOTUNE=0`` (or calls under :data:`TUNE_MIN_FLOPS`) take :data:`CHUNK_BYTES` and
+#: :data:`COPY_THREADS` instead.
+CHUNK_CANDIDATES = (1 * 2**20, 2 * 2**20, 4 * 2**20, 8 * 2**20)
+TUNE_MIN_FLOPS = 20_000_000
+_tuned: dict[tuple, tuple[int, int]] = {}
+#: Every choice the tuner made: ``key -> {"chunk_bytes", "threads", "times_ms", "cost_ms"}``.
+TUNED: dict[str, dict[str, Any]] = {}
+
+
+def _autotune_on() -> bool:
+    return os.environ.get("CNNKIT_AUTOTUNE", "1").strip().lower() not in ("0", "false", "no", "off", "")
+
+
+def _conv_config(x, weight, bias, attrs: dict) -> tuple[int | None, int | None]:
+    """``(chunk_bytes, copy_threads)`` for this conv: measured once per shape, else the constants."""
+    k, kernel = weight.shape[0], weight.shape[2:]
+    flops = x.shape[0] * k * x.shape[1] // attrs["groups"] * math.prod(kernel) * math.prod(x.shape[2:])
+    if flops < TUNE_MIN_FLOPS or not _autotune_on():
+        return None, None
+    key = (
+        x.shape,
+        weight.shape,
+        bias is not None,
+        x.dtype.str,
+        COPY_THREADS,
+        *(repr(attrs[a]) for a in sorted(attrs)),
+    )
+    found = _tuned.get(key)
+    if found is not None:
+        return found
+    import time
+
+    t_start = time.perf_counter()
+
+    def run(cfg: tuple[int, int]) -> float:
+        t0 = time.perf_counter()
+        a, ctx = _conv_forward(x, weight, bias, cfg=cfg, **attrs)
+        conv_backward(ctx, a)
+        return (time.perf_counter() - t0) * 1e3
+
+    def fastest(cfgs: list[tuple[int, int]]) -> dict[tuple[int, int], float]:
+        # rounds that run every configuration once in turn: a burst of load falls on all alike
+        out = dict.fromkeys(cfgs, math.inf)
+        for _ in range(2):
+            for cfg in cfgs:
+                out[cfg] = min(out[cfg], run(cfg))
+        return out
+
+    threads = max(1, COPY_THREADS)
+    times = fastest([(ch, threads) for ch in CHUNK_CANDIDATES])
+    best = min(times, key=times.__getitem__)
+    if threads > 1:
+        times.update(fastest([(best[0], 1), best]))
+        best = min(times, key=times.__getitem__)
+    _tuned[key] = best
+    TUNED[repr(key)] = {
+        "chunk_bytes": best[0],
+        "threads": best[1],
+        "times_ms": {f"{ch // 2**10} KiB x{t}": round(v, 3) for (ch, t), v in times.items()},
+        "cost_ms": round((time.perf_counter() - t_start) * 1e3, 3),
+    }
+    return best
+
+
 @_quiet
 def conv_forward(x, weight, bias=None, *, stride, padding, dilation, groups, flip, padding_mode="zeros"):
     """The convolution below, its input first padded in ``padding_mode`` (``"zeros"``: by the conv)."""
     padded = _mode_padded(x, padding, padding_mode)
     if padded is None:
-        return _conv_forward(
+        return _conv_tuned(
             x, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups, flip=flip
         )
     x_pad, pad_ctx = padded
     none = tuple((0, 0) for _ in padding)
-    a, ctx = _conv_forward(
+    a, ctx = _conv_tuned(
         x_pad, weight, bias, stride=stride, padding=none, dilation=dilation, groups=groups, flip=flip
     )
     return a, ("padded", ctx, pad_ctx)
 
 
 @_quiet
-def _conv_forward(x, weight, bias=None, *, stride, padding, dilation, groups, flip):
+def _conv_tuned(x, weight, bias=None, *, stride, padding, dilation, groups, flip):
+    """``a[n, k, i] = b[k] + Σ_c Σ_m W[k, c, m] · x_pad[n, g·C/G + c, S·i + D·m]`` (``flip``: rot180(W)).
+
+    The batch chunk size and the threads of the copies are measured for each new shape
+    (:func:`_conv_config`); see :func:`_conv_forward` for the computation.
+    """
+    attrs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, flip=flip)
+    return _conv_forward(x, weight, bias, cfg=_conv_config(x, weight, bias, attrs), **attrs)
+
+
+def _conv_forward(x, weight, bias, *, stride, padding, dilation, groups, flip, cfg):
     """``a[n, k, i] = b[k] + Σ_c Σ_m W[k, c, m] · x_pad[n, g·C/G + c, S·i + D·m]`` (``flip``: rot180(W)).
 
     Shapes: x ``(N, C, *spatial)``, W ``(K, C/G, *F)``, b ``(K,)`` -> a ``(N, K, *O)``.
@@ -250,6 +370,7 @@ def _conv_forward(x, weight, bias=None, *, stride, padding, dilation, groups, fl
     stride, dilation = bounded_window(x.shape[2:], kernel, stride, padding, dilation)
     geo = _conv_geometry(x.shape, k, kernel, stride, padding, dilation, groups)
     geo["ones"] = int(bias is not None)
+    geo["chunk"], geo["threads"] = cfg
     out, grid = geo["out"], geo["grid"]
     W_mat = W.reshape(groups, k // groups, -1)  # (G, K/G, C/G·ΠF)
     if bias is not None:  # b as one more column of W, the weight of the columns' row of ones
@@ -261,7 +382,7 @@ def _conv_forward(x, weight, bias=None, *, stride, padding, dilation, groups, fl
     col_bytes = c * math.prod(kernel) * p * x.itemsize  # per sample
     keep = n * col_bytes <= KEEP_COLUMNS_BYTES
     cols = []
-    for n0, n1 in _chunks(n, col_bytes):
+    for n0, n1 in _chunks(n, col_bytes, geo["chunk"]):
         nb = n1 - n0
         col = _im2col(x[n0:n1], geo)  # (nb, G, C/G·ΠF, Π grid)
         a_c = a_grid[n0:n1] if a_grid is not None else np.empty((nb, k, *grid), dtype=x.dtype)
@@ -300,7 +421,7 @@ def _conv_backward(ctx, grad_output):
     dx = np.empty_like(x)
     W_t = W_mat[:, :, :rows].transpose(0, 2, 1)  # (G, C/G·ΠF, K/G)
     col_bytes = c * math.prod(W.shape[2:]) * p * x.itemsize
-    for j, (n0, n1) in enumerate(_chunks(n, col_bytes)):
+    for j, (n0, n1) in enumerate(_chunks(n, col_bytes, geo["chunk"])):
         nb = n1 - n0
         if grid == out:
             d_c = delta[n0:n1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,23 @@ import torch
 from cnnkit.backend import Backend
 from cnnkit.spec import OpSpec
 
-__all__ = ["TorchBackend", "dtype_name", "torch_dtype"]
+__all__ = ["TorchBackend", "dtype_name", "free_cores", "torch_dtype"]
+
+
+def free_cores() -> int:
+    """Cores this process may use that the rest of the machine is not already using:
+    ``usable - round(1-minute load)``, at least 1. On a shared machine a pool as wide as the
+    machine collapses (its threads wait at every barrier for one descheduled thread); one
+    thread per idle core does not."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    return max(1, min(usable, usable - int(load + 0.5)))
 
 
 def torch_dtype(name: str | torch.dtype) -> torch.dtype:
@@ -41,6 +58,9 @@ class TorchBackend(Backend):
             the CPU and tensors stay where they are.
         dtype: the dtype floating arrays from lists or NumPy get, and new parameters' dtype
             (a name such as ``"float32"`` or a ``torch.dtype``).
+        autotune: ``False`` turns off the timing of convolution backward routes for this process (the
+            fixed rule is used, as with ``CNNKIT_AUTOTUNE=0``), ``True`` turns it on; not given:
+            left as it is (see :mod:`cnnkit_torch.autotune`).
 
     Raises:
         ValueError: ``device`` is no device name, or not one this machine has (``"cuda:0"`` on a
@@ -55,8 +75,17 @@ class TorchBackend(Backend):
 
     name = "torch"
 
-    def __init__(self, device: str | torch.device | None = None, dtype: Any = None) -> None:
+    def __init__(
+        self, device: str | torch.device | None = None, dtype: Any = None, autotune: bool | None = None
+    ) -> None:
         options: dict[str, Any] = {}
+        if autotune is not None:
+            if not isinstance(autotune, bool):
+                raise TypeError(f"torch backend: autotune must be True or False, got {autotune!r}")
+            from cnnkit_torch import autotune as _autotune
+
+            _autotune.set_enabled(autotune)  # process-wide, like torch.backends.cudnn.benchmark
+            options["autotune"] = autotune
         if device is not None:
             options["device"] = str(self._check_device(device))
         if dtype is not None:
@@ -150,9 +179,10 @@ class TorchBackend(Backend):
             return x.to(device=device, dtype=target)
         return self.asarray(x).to(device=device, dtype=target)
 
-    def set_threads(self, n: int) -> None:
-        """``torch.set_num_threads(n)``: small nets on a busy machine run far faster on one thread."""
-        torch.set_num_threads(n)
+    def set_threads(self, n: int | None = None) -> None:
+        """``torch.set_num_threads(n)``: small nets on a busy machine run far faster on one thread.
+        ``None`` (or 0): :func:`free_cores`, the cores the rest of the machine leaves idle now."""
+        torch.set_num_threads(int(n) if n else free_cores())
 
     def devices(self) -> list[str]:
         """``"cpu"``, then ``"cuda:i"`` for every visible GPU (and ``"mps"`` on Apple silicon)."""

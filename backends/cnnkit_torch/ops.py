@@ -79,6 +79,7 @@ from torch.autograd.function import Function, once_differentiable
 
 from cnnkit.geometry import bounded_window, conv_output_size, pool_output_size, pool_padding
 from cnnkit.registry import Kernel
+from cnnkit_torch import autotune
 from cnnkit_torch.sizes import COLUMNS_CHUNK_BYTES
 
 __all__ = [
@@ -500,15 +501,39 @@ def _conv_input_grad(
     return _crop(dx, rest, size) if any(lo or hi for lo, hi in rest) else dx
 
 
+def _zero_borders(t: torch.Tensor, first: int, inner: Sequence[tuple[int, int]]) -> None:
+    """Zero what lies outside ``[lo, lo + n)`` on the axes ``first, first + 1, ...`` of ``t``
+    (``inner`` the ``(lo, n)`` per axis): the padding, without a fill of the whole buffer."""
+    for a, (lo, size) in enumerate(inner):
+        ax, total = first + a, t.shape[first + a]
+        if lo > 0:
+            t.narrow(ax, 0, lo).zero_()
+        if lo + size < total:
+            t.narrow(ax, lo + size, total - lo - size).zero_()
+
+
+def _fill_channels_last(buf: torch.Tensor, x: torch.Tensor, pads: Pads) -> torch.Tensor:
+    """``buf`` (N, *P, C) := ``y_pad`` channels-last, in one copy: the input written into place,
+    only the padding zeroed (no zero-fill that the copy then overwrites)."""
+    inner = [(lo, s_) for s_, (lo, _) in zip(x.shape[2:], pads)]
+    buf[(slice(None), *(slice(lo, lo + s_) for lo, s_ in inner), slice(None))] = x.movedim(1, -1)
+    _zero_borders(buf, 1, inner)
+    return buf
+
+
 def _conv_weight_grad_gemm(
     x: torch.Tensor, dy: torch.Tensor, kernel: Sequence[int], stride: int, pads: Pads, dilation: Sequence[int]
 ) -> torch.Tensor:
-    """``dW[:, :, m] = Σ_n Σ_i δ[n, :, i] · y_pad[n, :, S·i + D·m]ᵀ``, one batched GEMM per kernel
-    offset ``m`` (groups = 1, one stride on every axis).
+    """``dW[:, :, m] = Σ_n Σ_i δ[n, :, i] · y_pad[n, :, S·i + D·m]ᵀ``, one GEMM per kernel offset
+    ``m`` over the whole batch (groups = 1, one stride on every axis).
 
-    The padded input is laid out channels-last and flat; with the deltas padded to the input's
-    row length, the input units a kernel offset meets form a strided matrix view (rows ``S·C``
-    apart), so no im2col copy is made.
+    The padded input is laid out channel by channel, the samples of a channel one after the
+    other, ``(C, N·ΠP)``; the deltas on the same grid ``(K, N·ΠP)`` (padded to the input's row
+    length, zeros where no output is). The input units a kernel offset meets are then the
+    columns ``S·i + off_m`` of one ``(C, units)`` view, so each offset is one
+    ``(K, units) @ (units, C)`` GEMM over the whole batch, both operands contiguous along the
+    summed axis: no im2col copy, no channels-last transpose, no per-sample products to sum.
+    Both buffers are filled by plane copies; only their padding is zeroed.
     """
     n, c = x.shape[:2]
     k = dy.shape[1]
@@ -516,23 +541,36 @@ def _conv_weight_grad_gemm(
     out = dy.shape[2:]
     full = [size + lo + hi for size, (lo, hi) in zip(x.shape[2:], pads)]
     row = [math.prod(full[a + 1 :]) for a in range(d)]  # flat stride of each axis, in units
-    t = out[0] * row[0]
-    reach = stride * (t - 1) + sum(dl * (f - 1) * r for dl, f, r in zip(dilation, kernel, row)) + 1
-    rows0 = max(full[0], -(-reach // row[0]))
-    buf = x.new_zeros((n, rows0, *full[1:], c))
-    buf[(slice(None), *(slice(lo, lo + size) for size, (lo, _) in zip(x.shape[2:], pads)), slice(None))] = (
-        x.movedim(1, -1)
-    )
-    per_sample = rows0 * row[0] * c
-    # δ on the padded grid (O_1, P_2, ..., P_d), zeros where no output unit is
-    delta = _pad(dy, [(0, 0)] + [(0, p - o) for p, o in zip(full[1:], out[1:])]).reshape(n, k, t)
-    dw = x.new_empty((k, *kernel, c))
-    base0 = buf.storage_offset()
-    for m in itertools.product(*(range(f) for f in kernel)):
-        offset = sum(dl * mm * r for dl, mm, r in zip(dilation, m, row)) * c
-        y_m = buf.as_strided((n, t, c), (per_sample, stride * c, 1), base0 + offset)
-        dw[(slice(None), *m)] = torch.bmm(delta, y_m).sum(0)
-    return dw.movedim(-1, 1)
+    t = out[0] * row[0]  # grid units of one sample that hold outputs
+    rows0 = full[0]
+    while (rows0 * row[0]) % stride:  # each sample starts on the grid: its length a multiple of S
+        rows0 += 1
+    per = rows0 * row[0]  # input units per sample
+    tg = per // stride  # grid units per sample
+    span = (n - 1) * tg + t  # grid units the GEMMs run over
+    reach = stride * (span - 1) + sum(dl * (f - 1) * r for dl, f, r in zip(dilation, kernel, row)) + 1
+    length = max(n * per, reach)
+    buf = x.new_empty((c, length))
+    planes = buf[:, : n * per].view(c, n, rows0, *full[1:])
+    inner = [(lo, size) for size, (lo, _) in zip(x.shape[2:], pads)]
+    planes[(slice(None), slice(None), *(slice(lo, lo + size) for lo, size in inner))] = x.transpose(0, 1)
+    _zero_borders(planes, 2, inner)
+    if length > n * per:
+        buf[:, n * per :].zero_()
+    # δ on the grid (O_1, P_2, ..., P_d) per sample (tg units apart), zeros where no output unit is
+    grid = dy.new_empty((k, n, tg))
+    cells = grid[:, :, :t].view(k, n, out[0], *full[1:])
+    cells[(slice(None), slice(None), slice(None), *(slice(0, o) for o in out[1:]))] = dy.transpose(0, 1)
+    _zero_borders(cells, 3, [(0, o) for o in out[1:]])
+    if tg > t:
+        grid[:, :, t:].zero_()
+    delta = grid.view(k, n * tg)[:, :span]
+    dw = x.new_empty((k, c, math.prod(kernel)))  # laid out like W
+    for j, m in enumerate(itertools.product(*(range(f) for f in kernel))):
+        offset = sum(dl * mm * r for dl, mm, r in zip(dilation, m, row))
+        y_m = buf[:, offset : offset + stride * (span - 1) + 1 : stride]  # (C, units)
+        dw[:, :, j] = delta @ y_m.t()  # (K, C): one GEMM over the whole batch
+    return dw.view(k, c, *kernel)
 
 
 def _conv_weight_grad_columns(
@@ -546,23 +584,28 @@ def _conv_weight_grad_columns(
     """``dW = Σ_chunks δ (K, n·ΠO) @ columns (n·ΠO, ΠF·C)`` (groups = 1): the lecture's ``y ⋆ δ``
     over channels-last im2col columns ``[(n, i), (m, c)] = y_pad[n, c, S·i + D·m]``, for strided
     convs, where no strided view of the input is a matrix. The batch goes in chunks of about
-    :data:`COLUMNS_CHUNK_BYTES` of columns, so the buffers stay small and are reused instead of
-    page-faulted in afresh on every call."""
+    :data:`COLUMNS_CHUNK_BYTES` of columns; the padded chunk and its columns are written into two
+    buffers made once per call (only the padding zeroed), one GEMM per chunk."""
     n, c = x.shape[:2]
     k, out = dy.shape[1], dy.shape[2:]
     units, width = math.prod(out), math.prod(kernel) * c  # columns per sample: rows, row length
     delta = dy.movedim(1, 0).reshape(k, n * units)  # (K, N·ΠO)
-    step = max(1, COLUMNS_CHUNK_BYTES // (units * width * x.element_size()))
+    step = min(n, max(1, COLUMNS_CHUNK_BYTES // (units * width * x.element_size())))
+    full = [size + lo + hi for size, (lo, hi) in zip(x.shape[2:], pads)]
+    y_buf = x.new_empty((step, *full, c))
+    col_buf = x.new_empty((step * units, width))
     dw = None
     for n0 in range(0, n, step):
-        y = _pad(x[n0 : n0 + step], pads).movedim(1, -1).contiguous()  # (n, *P, C)
+        nb = min(step, n - n0)
+        y = _fill_channels_last(y_buf[:nb], x[n0 : n0 + nb], pads)  # (nb, *P, C)
         s_n, *s_sp, s_c = y.stride()
         win = y.as_strided(
-            (y.shape[0], *out, *kernel, c),
+            (nb, *out, *kernel, c),
             (s_n, *(s * r for s, r in zip(stride, s_sp)), *(dl * r for dl, r in zip(dilation, s_sp)), s_c),
         )
-        columns = win.reshape(-1, width)  # (n·ΠO, ΠF·C)
-        d = delta[:, n0 * units : (n0 + y.shape[0]) * units]
+        columns = col_buf[: nb * units]
+        columns.view(nb, *out, *kernel, c).copy_(win)  # (nb·ΠO, ΠF·C)
+        d = delta[:, n0 * units : (n0 + nb) * units]
         dw = d @ columns if dw is None else dw.addmm_(d, columns)
     return dw.view(k, *kernel, c).movedim(-1, 1)
 
@@ -600,11 +643,16 @@ def _conv_weight_grad(
     dilation: Sequence[int],
     groups: int,
 ) -> torch.Tensor:
-    # the fastest route by shape (measured on CPU, see benchmarks/README.md); all are y ⋆ δ
-    if groups == 1 and x.shape[1] >= 8:
-        if all(s == 1 for s in stride):
-            return _conv_weight_grad_gemm(x, dy, kernel, 1, pads, dilation)
+    # the fastest route for this shape on this machine (autotune: timed once, else the fixed
+    # rule measured on one CPU); all are y ⋆ δ
+    route = autotune.dw_route(x, dy, kernel, stride, pads, dilation, groups)
+    if route == "gemm":
+        return _conv_weight_grad_gemm(x, dy, kernel, 1, pads, dilation)
+    if route == "columns":
         return _conv_weight_grad_columns(x, dy, kernel, stride, pads, dilation)
+    if route == "im2col":
+        w_like = x.new_empty((dy.shape[1], x.shape[1], *kernel))  # only its shape is read
+        return _conv_grads_im2col(x, w_like, dy, stride, pads, dilation, False, True)[1]
     return _conv_weight_grad_conv(x, dy, kernel, stride, pads, dilation, groups)
 
 
@@ -730,12 +778,19 @@ def _conv_grads(x, w, dy, stride, padding, dilation, groups, flip, need_x, need_
             dx = _conv_input_grad(dy, w_used, x.shape, stride, padding, dilation, groups)
         if need_w:
             dw = _conv_weight_grad_conv(x, dy, w.shape[2:], stride, padding, dilation, groups)
-    elif groups == 1 and x.shape[1] <= 4 and w.shape[0] >= 16 and (need_x or need_w):
-        dx, dw = _conv_grads_im2col(x, w_used, dy, stride, padding, dilation, need_x, need_w)
     else:
-        if need_x:
+        # the route per gradient: timed on first sight of a shape, else the fixed rule (autotune)
+        dx_route = autotune.dx_route(x, w_used, dy, stride, padding, dilation, groups) if need_x else None
+        dw_route = (
+            autotune.dw_route(x, dy, w.shape[2:], stride, padding, dilation, groups) if need_w else None
+        )
+        if "im2col" in (dx_route, dw_route):
+            dx, dw = _conv_grads_im2col(
+                x, w_used, dy, stride, padding, dilation, dx_route == "im2col", dw_route == "im2col"
+            )
+        if need_x and dx is None:
             dx = _conv_input_grad(dy, w_used, x.shape, stride, padding, dilation, groups)
-        if need_w:
+        if need_w and dw is None:
             dw = _conv_weight_grad(x, dy, w.shape[2:], stride, padding, dilation, groups)
     if dw is not None and flip:
         dw = dw.flip(spatial)

@@ -42,7 +42,7 @@ def cnnkit_register_backends(register):
             version=_torch_version(),
             description="PyTorch: hand-derived gradients in autograd.Function, CPU or GPU",
             install_hint=INSTALL_HINT,
-            options=("device", "dtype"),
+            options=("device", "dtype", "autotune"),
             data_parallel=_data_parallel,
         )
     )

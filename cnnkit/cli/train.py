@@ -194,7 +194,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--torch-threads",
         type=count,
         default=None,
-        help="torch backend: intra-op threads (default torch's; 1 is fastest for tiny nets, busy machines)",
+        help="intra-op threads of the backend's pool (torch, NumPy's OpenBLAS; default: the cores the "
+        "rest of the machine leaves idle, at least 1: a pool wider than that collapses on a busy machine)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds weights, split and shuffling (default 0)")
     parser.add_argument("--out", default="cnnkit-run", help="output folder (default ./cnnkit-run)")
@@ -466,8 +467,7 @@ def run(args: argparse.Namespace) -> int:
     from cnnkit.optim import make_optimizer, make_scheduler
     from cnnkit.training import fit
 
-    if args.torch_threads:
-        be.set_threads(args.torch_threads)
+    be.set_threads(args.torch_threads)  # None: the idle cores (Backend.set_threads)
     epochs = args.epochs
     model = build_model(arch_name, seed=args.seed, backend=be)
     optimizer = make_optimizer(
