@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -82,3 +84,16 @@ def test_documented_plugin_code_is_what_the_generator_writes():
     readme = (ROOT / "README.md").read_text()
     assert "cnnkit new-plugin hardtanh" in readme
     assert "def cnnkit_register_ops" not in readme  # the generator's output, not a second copy
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_autoencoder_example_trains_on_both_backends(backend):
+    if backend == "torch":
+        pytest.importorskip("torch")
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import autoencoder
+    finally:
+        sys.path.pop(0)
+    before, after = autoencoder.train(epochs=3, backend=backend)
+    assert after < before / 4, (before, after)  # Conv, BatchNorm and ConvTranspose all learn
