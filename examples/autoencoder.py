@@ -71,9 +71,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     args = parser.parse_args()
     before, after = train(args.epochs, args.backend)
-    print(
-        f"{args.backend}: held-out reconstruction error {before:.4f} -> {after:.4f} ({args.epochs} epochs)"
-    )
+    print(f"{args.backend}: held-out reconstruction error {before:.4f} -> {after:.4f} ({args.epochs} epochs)")
 
 
 if __name__ == "__main__":

@@ -146,6 +146,22 @@ class CnnkitModule(torch.nn.Module):
         with use_backend(_BACKEND):
             return self.layer.function(*inputs, *params, *buffers)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # a hyperparameter set on the module (``module.p = 0.1``) is set on its definition,
+        # which the forward runs; parameters, buffers, submodules and ``training`` stay torch's
+        layer = self.__dict__.get("layer")
+        if (
+            layer is not None
+            and name != "training"
+            and not name.startswith("_")
+            and name in vars(layer)
+            and name not in self.__dict__.get("_parameters", {})
+            and name not in self.__dict__.get("_buffers", {})
+        ):
+            setattr(layer, name, value)
+            return
+        super().__setattr__(name, value)
+
     def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)
