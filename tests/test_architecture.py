@@ -159,3 +159,26 @@ def test_cnnkit_exports_what_a_plugin_needs():
         "Layer",
     ):
         assert hasattr(cnnkit, name), name
+
+
+def op_table() -> str:
+    """The README's op table: every op with its record (the formulas' home) and its two kernels."""
+    torch_ops = pytest.importorskip("cnnkit_torch.ops")
+    from cnnkit_numpy import ops as numpy_ops
+
+    from cnnkit.ops import FAMILIES
+
+    rows = ["| op | record (formulas, cases) | NumPy kernel | torch Function |", "|---|---|---|---|"]
+    for family in FAMILIES:
+        for spec in family.SPECS:
+            fn = getattr(torch_ops.KERNELS[spec.name].call, "function", None)
+            rows.append(
+                f"| `{spec.name}` | `cnnkit/ops/{family.__name__.rsplit('.', 1)[1]}.py` "
+                f"`{type(spec).__name__}` | `{numpy_ops.KERNELS[spec.name][0].__name__}` | "
+                + (f"`{fn.__name__}` |" if fn else "(integer output, no Function) |")
+            )
+    return "\n".join(rows)
+
+
+def test_the_readme_lists_every_op_with_its_records_home():
+    assert op_table() in (ROOT / "README.md").read_text()
