@@ -8,13 +8,30 @@ out of a backend's own array type without knowing it.
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Backend", "BackendInfo"]
+__all__ = ["Backend", "BackendInfo", "free_cores"]
+
+
+def free_cores() -> int:
+    """Cores this process may use that the rest of the machine is not already using:
+    ``usable - round(1-minute load)``, at least 1. On a shared machine a pool as wide as the
+    machine collapses (its threads wait at every barrier for one descheduled thread); one
+    thread per idle core does not."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    return max(1, min(usable, usable - int(load + 0.5)))
 
 
 class Backend(abc.ABC):

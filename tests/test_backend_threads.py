@@ -6,7 +6,8 @@ import os
 
 import pytest
 from cnnkit_numpy.backend import NumpyBackend
-from cnnkit_numpy.backend import free_cores as np_free_cores
+
+from cnnkit.backend import free_cores as np_free_cores
 
 
 def test_free_cores_is_between_one_and_the_usable_cores(monkeypatch):

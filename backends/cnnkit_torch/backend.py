@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 import torch
 
-from cnnkit.backend import Backend
+from cnnkit.backend import Backend, free_cores
 from cnnkit.spec import OpSpec
 
-__all__ = ["TorchBackend", "dtype_name", "free_cores", "torch_dtype"]
-
-
-def free_cores() -> int:
-    """Cores this process may use that the rest of the machine is not already using:
-    ``usable - round(1-minute load)``, at least 1. On a shared machine a pool as wide as the
-    machine collapses (its threads wait at every barrier for one descheduled thread); one
-    thread per idle core does not."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        load = 0.0
-    return max(1, min(usable, usable - int(load + 0.5)))
+__all__ = ["TorchBackend", "dtype_name", "torch_dtype"]
 
 
 def torch_dtype(name: str | torch.dtype) -> torch.dtype:
