@@ -311,8 +311,14 @@ def resolve_padding(
     )
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
+    """An integer that is not a bool: ``int``, NumPy's integers, any ``numbers.Integral``."""
+    if type(v) is int:  # the common case first: the abc check below costs microseconds a call
+        return True
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+_is_int = is_int
 
 
 def _nonneg(v: Any, name: str, prefix: str) -> int:

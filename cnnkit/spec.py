@@ -73,8 +73,7 @@ class TensorInfo:
         return len(self.shape)
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+_is_int = geometry.is_int
 
 
 def as_int_tuple(value: Any, n: int, name: str, where: str, *, minimum: int = 1) -> tuple[int, ...]:
