@@ -428,15 +428,26 @@ def _kernel(fn: type[Function], n_inputs: int, attrs: tuple[str, ...], n_outputs
     ``fn``'s own static methods on a :class:`_Ctx` for :func:`cnnkit.vjp`."""
 
     traced = _traceable(fn)
+    name = fn.__name__  # the Function's operator in cnnkit_torch.library, by a key Dynamo can hash
 
     def call(*inputs: Any, **kw: Any) -> Any:
         f = traced if torch.compiler.is_compiling() else fn
+        args = (*inputs, *(kw[k] for k in attrs))
+        if torch.compiler.is_exporting():
+            # torch.export keeps no autograd.Function: run fn's opaque operator instead (same
+            # forward, the same hand-derived backward through register_autograd)
+            from cnnkit_torch import library
+
+            def run(*a: Any) -> Any:
+                return library.apply(name, a, f.apply)
+        else:
+            run = f.apply
         dev = _autocast_device(inputs)
         if dev is None:
-            out = f.apply(*inputs, *(kw[k] for k in attrs))
+            out = run(*args)
         else:  # inputs already cast (autocast_inputs): the Function runs in their dtypes
             with torch.autocast(dev, enabled=False):
-                out = f.apply(*inputs, *(kw[k] for k in attrs))
+                out = run(*args)
         return out[0] if n_outputs > 1 else out
 
     def forward(*inputs: Any, **kw: Any) -> tuple[Any, _Ctx]:
