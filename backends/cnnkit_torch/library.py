@@ -129,7 +129,10 @@ OPS: dict[str, OpEntry] = {
         ),
         OpEntry("lp_pool", ops.LpPool, f"({_POOL}, float norm_type) -> Tensor", (*_POOL_KINDS, _SAME)),
         OpEntry(
-            "adaptive_avg_pool", ops.AdaptiveAvgPool, "(Tensor x, int[] output_size) -> Tensor", (_SAME, _INTS)
+            "adaptive_avg_pool",
+            ops.AdaptiveAvgPool,
+            "(Tensor x, int[] output_size) -> Tensor",
+            (_SAME, _INTS),
         ),
         OpEntry(
             "adaptive_max_pool",
