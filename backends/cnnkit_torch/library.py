@@ -1,4 +1,4 @@
-"""cnnkit's ops as opaque PyTorch operators (``torch.ops.cnnkit.*``), for ``torch.export``.
+"""cnnkit's ops as opaque PyTorch operators (``torch.ops.cnnkit.<op>``), for ``torch.export``.
 
 Eager mode, ``torch.compile`` and ``torch.func`` run each op's ``autograd.Function`` from
 :mod:`cnnkit_torch.ops` directly. ``torch.export`` cannot keep a Python ``autograd.Function``:
@@ -16,31 +16,32 @@ kernels of :mod:`cnnkit_torch.ops` call the operators registered here instead; e
   and the tuple of gradients line up unchanged, second derivatives included (the
   backward's pieces are cnnkit's Functions).
 
-Attributes travel as schema types: tuples of ints as ``int[]``; per-axis ``(before, after)``
-padding pairs flattened to ``int[]`` ``[b0, a0, b1, a1, ...]``; flags ``bool``, modes and
-reductions ``str``, slopes, norms, momenta ``float``. :data:`OPS` lists each operator's schema.
+Nothing here names an op: every kernel of ``ops.KERNELS`` with a Function gets its operator,
+``cnnkit::<op kind>``, read off the Function (:func:`_entry`): the arguments of its
+``forward``, the first one a ``Tensor``, later tensors ``Tensor?``, then the attributes, typed
+by name (:data:`ATTRIBUTES`, the core's canonical vocabulary): tuples of ints as ``int[]``;
+per-axis ``(before, after)`` padding pairs flattened to ``int[]`` ``[b0, a0, b1, a1, ...]``;
+flags ``bool``, modes and reductions ``str``, slopes, norms, momenta ``float``. One output per
+gradient its ``backward`` takes. Running statistics (:data:`STATE`) are updated on copies that
+the operator returns after the Function's outputs (an operator with an autograd formula must be
+functional); :func:`apply` writes them back when ``training`` is set, which ``torch.export``
+records as a buffer mutation.
 
-Registered: conv (1-3d, ``flip``), conv_transpose, max_pool, avg_pool, lp_pool,
-adaptive_avg_pool, adaptive_max_pool, max_unpool, pad_nd, relu, leaky_relu, sigmoid, tanh,
-flatten, linear, cross_entropy, batch_norm. An operator with an autograd formula must be
-functional, so batch norm's updates copies of ``running_mean``/``running_var`` and returns
-them after the Function's three outputs; the caller writes them back (in training mode), which
-``torch.export`` records as a buffer mutation. Left out, and traced as the
-Function's aten forward ops while exporting:
-
-- ``dropout``: its ``generator`` argument (a ``torch.Generator``, a seed or ``None``) has no
-  schema type that keeps its meaning; in eval mode (the usual export) it is a copy, whose aten
-  gradient is the identity anyway;
-- ``max_pool_indices``, ``adaptive_max_pool_indices``: integer outputs, no gradient.
+Left out (:data:`EXCLUDED`, with the reason), and traced as the Function's aten forward ops
+while exporting: a Function taking an attribute with no schema type here (a random mask's
+``generator``: a ``torch.Generator``, a seed or ``None``; in eval mode, the usual export, it is
+a copy, whose aten gradient is the identity anyway), and the index kernels (integer outputs, no
+Function, no gradient).
 
 Importing this module registers the operators (a few milliseconds); it is imported with the
 kernels (:mod:`cnnkit_torch.plugin`), so a program that uses cnnkit's torch backend, or
 :func:`torch.export.load` after ``import cnnkit_torch.library``, finds them. Importing it
-again (a reload, a second interpreter) defines them again over the same names.
+again (a reload) defines them again over the same names.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,14 +49,45 @@ from typing import Any
 import torch
 from torch.autograd.function import Function
 
+from cnnkit.ops import BUILTIN_SPECS
 from cnnkit_torch import ops
 
-__all__ = ["EXCLUDED", "NAMESPACE", "OPS", "OpEntry", "apply", "custom_args", "operator", "registered"]
+__all__ = [
+    "ATTRIBUTES",
+    "EXCLUDED",
+    "NAMESPACE",
+    "OPS",
+    "STATE",
+    "OpEntry",
+    "apply",
+    "custom_args",
+    "operator",
+    "registered",
+]
 
 NAMESPACE = "cnnkit"
 
 # how each Function argument travels: as is, a tuple of ints, or (before, after) pairs flattened
 _SAME, _INTS, _PAIRS = "same", "ints", "pairs"
+
+#: The schema type and encoding of every attribute name the Functions take. The vocabulary is
+#: shared by the ops (the core's canonical attribute names), so an op whose Function takes only
+#: these names gets its operator with no line here; an unknown name leaves the op out.
+ATTRIBUTES: dict[str, tuple[str, str]] = {
+    **dict.fromkeys(("stride", "dilation", "kernel_size", "output_size", "output_padding"), ("int[]", _INTS)),
+    **dict.fromkeys(("padding", "pads"), ("int[]", _PAIRS)),
+    **dict.fromkeys(("groups", "start_dim", "end_dim", "ignore_index", "mask_dims"), ("int", _SAME)),
+    **dict.fromkeys(("flip", "ceil_mode", "count_include_pad", "training"), ("bool", _SAME)),
+    **dict.fromkeys(("mode", "reduction"), ("str", _SAME)),
+    **dict.fromkeys(
+        ("norm_type", "value", "negative_slope", "label_smoothing", "momentum", "eps", "p"), ("float", _SAME)
+    ),
+}
+#: Tensor arguments the Function updates in place (running statistics), and the flag saying
+#: whether it does: an operator with an autograd formula must be functional, so it updates
+#: copies and returns them after the Function's outputs; :func:`apply` writes them back.
+STATE = ("running_mean", "running_var")
+STATE_FLAG = "training"
 
 
 def _encode(kind: str, value: Any) -> Any:
@@ -81,12 +113,10 @@ class OpEntry:
     op: str
     function: type[Function]
     schema: str
+    names: tuple[str, ...]
     kinds: tuple[str, ...]
-    #: Positions of arguments the Function updates in place (batch norm's running statistics).
-    #: An operator with a registered autograd formula must be functional, so it updates copies
-    #: and returns them after the Function's outputs; :func:`apply` writes them back.
+    n_tensors: int
     state: tuple[int, ...] = ()
-    #: The position of the flag saying whether the Function updates them (``training``).
     state_flag: int | None = None
 
     @property
@@ -102,89 +132,47 @@ class OpEntry:
         return tuple(_decode(k, a) for k, a in zip(self.kinds, args))
 
 
-_POOL = "Tensor x, int[] kernel_size, int[] stride, int[] padding, int[] dilation, bool ceil_mode"
-_POOL_KINDS = (_SAME, _INTS, _INTS, _PAIRS, _INTS, _SAME)
+def _entry(op: str, fn: type[Function], n_tensors: int) -> OpEntry | str:
+    """The operator of ``fn`` read off its methods: the arguments of ``forward`` (the record's
+    ``n_tensors`` inputs, then attributes typed by :data:`ATTRIBUTES`), one output per gradient
+    its ``backward`` takes. A string: why there is none."""
+    names = tuple(inspect.signature(fn.forward).parameters)
+    n_outputs = len(inspect.signature(fn.backward).parameters) - 1  # follows _first_order_only's wraps
+    first_attr = n_tensors
+    unknown = [n for n in names[first_attr:] if n not in ATTRIBUTES]
+    if unknown:
+        return f"{fn.__name__}.forward's {', '.join(unknown)} has no schema type (see ATTRIBUTES)"
+    args, kinds = [], []
+    for i, n in enumerate(names):
+        if i < first_attr:
+            args.append(f"Tensor{'?' if i else ''} {n}")
+            kinds.append(_SAME)
+        else:
+            args.append(f"{ATTRIBUTES[n][0]} {n}")
+            kinds.append(ATTRIBUTES[n][1])
+    state = tuple(i for i, n in enumerate(names[:first_attr]) if n in STATE)
+    outputs = ", ".join(["Tensor"] * (n_outputs + len(state)))
+    schema = f"({', '.join(args)}) -> {outputs if n_outputs + len(state) == 1 else f'({outputs})'}"
+    flag = names.index(STATE_FLAG) if state and STATE_FLAG in names else None
+    return OpEntry(op, fn, schema, names, tuple(kinds), first_attr, state, flag)
 
-#: Every operator registered here, by op kind (the names of :data:`cnnkit_torch.ops.KERNELS`).
-OPS: dict[str, OpEntry] = {
-    e.op: e
-    for e in (
-        OpEntry(
-            "conv",
-            ops.Conv,
-            "(Tensor x, Tensor w, Tensor? b, int[] stride, int[] padding, int[] dilation, int groups, "
-            "bool flip) -> Tensor",
-            (_SAME, _SAME, _SAME, _INTS, _PAIRS, _INTS, _SAME, _SAME),
-        ),
-        OpEntry(
-            "conv_transpose",
-            ops.ConvTranspose,
-            "(Tensor y, Tensor w, Tensor? b, int[] stride, int[] padding, int[] output_padding, "
-            "int[] dilation, int groups) -> Tensor",
-            (_SAME, _SAME, _SAME, _INTS, _PAIRS, _INTS, _INTS, _SAME),
-        ),
-        OpEntry("max_pool", ops.MaxPool, f"({_POOL}) -> (Tensor, Tensor)", _POOL_KINDS),
-        OpEntry(
-            "avg_pool", ops.AvgPool, f"({_POOL}, bool count_include_pad) -> Tensor", (*_POOL_KINDS, _SAME)
-        ),
-        OpEntry("lp_pool", ops.LpPool, f"({_POOL}, float norm_type) -> Tensor", (*_POOL_KINDS, _SAME)),
-        OpEntry(
-            "adaptive_avg_pool",
-            ops.AdaptiveAvgPool,
-            "(Tensor x, int[] output_size) -> Tensor",
-            (_SAME, _INTS),
-        ),
-        OpEntry(
-            "adaptive_max_pool",
-            ops.AdaptiveMaxPool,
-            "(Tensor x, int[] output_size) -> (Tensor, Tensor)",
-            (_SAME, _INTS),
-        ),
-        OpEntry(
-            "max_unpool",
-            ops.MaxUnpool,
-            "(Tensor x, Tensor indices, int[] output_size) -> Tensor",
-            (_SAME, _SAME, _INTS),
-        ),
-        OpEntry(
-            "pad_nd",
-            ops.PadNd,
-            "(Tensor x, int[] pads, str mode, float value) -> Tensor",
-            (_SAME, _PAIRS, _SAME, _SAME),
-        ),
-        OpEntry("relu", ops.ReLU, "(Tensor x) -> Tensor", (_SAME,)),
-        OpEntry("leaky_relu", ops.LeakyReLU, "(Tensor x, float negative_slope) -> Tensor", (_SAME, _SAME)),
-        OpEntry("sigmoid", ops.Sigmoid, "(Tensor x) -> Tensor", (_SAME,)),
-        OpEntry("tanh", ops.Tanh, "(Tensor x) -> Tensor", (_SAME,)),
-        OpEntry(
-            "flatten", ops.Flatten, "(Tensor x, int start_dim, int end_dim) -> Tensor", (_SAME, _SAME, _SAME)
-        ),
-        OpEntry("linear", ops.Linear, "(Tensor x, Tensor w, Tensor? b) -> Tensor", (_SAME, _SAME, _SAME)),
-        OpEntry(
-            "cross_entropy",
-            ops.CrossEntropy,
-            "(Tensor x, Tensor target, Tensor? weight, str reduction, int ignore_index, "
-            "float label_smoothing) -> (Tensor, Tensor, Tensor, Tensor)",
-            (_SAME,) * 6,
-        ),
-        OpEntry(
-            "batch_norm",
-            ops.BatchNorm,
-            "(Tensor x, Tensor? weight, Tensor? bias, Tensor? running_mean, Tensor? running_var, "
-            "bool training, float momentum, float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
-            (_SAME,) * 8,
-            state=(3, 4),
-            state_flag=5,
-        ),
-    )
-}
 
-#: Op kinds of :data:`cnnkit_torch.ops.KERNELS` with no operator here, and why.
-EXCLUDED: dict[str, str] = {
-    "dropout": "its generator argument (a torch.Generator, a seed or None) has no schema type",
-    "max_pool_indices": "integer indices: no gradient, nothing of aten's to fall back on",
-    "adaptive_max_pool_indices": "integer indices: no gradient, nothing of aten's to fall back on",
-}
+def _entries() -> tuple[dict[str, OpEntry], dict[str, str]]:
+    found, excluded = {}, {}
+    inputs = {spec.name: len(spec.inputs) for spec in BUILTIN_SPECS}
+    for op, kernel in ops.KERNELS.items():
+        fn = getattr(kernel.call, "function", None)
+        made = "integer outputs: no Function, no gradient" if fn is None else _entry(op, fn, inputs[op])
+        if isinstance(made, str):
+            excluded[op] = made
+        else:
+            found[op] = made
+    return found, excluded
+
+
+#: Every operator registered here, by op kind (the names of :data:`cnnkit_torch.ops.KERNELS`),
+#: and the op kinds left out, with the reason.
+OPS, EXCLUDED = _entries()
 
 
 def _define(entry: OpEntry) -> Any:
@@ -220,9 +208,9 @@ def _define(entry: OpEntry) -> Any:
 
 #: Function name -> (its entry, its operator): the key is a string, which Dynamo can hash.
 _DEFINED: dict[str, tuple[OpEntry, Any]] = {}
-for _entry in OPS.values():
-    _DEFINED[_entry.function.__name__] = (_entry, _define(_entry))
-del _entry
+for _e in OPS.values():
+    _DEFINED[_e.function.__name__] = (_e, _define(_e))
+del _e
 
 
 def registered(fn: type[Function]) -> bool:
@@ -239,8 +227,7 @@ def custom_args(op: str, inputs: Sequence[Any], attrs: dict[str, Any]) -> tuple[
     """The operator's arguments for the kernel call ``KERNELS[op].call(*inputs, **attrs)`` (attrs
     in the core's canonical form): for :func:`torch.library.opcheck` and tests."""
     entry = OPS[op]
-    names = [a.split()[-1] for a in entry.schema[1:].split(") ->")[0].split(", ")][len(inputs) :]
-    return entry.encode((*inputs, *(attrs[k] for k in names)))
+    return entry.encode((*inputs, *(attrs[k] for k in entry.names[len(inputs) :])))
 
 
 def apply(name: str, args: Sequence[Any], fallback: Callable[..., Any]) -> Any:
