@@ -296,16 +296,6 @@ def test_compile_is_one_graph_with_no_break_and_matches_native():
         torch.testing.assert_close(g, runs[2][1])
 
 
-@pytest.mark.filterwarnings("ignore:While compiling, we found certain side effects:UserWarning")
-def test_strict_export_round_trip():
-    ours, _ = _compile_pair()
-    x = torch.randn(2, 1, 8, 8)
-    program = torch.export.export(ours, (x,), strict=True)
-    torch.testing.assert_close(program.module()(x), ours(x))
-    y = torch.randn(2, 1, 8, 8)
-    torch.testing.assert_close(program.module()(y), ours(y))
-
-
 # -- expanded and unusual tensors ----------------------------------------------------------------
 
 _ROUTES = {  # x shape, w shape, stride, groups: one per Conv.backward route

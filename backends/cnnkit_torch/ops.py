@@ -447,15 +447,26 @@ def _kernel(fn: type[Function], n_inputs: int, attrs: tuple[str, ...], n_outputs
     ``fn``'s own static methods on a :class:`_Ctx` for :func:`cnnkit.vjp`."""
 
     traced = _traceable(fn)
+    name = fn.__name__  # the Function's operator in cnnkit_torch.library, by a key Dynamo can hash
+
+    def run(f: type[Function], args: tuple) -> Any:
+        if torch.compiler.is_exporting():
+            # torch.export keeps no autograd.Function: run fn's opaque operator instead (same
+            # forward, the same hand-derived backward through register_autograd)
+            from cnnkit_torch import library
+
+            return library.apply(name, args, f.apply)
+        return _apply(f, *args)
 
     def call(*inputs: Any, **kw: Any) -> Any:
         f = traced if torch.compiler.is_compiling() else fn
+        args = (*inputs, *(kw[k] for k in attrs))
         dev = _autocast_device(inputs)
         if dev is None:
-            out = _apply(f, *inputs, *(kw[k] for k in attrs))
+            out = run(f, args)
         else:  # inputs already cast (autocast_inputs): the Function runs in their dtypes
             with torch.autocast(dev, enabled=False):
-                out = _apply(f, *inputs, *(kw[k] for k in attrs))
+                out = run(f, args)
         return out[0] if n_outputs > 1 else out
 
     def forward(*inputs: Any, **kw: Any) -> tuple[Any, _Ctx]:

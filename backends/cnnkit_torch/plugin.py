@@ -67,7 +67,8 @@ def cnnkit_conformance_cases(register):
 def cnnkit_register_kernels(backend, register):
     if backend != "torch":
         return
-    from cnnkit_torch import ops
+    from cnnkit_torch import library, ops  # library: the torch.export operators (torch.ops.cnnkit)
 
+    del library
     for name, kernel in ops.KERNELS.items():
         register(name, kernel)
