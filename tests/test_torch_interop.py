@@ -128,6 +128,17 @@ def test_hessian_of_a_small_cnn_matches_native():
     torch.testing.assert_close(h, h_ref, **F64)
 
 
+def test_torch_func_hessian_of_a_small_cnn_matches_native():
+    """torch.func.hessian (jacfwd over jacrev): forward mode over the vmapped Functions, whose
+    attributes hold tuples (strides, padding pairs, shapes) that functorch's vmap rule must not
+    flatten (they go in as one leaf each: ``CnnkitFunction.apply``)."""
+    ours, theirs = _pair()
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    h, h_ref = (torch.func.hessian(lambda v, m=m: m(v).pow(2).sum())(x) for m in (ours, theirs))
+    assert h_ref.abs().max() > 1e-5
+    torch.testing.assert_close(h, h_ref, **F64)
+
+
 def test_wgan_gradient_penalty_step_matches_native():
     ours, theirs = _pair()
     x = torch.randn(4, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))

@@ -333,6 +333,26 @@ class CnnkitFunction(Function):
     #: ``"promote"`` (the rest: the widest floating dtype among the inputs, as native ops).
     autocast = "promote"
 
+    @classmethod
+    def apply(cls, *args: Any) -> Any:
+        # Under a torch.func transform, a tuple, list or ``torch.Size`` attribute goes in as one
+        # pytree leaf (:class:`_Attr`): functorch's generated vmap rule flattens the inputs'
+        # in_dims as a pytree but the jvp's tangents one per input, so a tuple argument (a
+        # stride, padding pairs, a shape) broke ``jvp`` of a vmapped Function
+        # (``torch.func.hessian``, jacfwd of jacrev).
+        if torch._C._are_functorch_transforms_active():
+            args = tuple(
+                _Attr(a) if isinstance(a, (tuple, list)) and type(a) is not _Attr else a for a in args
+            )
+        return super().apply(*args)
+
+
+class _Attr(tuple):
+    """A tuple attribute as one pytree leaf (a tuple subclass is no pytree node): what
+    :meth:`CnnkitFunction.apply` passes under a torch.func transform. It reads as the tuple."""
+
+    __slots__ = ()
+
 
 def _save(ctx: Any, *tensors: Any) -> None:
     """Save ``tensors`` for ``backward`` and for ``jvp`` (forward mode reads its own saved list)."""
