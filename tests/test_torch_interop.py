@@ -30,24 +30,6 @@ def _one_per_op_and_route() -> list[str]:
     return names
 
 
-#: Ops whose Function is still first-order with no forward mode (they came after the toolbox
-#: work): their second derivative raises the one clear error, and torch.func's forward mode is missing.
-FIRST_ORDER = ("batch_norm", "dropout", "conv_transpose", "adaptive_", "max_unpool", "pad")
-
-
-def _marked(names: list[str]) -> list:
-    reason = (
-        "the Functions of the newer ops (batch norm, dropout, transposed conv, adaptive pools, "
-        "unpooling, pad) are first-order, with no jvp yet"
-    )
-    return [
-        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=reason))
-        if n.startswith(FIRST_ORDER)
-        else n
-        for n in names
-    ]
-
-
 EVERY_OP = _one_per_op_and_route()
 
 # torch.func's forward mode scripts a helper on first use, and torch.jit.script now warns
@@ -88,7 +70,7 @@ def _pair(dtype=torch.float64):
 # -- higher-order gradients ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", _marked(EVERY_OP))
+@pytest.mark.parametrize("name", EVERY_OP)
 def test_gradgradcheck(name):
     """Every op, every conv route: the backward is differentiable, by hand-derived formulas."""
     fn, _, inputs = _entry(name)
@@ -106,7 +88,7 @@ class _OpLog(TorchDispatchMode):
 
 
 @pytest.mark.parametrize(
-    "name", _marked([k for k in GRADCHECKS if k.startswith(("conv", "max_pool", "avg_pool"))][::2])
+    "name", [k for k in GRADCHECKS if k.startswith(("conv", "max_pool", "avg_pool"))][::2]
 )
 def test_double_backward_runs_no_aten_conv_or_pool_backward(name):
     fn, _, inputs = _entry(name)
@@ -167,7 +149,7 @@ def test_cross_entropy_double_backward_matches_native():
 # -- torch.func: vmap, jvp, grad, jacrev ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", _marked(EVERY_OP))
+@pytest.mark.parametrize("name", EVERY_OP)
 def test_jacrev_and_jacfwd_equal_the_autograd_jacobian(name):
     """jacrev is vmap over the hand-derived backward, jacfwd vmap over the hand-derived jvp;
     both equal the Jacobian built row by row from plain backward passes."""
@@ -180,7 +162,7 @@ def test_jacrev_and_jacfwd_equal_the_autograd_jacobian(name):
             torch.testing.assert_close(g, e, **F64)
 
 
-@pytest.mark.parametrize("name", _marked(EVERY_OP[::2]))
+@pytest.mark.parametrize("name", EVERY_OP[::2])
 def test_forward_mode_gradcheck(name):
     fn, _, inputs = _entry(name)
     assert torch.autograd.gradcheck(
