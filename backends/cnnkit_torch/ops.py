@@ -3,7 +3,8 @@
 The ops come in the same order and under the same names as in
 :mod:`cnnkit_numpy.ops`: ``conv``, ``max_pool``, ``avg_pool``, ``lp_pool``,
 ``relu``, ``leaky_relu``, ``sigmoid``, ``tanh``, ``flatten``, ``linear``,
-``cross_entropy``, then ``batch_norm`` and ``dropout`` (their own section at the
+``cross_entropy``; then the ops past the lecture, ``conv_transpose``, ``pad_nd``, the adaptive
+pools and ``max_unpool``, and last ``batch_norm`` and ``dropout`` (their own section at the
 end). Each ``forward`` uses torch's forward primitives (``conv``, ``max_pool``,
 ``avg_pool``, ``matmul``); each ``backward`` computes the
 lecture's formulas itself, with forward primitives as the engine: it never
@@ -26,8 +27,15 @@ transposed conv, the weight gradient a conv; its backward is :class:`Conv` and
 :class:`ConvGrad` again), max pooling's is the scatter :class:`MaxPoolGrad` (its backward the
 gather :class:`MaxPoolGather`), average pooling's :class:`AvgPoolGrad` (its backward the pool),
 the window sums of Lp pooling :class:`WindowSum`/:class:`WindowSpread` (each the other's
-adjoint). ``create_graph=True``, gradgradcheck, Hessians and gradient penalties therefore run
-the lecture's formulas at every order. To adopt this in a new Function:
+adjoint). The newer ops follow suit: the transposed conv's gradients are :class:`Conv` (input)
+and :class:`ConvGrad` (weight), the conv's own pieces by duality; the pad's is the fold
+:class:`PadNdGrad` (its adjoint the pad again); adaptive average pooling's
+:class:`AdaptiveAvgPoolGrad` (``Aᵀ δ``, its adjoint the pool); adaptive max pooling and max
+unpooling scatter and gather by the saved indices (:class:`MaxPoolGrad`/:class:`MaxPoolGather`);
+batch norm's :class:`BatchNormGrad`, a Function of ``(δ, y, γ)`` whose hand-derived backward
+follows ``ŷ`` and ``1/σ`` as functions of ``y``; dropout's ``δ ⊙ mask``. ``create_graph=True``,
+gradgradcheck, Hessians and gradient penalties therefore run the lecture's formulas at every
+order, for every op. To adopt this in a new Function:
 
 - write the backward's linear pieces as Functions whose ``backward`` is their adjoint, and
   call them through :func:`_grad_apply` (``fn.apply`` while a graph is recorded, a plain call
@@ -43,7 +51,11 @@ The rest of PyTorch's toolbox, and how a new Function joins it (a line or two ea
   ctx plus ``setup_context``, and ``generate_vmap_rule = True``, so ``torch.func.vmap``,
   ``grad``, ``jacrev`` run the Function's own methods on batched tensors. Routes that view
   memory (``as_strided``, ``storage_offset``, writes into fresh buffers) step aside when
-  :func:`_transformed` is true (under a transform or while torch.compile traces).
+  :func:`_transformed` is true (under a transform or while torch.compile traces). Under a
+  transform, :meth:`CnnkitFunction.apply` passes tuple attributes as one pytree leaf each
+  (functorch's generated rule would flatten them out of step with the tangents). vmap over the
+  batch of a training batch norm that moves unbatched running statistics raises one clear error,
+  as torch's own does.
 - **Forward mode**: a ``jvp(ctx, *tangents)`` staticmethod with the hand-derived tangent
   formula (``torch.func.jvp``, ``jacfwd``, ``torch.autograd.forward_ad``); save what it reads
   with :func:`_save` (``save_for_backward`` and ``save_for_forward`` at once).
