@@ -260,6 +260,26 @@ def test_autocast_bfloat16_forward_and_backward_match_native():
         torch.testing.assert_close(g, g_ref, **tol)
 
 
+def test_autocast_lowers_conv_transpose_as_native():
+    """The transposed conv is a conv-like op (``autocast = "lower"``): bfloat16 under autocast, as
+    native ``conv_transpose2d``; its gradients come back in the float32 of the inputs."""
+    torch.manual_seed(0)
+    ours, theirs = cnn.ConvTranspose2d(3, 4, 3, 2, 1, 1), torch.nn.ConvTranspose2d(3, 4, 3, 2, 1, 1)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(1))
+    runs = []
+    for model in (ours, theirs):
+        h = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", torch.bfloat16):
+            y = model(h)
+        y.float().square().sum().backward()
+        runs.append((y, h.grad, model.weight.grad))
+    (y, gx, gw), (y_ref, gx_ref, gw_ref) = runs
+    assert y.dtype == y_ref.dtype == torch.bfloat16 and gx.dtype == gw.dtype == torch.float32
+    for a, b in ((y, y_ref), (gx, gx_ref), (gw, gw_ref)):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
 # -- torch.compile and torch.export --------------------------------------------------------------
 
 
@@ -299,6 +319,28 @@ def test_compile_is_one_graph_with_no_break_and_matches_native():
     for y, g in runs[:2]:
         torch.testing.assert_close(y, runs[2][0])
         torch.testing.assert_close(g, runs[2][1])
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_compile_of_the_newer_layers_is_one_graph_and_matches_native(mode):
+    """BatchNorm2d (training: the running statistics move inside the graph), ConvTranspose2d,
+    a reflect-padded conv, an adaptive pool: fullgraph, outputs, gradients, running statistics."""
+    ours, theirs = _newer_pair()
+    for m in (ours, theirs):
+        m.train(mode == "train")
+    x = _r(4, 1, 5, 5, seed=8)
+    torch._dynamo.reset()
+    compiled = torch.compile(ours, fullgraph=True, backend="aot_eager")
+    runs = []
+    for model in (compiled, theirs):
+        xi = x.clone().requires_grad_(True)
+        y = model(xi)
+        y.square().sum().backward()
+        runs.append((y, xi.grad, *(p.grad for p in model.parameters())))
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, **F64)
+    torch.testing.assert_close(ours[1].running_mean, theirs[1].running_mean, **F64)
+    torch.testing.assert_close(ours[1].running_var, theirs[1].running_var, **F64)
 
 
 @pytest.mark.filterwarnings("ignore:While compiling, we found certain side effects:UserWarning")
