@@ -530,6 +530,17 @@ GRADCHECKS = {
         lambda x: cf.cross_entropy(x, torch.tensor([2, 0, 2]), reduction="sum", backend="torch"),
         [(3, 4)],
     ),
+    # ConvTranspose's backward when output_padding >= stride: trailing units no conv window reads
+    # (the crop PadNdGrad, the zero-pad PadNd); groups, dilation, asymmetric padding
+    "conv_transpose2d_outpad_past_stride": (
+        lambda x, w, b: cf.conv_transpose2d(x, w, b, 1, (1, 0), 1, 2, 2, backend="torch"),
+        [(2, 4, 4, 3), (4, 1, 2, 3), (2,)],
+    ),
+    "pad2d_replicate": (lambda x: cf.pad(x, (1, 2, 0, 1), "replicate", backend="torch"), [(2, 2, 3, 4)]),
+    "batch_norm_train_no_affine": (
+        lambda x: cf.batch_norm(x, None, None, None, None, True, eps=0.1, backend="torch"),
+        [(5, 3, 4)],
+    ),
 }
 
 #: Conv.backward's routes by shape (the fast ones are chosen by measurement): each must be run

@@ -3,7 +3,8 @@
 The ops come in the same order and under the same names as in
 :mod:`cnnkit_numpy.ops`: ``conv``, ``max_pool``, ``avg_pool``, ``lp_pool``,
 ``relu``, ``leaky_relu``, ``sigmoid``, ``tanh``, ``flatten``, ``linear``,
-``cross_entropy``, then ``batch_norm`` and ``dropout`` (their own section at the
+``cross_entropy``; then the ops past the lecture, ``conv_transpose``, ``pad_nd``, the adaptive
+pools and ``max_unpool``, and last ``batch_norm`` and ``dropout`` (their own section at the
 end). Each ``forward`` uses torch's forward primitives (``conv``, ``max_pool``,
 ``avg_pool``, ``matmul``); each ``backward`` computes the
 lecture's formulas itself, with forward primitives as the engine: it never
@@ -26,8 +27,15 @@ transposed conv, the weight gradient a conv; its backward is :class:`Conv` and
 :class:`ConvGrad` again), max pooling's is the scatter :class:`MaxPoolGrad` (its backward the
 gather :class:`MaxPoolGather`), average pooling's :class:`AvgPoolGrad` (its backward the pool),
 the window sums of Lp pooling :class:`WindowSum`/:class:`WindowSpread` (each the other's
-adjoint). ``create_graph=True``, gradgradcheck, Hessians and gradient penalties therefore run
-the lecture's formulas at every order. To adopt this in a new Function:
+adjoint). The newer ops follow suit: the transposed conv's gradients are :class:`Conv` (input)
+and :class:`ConvGrad` (weight), the conv's own pieces by duality; the pad's is the fold
+:class:`PadNdGrad` (its adjoint the pad again); adaptive average pooling's
+:class:`AdaptiveAvgPoolGrad` (``Aᵀ δ``, its adjoint the pool); adaptive max pooling and max
+unpooling scatter and gather by the saved indices (:class:`MaxPoolGrad`/:class:`MaxPoolGather`);
+batch norm's :class:`BatchNormGrad`, a Function of ``(δ, y, γ)`` whose hand-derived backward
+follows ``ŷ`` and ``1/σ`` as functions of ``y``; dropout's ``δ ⊙ mask``. ``create_graph=True``,
+gradgradcheck, Hessians and gradient penalties therefore run the lecture's formulas at every
+order, for every op. To adopt this in a new Function:
 
 - write the backward's linear pieces as Functions whose ``backward`` is their adjoint, and
   call them through :func:`_grad_apply` (``fn.apply`` while a graph is recorded, a plain call
@@ -43,7 +51,11 @@ The rest of PyTorch's toolbox, and how a new Function joins it (a line or two ea
   ctx plus ``setup_context``, and ``generate_vmap_rule = True``, so ``torch.func.vmap``,
   ``grad``, ``jacrev`` run the Function's own methods on batched tensors. Routes that view
   memory (``as_strided``, ``storage_offset``, writes into fresh buffers) step aside when
-  :func:`_transformed` is true (under a transform or while torch.compile traces).
+  :func:`_transformed` is true (under a transform or while torch.compile traces). Under a
+  transform, :meth:`CnnkitFunction.apply` passes tuple attributes as one pytree leaf each
+  (functorch's generated rule would flatten them out of step with the tangents). vmap over the
+  batch of a training batch norm that moves unbatched running statistics raises one clear error,
+  as torch's own does.
 - **Forward mode**: a ``jvp(ctx, *tangents)`` staticmethod with the hand-derived tangent
   formula (``torch.func.jvp``, ``jacfwd``, ``torch.autograd.forward_ad``); save what it reads
   with :func:`_save` (``save_for_backward`` and ``save_for_forward`` at once).
@@ -85,10 +97,12 @@ from cnnkit_torch.sizes import COLUMNS_CHUNK_BYTES
 __all__ = [
     "KERNELS",
     "AdaptiveAvgPool",
+    "AdaptiveAvgPoolGrad",
     "AdaptiveMaxPool",
     "AvgPool",
     "AvgPoolGrad",
     "BatchNorm",
+    "BatchNormGrad",
     "Conv",
     "ConvGrad",
     "ConvTranspose",
@@ -103,6 +117,7 @@ __all__ = [
     "MaxPoolGrad",
     "MaxUnpool",
     "PadNd",
+    "PadNdGrad",
     "ReLU",
     "Sigmoid",
     "Tanh",
@@ -351,6 +366,26 @@ class CnnkitFunction(Function):
     #: (conv, linear: the autocast dtype, as native conv and linear), ``"float32"`` (losses),
     #: ``"promote"`` (the rest: the widest floating dtype among the inputs, as native ops).
     autocast = "promote"
+
+    @classmethod
+    def apply(cls, *args: Any) -> Any:
+        # Under a torch.func transform, a tuple, list or ``torch.Size`` attribute goes in as one
+        # pytree leaf (:class:`_Attr`): functorch's generated vmap rule flattens the inputs'
+        # in_dims as a pytree but the jvp's tangents one per input, so a tuple argument (a
+        # stride, padding pairs, a shape) broke ``jvp`` of a vmapped Function
+        # (``torch.func.hessian``, jacfwd of jacrev).
+        if torch._C._are_functorch_transforms_active():
+            args = tuple(
+                _Attr(a) if isinstance(a, (tuple, list)) and type(a) is not _Attr else a for a in args
+            )
+        return super().apply(*args)
+
+
+class _Attr(tuple):
+    """A tuple attribute as one pytree leaf (a tuple subclass is no pytree node): what
+    :meth:`CnnkitFunction.apply` passes under a torch.func transform. It reads as the tuple."""
+
+    __slots__ = ()
 
 
 def _save(ctx: Any, *tensors: Any) -> None:
@@ -1509,8 +1544,24 @@ def _conv_transpose_forward(y, w, b, stride, padding, output_padding, dilation, 
     return _crop(a, rest, size)
 
 
-class ConvTranspose(Function):
-    """``a = conv_transpose(y, W) + b``: the conv's input gradient at ``δ = y``, in 1, 2 or 3 dimensions."""
+class ConvTranspose(CnnkitFunction):
+    """``a = conv_transpose(y, W) + b``: the conv's input gradient at ``δ = y``, in 1, 2 or 3 dimensions.
+
+    The lecture's duality: this op is ``Tᵀ_W``, the adjoint of the conv ``T_W`` from ``a``'s grid
+    to ``y``'s (the same stride, padding, dilation, groups). Its gradients are therefore the
+    conv's own pieces with the roles of ``y`` and ``δ`` swapped:
+
+    - ``δ_prev = T_W δ = W ⋆ δ`` (a forward conv, :class:`Conv`), cropped to ``y``;
+    - ``dE/dW = W(δ, y)``: the conv's weight gradient with ``δ`` as the input and ``y`` as the
+      deltas (:class:`ConvGrad`), ``y`` zero-padded onto the conv's output grid;
+    - ``dE/db = Σ δ``.
+
+    Both are cnnkit Functions (and the crop and zero-pad are :class:`PadNdGrad`/:class:`PadNd`),
+    so every derivative order is hand-derived: :class:`Conv` and :class:`ConvGrad` differentiate
+    into each other.
+    """
+
+    autocast = "lower"
 
     @staticmethod
     def forward(y, w, b, stride, padding, output_padding, dilation, groups):
@@ -1518,37 +1569,56 @@ class ConvTranspose(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        y, w, _b, stride, padding, _output_padding, dilation, groups = inputs
-        ctx.save_for_backward(y, w)
-        ctx.attrs = (stride, padding, dilation, groups)
+        y, w, _b, stride, padding, output_padding, dilation, groups = inputs
+        _save(ctx, y, w)
+        ctx.attrs = (stride, padding, output_padding, dilation, groups)
+        ctx.out_shape = tuple(output.shape)
 
     @staticmethod
-    @_first_order_only
     def backward(ctx, dy):
-        # δ_prev = conv(δ, W) (cropped to y);  dE/dW = δ ⋆ y (conv's dE/dW, roles swapped);  dE/db = Σ δ
+        # δ_prev = W ⋆ δ (cropped to y);  dE/dW = W(δ, y) (the conv's dE/dW, roles swapped);  dE/db = Σ δ
         y, w = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.attrs
+        stride, padding, _output_padding, dilation, groups = ctx.attrs
         need_y, need_w, need_b = ctx.needs_input_grad[:3]
-        spatial = _spatial(w)
         dx = dw = db = None
         if need_y or need_w:
-            size = y.shape[2:]
+            stride, dilation = _bounded(dy.shape, w.shape[2:], stride, padding, dilation)
+            # the conv from a's grid: its output grid is y's, plus the trailing units that an
+            # output_padding >= stride added (no window of the conv reads them: zeros there)
+            out = [
+                conv_output_size(n, f, s, p, dl)
+                for n, f, s, p, dl in zip(dy.shape[2:], w.shape[2:], stride, padding, dilation)
+            ]
+            grid = [(0, 0), (0, 0), *((0, o - n) for o, n in zip(out, y.shape[2:]))]
+            extra = any(hi for _, hi in grid)
             if need_y:
-                conv = _conv_forward(dy, w, None, stride, padding, dilation, groups, False)
-                dx = conv[(slice(None), slice(None), *(slice(0, n) for n in size))]
+                dx = _grad_apply(Conv, dy, w, None, stride, padding, dilation, groups, False)
+                if extra:
+                    dx = _grad_apply(PadNdGrad, dx, tuple(y.shape), grid, "constant")
             if need_w:
-                # y on the conv's output grid: zeros where output_padding >= stride added outputs
-                out = [
-                    conv_output_size(n, f, s, p, dl)
-                    for n, f, s, p, dl in zip(dy.shape[2:], w.shape[2:], stride, padding, dilation)
-                ]
-                y_grid = _pad(y, [(0, o - n) for o, n in zip(out, size)])
-                dw = _conv_weight_grad(dy, y_grid, w.shape[2:], stride, padding, dilation, groups)
-                if dw.stride() != w.stride() and _dense(w):
-                    dw = torch.empty_strided(w.shape, w.stride(), dtype=dw.dtype, device=dw.device).copy_(dw)
+                y_grid = _grad_apply(PadNd, y, grid, "constant", 0.0) if extra else y
+                dw = _grad_apply(
+                    ConvGrad, dy, w, y_grid, stride, padding, dilation, groups, False, False, True
+                )[1]
         if need_b:
-            db = dy.sum((0, *spatial))
+            db = dy.sum((0, *_spatial(w)))
         return dx, dw, db, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, dy, dw, db, *_):
+        # bilinear: ȧ = Tᵀ_W ẏ + Tᵀ_Ẇ y + ḃ
+        y, w = ctx.saved_tensors
+        stride, padding, output_padding, dilation, groups = ctx.attrs
+        out = None
+        if dy is not None:
+            out = _conv_transpose_forward(dy, w, None, stride, padding, output_padding, dilation, groups)
+        if dw is not None:
+            part = _conv_transpose_forward(y, dw, None, stride, padding, output_padding, dilation, groups)
+            out = part if out is None else out + part
+        if db is not None:
+            part = db.view(1, -1, *([1] * (y.dim() - 2)))
+            out = part.expand(ctx.out_shape) if out is None else out + part
+        return out
 
 
 # == pad_nd (issue 10a) ======================================================================
@@ -1564,7 +1634,7 @@ def _pad_nd(x: torch.Tensor, pads: Pads, mode: str, value: float) -> torch.Tenso
         return x.clone()
     first = padded[0]
     y = F.pad(x.reshape(-1, *x.shape[first:]), _pad_arg(pads[first:]), mode=mode)
-    return y.view(*x.shape[:first], *y.shape[1:])
+    return y.reshape(*x.shape[:first], *y.shape[1:])  # a view (y is fresh), batchable under vmap
 
 
 def _pad_source(n: int, lo: int, hi: int, mode: str, device: Any) -> torch.Tensor:
@@ -1579,8 +1649,11 @@ def _pad_source(n: int, lo: int, hi: int, mode: str, device: Any) -> torch.Tenso
     return torch.where(m < n, m, period - m)
 
 
-class PadNd(Function):
-    """``out[j] = y[src(j - b)]`` along each padded axis (``constant``: ``value`` outside)."""
+class PadNd(CnnkitFunction):
+    """``out[j] = y[src(j - b)]`` along each padded axis (``constant``: ``value`` outside).
+
+    Linear in ``y`` (the constant is no input): its backward is the adjoint, the fold
+    :class:`PadNdGrad`, whose own adjoint is this pad again (with constant 0)."""
 
     @staticmethod
     def forward(x, pads, mode, value):
@@ -1589,17 +1662,22 @@ class PadNd(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, pads, mode, _value = inputs
-        ctx.x_shape = x.shape
+        ctx.x_shape = tuple(x.shape)
         ctx.attrs = (pads, mode)
 
     @staticmethod
-    @_first_order_only
     def backward(ctx, dy):
         # δ_prev[s] = Σ_{j : src(j - b) = s} δ[j] along each padded axis (constant: δ cropped)
         if not ctx.needs_input_grad[0]:
             return None, None, None, None
         pads, mode = ctx.attrs
-        return _pad_nd_backward(dy, ctx.x_shape, pads, mode), None, None, None
+        return _grad_apply(PadNdGrad, dy, ctx.x_shape, pads, mode), None, None, None
+
+    @staticmethod
+    def jvp(ctx, dx, *_):
+        # linear: ẏ padded the same way (the constant's own tangent is 0)
+        pads, mode = ctx.attrs
+        return _pad_nd(dx, pads, mode, 0.0)
 
 
 def _pad_nd_backward(dy: torch.Tensor, shape: Sequence[int], pads: Pads, mode: str) -> torch.Tensor:
@@ -1608,6 +1686,7 @@ def _pad_nd_backward(dy: torch.Tensor, shape: Sequence[int], pads: Pads, mode: s
     if mode == "constant":
         index = tuple(slice(lo, lo + n) for n, (lo, _) in zip(shape, pads))
         return g[index].clone(memory_format=torch.contiguous_format)
+    functional = _transformed(dy)  # batchable ops only: no in-place add into the fresh buffer
     for axis in reversed(range(len(pads))):
         lo, hi = pads[axis]
         if not (lo or hi):
@@ -1615,12 +1694,39 @@ def _pad_nd_backward(dy: torch.Tensor, shape: Sequence[int], pads: Pads, mode: s
         n = shape[axis]
         acc = g.narrow(axis, lo, n).clone()  # every unit's own copy
         src = _pad_source(n, lo, hi, mode, g.device)
-        if lo:
-            acc.index_add_(axis, src[:lo], g.narrow(axis, 0, lo))
-        if hi:
-            acc.index_add_(axis, src[lo + n :], g.narrow(axis, lo + n, hi))
+        for idx, part in ((src[:lo], g.narrow(axis, 0, lo)), (src[lo + n :], g.narrow(axis, lo + n, hi))):
+            if part.shape[axis]:
+                acc = acc.index_add(axis, idx, part) if functional else acc.index_add_(axis, idx, part)
         g = acc
     return g.clone(memory_format=torch.contiguous_format)
+
+
+class PadNdGrad(CnnkitFunction):
+    """``δ_prev = Pᵀ δ``, the fold of :class:`PadNd` (constant: the crop), linear in ``δ``.
+
+    Its adjoint is the pad itself: ``⟨ġ, Pᵀ δ⟩ = ⟨P ġ, δ⟩``, with constant 0 for ``constant``
+    (the crop's adjoint puts zeros around) and the same mode for reflect, replicate and circular
+    (every padded unit copies its source: ``P`` applied to ``ġ``)."""
+
+    @staticmethod
+    def forward(dy, x_shape, pads, mode):
+        return _pad_nd_backward(dy, x_shape, pads, mode)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _dy, x_shape, pads, mode = inputs
+        ctx.attrs = (x_shape, pads, mode)
+
+    @staticmethod
+    def backward(ctx, gg):
+        _x_shape, pads, mode = ctx.attrs
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        return _grad_apply(PadNd, gg, pads, mode, 0.0), None, None, None
+
+    @staticmethod
+    def jvp(ctx, ddy, *_):
+        return _pad_nd_backward(ddy, *ctx.attrs)
 
 
 # == adaptive pooling (issue 10a) ============================================================
@@ -1639,8 +1745,17 @@ def _adaptive_matrix(n: int, o: int, like: torch.Tensor) -> torch.Tensor:
     return inside.to(like.dtype) / (end - start).to(like.dtype)[:, None]
 
 
-class AdaptiveAvgPool(Function):
-    """``a[i] = Σ_{u ∈ window_i} y[u] / |window_i|``, PyTorch's adaptive windows."""
+def _adaptive_avg_spread(dy: torch.Tensor, x_shape: Sequence[int], output_size: Sequence[int]) -> Any:
+    """``δ_prev = Aᵀ δ`` per axis: ``δ_prev[u] = Σ_{windows i ∋ u} δ[i] / |window_i|``."""
+    g = dy
+    for a, (n, o) in enumerate(zip(x_shape[2:], output_size)):
+        g = (g.movedim(2 + a, -1) @ _adaptive_matrix(n, o, dy)).movedim(-1, 2 + a)
+    return g.contiguous()
+
+
+class AdaptiveAvgPool(CnnkitFunction):
+    """``a[i] = Σ_{u ∈ window_i} y[u] / |window_i|``, PyTorch's adaptive windows: per axis, the
+    averaging matrix ``A`` (``O × N``), so ``a = A y`` is linear."""
 
     @staticmethod
     def forward(x, output_size):
@@ -1648,23 +1763,49 @@ class AdaptiveAvgPool(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.x_shape = inputs[0].shape
+        ctx.x_shape = tuple(inputs[0].shape)
         ctx.output_size = inputs[1]
 
     @staticmethod
-    @_first_order_only
     def backward(ctx, dy):
-        # δ_prev[u] = Σ_{windows i ∋ u} δ[i] / |window_i|: per axis, δ times the averaging matrix A
+        # δ_prev = Aᵀ δ: per axis, δ times the averaging matrix A
         if not ctx.needs_input_grad[0]:
             return None, None
-        g = dy
-        for a, (n, o) in enumerate(zip(ctx.x_shape[2:], ctx.output_size)):
-            g = (g.movedim(2 + a, -1) @ _adaptive_matrix(n, o, dy)).movedim(-1, 2 + a)
-        return g.contiguous(), None
+        return _grad_apply(AdaptiveAvgPoolGrad, dy, ctx.x_shape, ctx.output_size), None
+
+    @staticmethod
+    def jvp(ctx, dx, *_):
+        # linear: ȧ = A ẏ
+        return _ADAPTIVE_AVG[dx.dim() - 2](dx, ctx.output_size)
 
 
-class AdaptiveMaxPool(Function):
-    """``a[i] = max_{u ∈ window_i} y[u]``; returns ``(a, winner)``, the winner's flat index."""
+class AdaptiveAvgPoolGrad(CnnkitFunction):
+    """``δ_prev = Aᵀ δ`` (linear in ``δ``); its adjoint is the pool ``A ġ`` (:class:`AdaptiveAvgPool`)."""
+
+    @staticmethod
+    def forward(dy, x_shape, output_size):
+        return _adaptive_avg_spread(dy, x_shape, output_size)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.x_shape, ctx.output_size = inputs[1], inputs[2]
+
+    @staticmethod
+    def backward(ctx, gg):
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        return _grad_apply(AdaptiveAvgPool, gg, ctx.output_size), None, None
+
+    @staticmethod
+    def jvp(ctx, ddy, *_):
+        return _adaptive_avg_spread(ddy, ctx.x_shape, ctx.output_size)
+
+
+class AdaptiveMaxPool(CnnkitFunction):
+    """``a[i] = max_{u ∈ window_i} y[u]``; returns ``(a, winner)``, the winner's flat index.
+
+    Its backward is the scatter to the winners, :class:`MaxPoolGrad` (whose adjoint is the
+    gather :class:`MaxPoolGather`); its tangent is the gather of ``ẏ`` at the winners."""
 
     @staticmethod
     def forward(x, output_size):
@@ -1674,20 +1815,26 @@ class AdaptiveMaxPool(Function):
     def setup_context(ctx, inputs, output):
         _y, idx = output
         ctx.mark_non_differentiable(idx)
-        ctx.save_for_backward(idx)
-        ctx.x_shape = inputs[0].shape
+        _save(ctx, idx)
+        ctx.x_shape = tuple(inputs[0].shape)
 
     @staticmethod
-    @_first_order_only
     def backward(ctx, dy, _didx):
         # δ_prev[winner(i)] += δ[i]; every unit that did not win gets 0
         if not ctx.needs_input_grad[0]:
             return None, None
         (idx,) = ctx.saved_tensors
-        n, c, *size = ctx.x_shape
-        dx = dy.new_zeros((n, c, math.prod(size)))
-        dx.scatter_add_(2, idx.reshape(n, c, -1), dy.reshape(n, c, -1))
-        return dx.view(ctx.x_shape), None
+        if math.prod(ctx.x_shape) == 0:  # N = 0 or C = 0
+            return dy.new_zeros(ctx.x_shape), None
+        return _grad_apply(MaxPoolGrad, dy, idx, ctx.x_shape, None), None
+
+    @staticmethod
+    def jvp(ctx, dx, *_):
+        # ȧ[i] = ẏ[winner(i)]
+        (idx,) = ctx.saved_tensors
+        if math.prod(ctx.x_shape) == 0:
+            return torch.zeros(idx.shape, dtype=dx.dtype, device=dx.device), None
+        return _max_pool_gather(dx, idx, None), None
 
 
 def _adaptive_max_pool_indices(x: torch.Tensor, output_size: Sequence[int]) -> tuple[torch.Tensor, None]:
@@ -1736,32 +1883,46 @@ def _max_pool_indices(x, kernel_size, stride, padding, dilation, ceil_mode) -> t
     return flat, None
 
 
-class MaxUnpool(Function):
-    """``a[n, c].flat[indices[n, c, i]] = y[n, c, i]``, zeros elsewhere."""
+def _max_unpool(x: torch.Tensor, indices: torch.Tensor, output_size: Sequence[int]) -> torch.Tensor:
+    n, c = x.shape[:2]
+    out = x.new_zeros((n, c, math.prod(output_size)))
+    idx, src = indices.reshape(n, c, -1).long(), x.reshape(n, c, -1)
+    if _transformed(x, indices):  # batchable ops only: no write into the fresh buffer
+        out = out.scatter(2, idx, src)
+    else:
+        out.scatter_(2, idx, src)
+    return out.view(n, c, *output_size)
+
+
+class MaxUnpool(CnnkitFunction):
+    """``a[n, c].flat[indices[n, c, i]] = y[n, c, i]``, zeros elsewhere: linear in ``y``.
+
+    Its backward is the gather by the same indices (:class:`MaxPoolGather`, whose adjoint is
+    the scatter :class:`MaxPoolGrad`)."""
 
     @staticmethod
     def forward(x, indices, output_size):
-        n, c = x.shape[:2]
-        out = x.new_zeros((n, c, math.prod(output_size)))
-        out.scatter_(2, indices.reshape(n, c, -1).long(), x.reshape(n, c, -1))
-        return out.view(n, c, *output_size)
+        return _max_unpool(x, indices, output_size)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, indices, _ = inputs
-        ctx.save_for_backward(indices)
-        ctx.x_shape = x.shape
+        _x, indices, output_size = inputs
+        _save(ctx, indices)
+        ctx.output_size = output_size
 
     @staticmethod
-    @_first_order_only
     def backward(ctx, dy):
         # δ_prev[n, c, i] = δ[n, c].flat[indices[n, c, i]]
         if not ctx.needs_input_grad[0]:
             return None, None, None
         (indices,) = ctx.saved_tensors
-        n, c = ctx.x_shape[:2]
-        g = dy.reshape(n, c, -1).gather(2, indices.reshape(n, c, -1).long())
-        return g.view(ctx.x_shape), None, None
+        return _grad_apply(MaxPoolGather, dy, indices.long(), None), None, None
+
+    @staticmethod
+    def jvp(ctx, dx, *_):
+        # linear: ȧ = unpool(ẏ)
+        (indices,) = ctx.saved_tensors
+        return _max_unpool(dx, indices, ctx.output_size)
 
 
 _POOL_ATTRS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
@@ -1879,9 +2040,50 @@ def _per_channel(v: torch.Tensor, ndim: int) -> torch.Tensor:
     return v.reshape((1, -1) + (1,) * (ndim - 2))
 
 
-class BatchNorm(Function):
+def _bn_project(z: torch.Tensor, x_hat: torch.Tensor, axes: list[int]) -> torch.Tensor:
+    """``P z = z - mean(z) - ŷ mean(ŷ z)`` per channel: the training-mode batch norm's
+    Jacobian without its ``γ/σ`` (``δ_prev = (γ/σ) P δ``). ``P`` is self-adjoint."""
+    return z - z.mean(dim=axes, keepdim=True) - x_hat * (x_hat * z).mean(dim=axes, keepdim=True)
+
+
+def _bn_grads(dy, x_hat, inv_std, weight, training, need_x, need_w):
+    """``(δ_prev, dE/dγ)`` of batch norm: ``g = δ γ``; ``δ_prev = (g - mean(g) - ŷ·mean(g ŷ)) / σ``
+    (training), ``g / σ`` (eval); ``dE/dγ = Σ δ ŷ``."""
+    ndim, axes = x_hat.dim(), _channel_axes(x_hat)
+    dx = dw = None
+    if need_x:
+        g = dy * _per_channel(weight, ndim) if weight is not None else dy
+        if training:
+            g_mean = g.mean(dim=axes, keepdim=True)
+            gx_mean = (g * x_hat).mean(dim=axes, keepdim=True)
+            dx = (g - g_mean - x_hat * gx_mean) * _per_channel(inv_std, ndim)
+        else:
+            dx = g * _per_channel(inv_std, ndim)
+    if need_w:
+        dw = (dy * x_hat).sum(dim=axes)
+    return dx, dw
+
+
+def _running_stats_error(x: torch.Tensor, running_mean: torch.Tensor) -> None:
+    """vmap over the batch of a training batch norm cannot move unbatched running statistics."""
+    if torch.compiler.is_compiling():
+        return
+    level = torch._C._functorch.maybe_get_level
+    if level(x) > level(running_mean):
+        raise RuntimeError(
+            "cnnkit batch_norm: vmap over a batch norm in training mode that updates its running "
+            "statistics: each vmapped sample would move the same running_mean/running_var. Use eval "
+            "mode, no running statistics (track_running_stats=False), or batched running statistics "
+            "(torch.func.functional_call with a batch of buffers), as for torch's own batch norm."
+        )
+
+
+class BatchNorm(CnnkitFunction):
     """``a = γ (y - μ)/√(σ² + ε) + β``; returns ``(a, ŷ, 1/√(σ² + ε))``; training moves the running
-    statistics in place (no gradient), as torch's: ``r ← (1 - M) r + M s``, unbiased ``σ²`` for ``r_σ²``."""
+    statistics in place (no gradient), as torch's: ``r ← (1 - M) r + M s``, unbiased ``σ²`` for ``r_σ²``.
+
+    Its gradients are :class:`BatchNormGrad`, a Function of ``(δ, y, γ)``: ``ŷ`` and ``1/σ`` are
+    functions of ``y`` (in training), so the second derivative w.r.t. ``y`` runs through them."""
 
     @staticmethod
     def forward(x, weight, bias, running_mean, running_var, training, momentum, eps):
@@ -1889,6 +2091,7 @@ class BatchNorm(Function):
         if training:
             var, mu = torch.var_mean(x, dim=axes, correction=0)  # biased: normalises
             if running_mean is not None:
+                _running_stats_error(x, running_mean)
                 m = x.numel() // max(x.shape[1], 1)
                 running_mean.mul_(1 - momentum).add_(mu.to(running_mean.dtype), alpha=momentum)
                 running_var.mul_(1 - momentum).add_(var.to(running_var.dtype), alpha=momentum * m / (m - 1))
@@ -1903,34 +2106,172 @@ class BatchNorm(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _x, weight, bias, _rm, _rv, training, _momentum, _eps = inputs
+        x, weight, bias, _rm, _rv, training, _momentum, eps = inputs
         _a, x_hat, inv_std = output
         ctx.mark_non_differentiable(x_hat, inv_std)
-        ctx.save_for_backward(x_hat, inv_std, weight)
+        _save(ctx, x, x_hat, inv_std, weight)
         ctx.training = training
+        ctx.eps = eps
         ctx.has_bias = bias is not None
 
     @staticmethod
-    @_first_order_only
     def backward(ctx, dy, _dx_hat, _dinv_std):
-        # g = δ γ;  δ_prev = (g - mean(g) - ŷ·mean(g ŷ)) / √(σ² + ε) (training), g / √(σ² + ε) (eval)
-        # dE/dγ = Σ δ ŷ,  dE/dβ = Σ δ
-        x_hat, inv_std, weight = ctx.saved_tensors
-        ndim, axes = x_hat.dim(), _channel_axes(x_hat)
+        # δ_prev = (γ/σ) P δ (training), γ δ / σ (eval);  dE/dγ = Σ δ ŷ;  dE/dβ = Σ δ
+        x, x_hat, inv_std, weight = ctx.saved_tensors
+        need_x = ctx.needs_input_grad[0]
+        need_w = weight is not None and ctx.needs_input_grad[1]
         dx = dw = db = None
-        if ctx.needs_input_grad[0]:
-            g = dy * _per_channel(weight, ndim) if weight is not None else dy
-            if ctx.training:
-                g_mean = g.mean(dim=axes, keepdim=True)
-                gx_mean = (g * x_hat).mean(dim=axes, keepdim=True)
-                dx = (g - g_mean - x_hat * gx_mean) * _per_channel(inv_std, ndim)
-            else:
-                dx = g * _per_channel(inv_std, ndim)
-        if weight is not None and ctx.needs_input_grad[1]:
-            dw = (dy * x_hat).sum(dim=axes)
+        if need_x or need_w:
+            dx, dw = _grad_apply(
+                BatchNormGrad, dy, x, weight, x_hat, inv_std, ctx.training, ctx.eps, need_x, need_w
+            )
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = dy.sum(dim=axes)
+            db = dy.sum(dim=_channel_axes(dy))
         return dx, dw, db, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, dx, dw, db, *_):
+        # ŷ̇ = (ẏ - mean(ẏ) - ŷ mean(ŷ ẏ)) / σ (training; ẏ / σ in eval);  ȧ = γ ŷ̇ + γ̇ ŷ + β̇
+        _x, x_hat, inv_std, weight = ctx.saved_tensors
+        ndim, axes = x_hat.dim(), _channel_axes(x_hat)
+        out = None
+        if dx is not None:
+            d_hat = _bn_project(dx, x_hat, axes) if ctx.training else dx
+            out = d_hat * _per_channel(inv_std, ndim)
+            if weight is not None:
+                out = out * _per_channel(weight, ndim)
+        if dw is not None:
+            part = x_hat * _per_channel(dw, ndim)
+            out = part if out is None else out + part
+        if db is not None:
+            part = _per_channel(db, ndim)
+            out = part.expand(x_hat.shape) if out is None else out + part
+        if out is None:  # only the running statistics had tangents: they do not move a
+            out = torch.zeros_like(x_hat)
+        return out, None, None
+
+
+class BatchNormGrad(CnnkitFunction):
+    """``(δ_prev, dE/dγ)`` of batch norm as a Function of ``(δ, y, γ)`` (``ŷ``, ``1/σ`` come saved
+    from the forward; ``y`` is the input they are functions of), so it differentiates again.
+
+    Per channel, ``P z = z - mean(z) - ŷ mean(ŷ z)`` (self-adjoint), ``δ_prev = (γ/σ) P δ`` and
+    ``dE/dγ = ⟨δ, ŷ⟩``; with ``ẏ``: ``σ̇ = mean(ŷ ẏ)``, ``ŷ̇ = P ẏ / σ``. With incoming
+    ``(u, v)`` for ``(δ_prev, dE/dγ)``, in training:
+
+    - ``d/dδ = (γ/σ) P u + v ŷ``
+    - ``d/dγ = ⟨P u, δ⟩ / σ``
+    - ``d/dy = -(γ/σ²) (mean(u P δ) ŷ + P(mean(ŷ δ) u + mean(u ŷ) δ)) + (v/σ) P δ``
+
+    and in eval (``σ`` the running one, ``ŷ̇ = ẏ/σ``): ``d/dδ = γ u/σ + v ŷ``,
+    ``d/dγ = ⟨u, δ⟩/σ``, ``d/dy = v δ/σ``. The backward recomputes ``ŷ`` and ``1/σ`` from ``y``
+    while a graph is recorded, so the third order is right too.
+    """
+
+    @staticmethod
+    def forward(dy, x, weight, x_hat, inv_std, training, eps, need_x, need_w):
+        return _bn_grads(dy, x_hat, inv_std, weight, training, need_x, need_w)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        dy, x, weight, x_hat, inv_std, training, eps, need_x, need_w = inputs
+        _save(ctx, dy, x, weight, x_hat, inv_std)
+        ctx.training, ctx.eps, ctx.need = training, eps, (need_x, need_w)
+
+    @staticmethod
+    def backward(ctx, u, v):
+        dy, x, weight, x_hat, inv_std = ctx.saved_tensors
+        need_dy, need_x, need_w = ctx.needs_input_grad[:3]
+        ndim, axes = x.dim(), _channel_axes(x)
+        if torch.is_grad_enabled():  # a graph is recorded: ŷ and 1/σ as functions of y again
+            if ctx.training:
+                var, mu = torch.var_mean(x, dim=axes, correction=0)
+                inv_std = torch.rsqrt(var + ctx.eps)
+                x_hat = (x - _per_channel(mu, ndim)) * _per_channel(inv_std, ndim)
+            else:  # the running statistics are constants: ŷ̇ = ẏ/σ
+                x_hat = x_hat + (x - x.detach()) * _per_channel(inv_std, ndim)
+        inv = _per_channel(inv_std, ndim)
+        gamma = _per_channel(weight, ndim) if weight is not None else None
+        v = _per_channel(v, ndim) if v is not None else None
+        gdy = gx = gw = None
+
+        def add(a, b):
+            return b if a is None else a + b
+
+        if ctx.training:
+            pu = _bn_project(u, x_hat, axes) if u is not None else None
+            if need_dy:
+                if pu is not None:
+                    gdy = pu * inv if gamma is None else pu * (gamma * inv)
+                if v is not None:
+                    gdy = add(gdy, v * x_hat)
+            if need_w and weight is not None and pu is not None:
+                gw = (pu * dy).sum(dim=axes) * inv_std
+            if need_x:
+                pd = _bn_project(dy, x_hat, axes)
+                if u is not None:
+                    k = (x_hat * dy).mean(dim=axes, keepdim=True)
+                    u_pd = (u * pd).mean(dim=axes, keepdim=True)
+                    u_hat = (u * x_hat).mean(dim=axes, keepdim=True)
+                    scale = inv * inv if gamma is None else gamma * inv * inv
+                    gx = -scale * (u_pd * x_hat + _bn_project(k * u + u_hat * dy, x_hat, axes))
+                if v is not None:
+                    gx = add(gx, v * inv * pd)
+        else:
+            if need_dy:
+                if u is not None:
+                    gdy = u * inv if gamma is None else u * (gamma * inv)
+                if v is not None:
+                    gdy = add(gdy, v * x_hat)
+            if need_w and weight is not None and u is not None:
+                gw = (u * dy).sum(dim=axes) * inv_std
+            if need_x and v is not None:
+                gx = v * inv * dy
+        return gdy, gx, gw, None, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, ddy, dx, dw, *_):
+        # δ_prev˙ = (γ̇/σ) P δ + (γ/σ) P δ̇ + γ ((1/σ)˙ P δ + Ṗ δ / σ),  (1/σ)˙ = -mean(ŷ ẏ)/σ²,
+        # Ṗ δ = -ŷ̇ mean(ŷ δ) - ŷ mean(ŷ̇ δ);  (dE/dγ)˙ = ⟨δ̇, ŷ⟩ + ⟨δ, ŷ̇⟩   (eval: ŷ̇ = ẏ/σ, σ constant)
+        dy, _x, weight, x_hat, inv_std = ctx.saved_tensors
+        need_x, need_w = ctx.need
+        ndim, axes = x_hat.dim(), _channel_axes(x_hat)
+        inv = _per_channel(inv_std, ndim)
+        gamma = _per_channel(weight, ndim) if weight is not None else None
+
+        def add(a, b):
+            return b if a is None else a + b
+
+        def times_gamma(t):
+            return t if gamma is None else t * gamma
+
+        hat_dot = None
+        if dx is not None:
+            hat_dot = _bn_project(dx, x_hat, axes) * inv if ctx.training else dx * inv
+        out_x = out_w = None
+        if need_x:
+            pd = _bn_project(dy, x_hat, axes) if ctx.training else dy
+            if dw is not None:
+                out_x = pd * inv * _per_channel(dw, ndim)
+            if ddy is not None:
+                pdd = _bn_project(ddy, x_hat, axes) if ctx.training else ddy
+                out_x = add(out_x, times_gamma(pdd * inv))
+            if dx is not None and ctx.training:
+                inv_dot = -(x_hat * dx).mean(dim=axes, keepdim=True) * inv * inv
+                p_dot = -hat_dot * (x_hat * dy).mean(dim=axes, keepdim=True) - x_hat * (hat_dot * dy).mean(
+                    dim=axes, keepdim=True
+                )
+                out_x = add(out_x, times_gamma(inv_dot * pd + inv * p_dot))
+            if out_x is None:
+                out_x = torch.zeros_like(dy)
+        if need_w:
+            if ddy is not None:
+                out_w = (ddy * x_hat).sum(dim=axes)
+            if hat_dot is not None:
+                out_w = add(out_w, (dy * hat_dot).sum(dim=axes))
+            if out_w is None:
+                out_w = inv_std.new_zeros(x_hat.shape[1])
+        return out_x, out_w
 
 
 def _dropout_generator(generator: Any, device: torch.device) -> torch.Generator | None:
@@ -1940,9 +2281,12 @@ def _dropout_generator(generator: Any, device: torch.device) -> torch.Generator 
     return torch.Generator(device=device).manual_seed(int(generator))
 
 
-class Dropout(Function):
+class Dropout(CnnkitFunction):
     """``a = y ⊙ mask``, ``mask = Bernoulli(1 - p) / (1 - p)`` over the first ``mask_dims`` axes;
-    returns ``(a, mask)`` (``mask`` empty for the identity: eval or ``p = 0``)."""
+    returns ``(a, mask)`` (``mask`` empty for the identity: eval or ``p = 0``).
+
+    Linear in ``y`` with the mask a constant: ``δ_prev = δ ⊙ mask`` (an elementwise product with
+    a saved, non-differentiable tensor, differentiable again in ``δ``), ``ȧ = ẏ ⊙ mask``."""
 
     @staticmethod
     def forward(x, p, training, mask_dims, generator):
@@ -1957,17 +2301,22 @@ class Dropout(Function):
     def setup_context(ctx, inputs, output):
         _y, mask = output
         ctx.mark_non_differentiable(mask)
-        ctx.save_for_backward(mask)
+        _save(ctx, mask)
+        ctx.identity = mask.numel() == 0
 
     @staticmethod
-    @_first_order_only
     def backward(ctx, dy, _dmask):
         # δ_prev = δ ⊙ mask (the forward's mask; δ itself in eval)
         (mask,) = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
-        dx = dy.clone() if mask.numel() == 0 else dy * mask
+        dx = dy.clone() if ctx.identity else dy * mask
         return dx, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, dx, *_):
+        (mask,) = ctx.saved_tensors
+        return (dx.clone() if ctx.identity else dx * mask), None
 
 
 KERNELS.update(
