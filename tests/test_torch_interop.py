@@ -280,6 +280,30 @@ def test_autocast_lowers_conv_transpose_as_native():
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
 
 
+def test_autocast_keeps_batch_norm_in_its_inputs_dtype_as_native():
+    """Native batch norm is on no autocast list: a bfloat16 input (a conv's output) stays
+    bfloat16, its float32 parameters and running statistics stay float32, and so do their
+    gradients (``autocast = "input"``; the running statistics are never cast)."""
+    torch.manual_seed(0)
+    pairs = [(cnn.Conv2d(3, 4, 1), cnn.BatchNorm2d(4)), (torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))]
+    pairs[1][0].load_state_dict(pairs[0][0].state_dict())
+    x = torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(1))
+    v = torch.randn(4, 4, 5, 5, generator=torch.Generator().manual_seed(2))
+    runs = []
+    for conv, bn in pairs:
+        h = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", torch.bfloat16):
+            y = bn(conv(h))
+        (y.float() * v).sum().backward()
+        runs.append((y, h.grad, bn.weight.grad, bn.bias.grad, bn.running_mean, bn.running_var))
+    (y, *rest), (y_ref, *rest_ref) = runs
+    assert y.dtype == y_ref.dtype == torch.bfloat16
+    for a, b in zip(rest, rest_ref):
+        assert a.dtype == b.dtype == torch.float32
+    for a, b in zip(runs[0], runs[1]):
+        torch.testing.assert_close(a, b, rtol=3e-2, atol=3e-2)
+
+
 # -- torch.compile and torch.export --------------------------------------------------------------
 
 

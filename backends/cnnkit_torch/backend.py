@@ -137,7 +137,8 @@ class TorchBackend(Backend):
             return arrays
         from cnnkit_torch.ops import autocast_inputs
 
-        return autocast_inputs(spec.name, arrays)
+        state = [i for i, name in enumerate(spec.inputs) if name in spec.state_inputs]
+        return autocast_inputs(spec.name, arrays, state)
 
     def check_values(self, spec: Any, where: str, arrays: Any, attrs: Any = None) -> None:
         """On the host only where that reads nothing off a device and breaks no trace: plain CPU

@@ -60,13 +60,17 @@ The rest of PyTorch's toolbox, and how a new Function joins it (a line or two ea
   formula (``torch.func.jvp``, ``jacfwd``, ``torch.autograd.forward_ad``); save what it reads
   with :func:`_save` (``save_for_backward`` and ``save_for_forward`` at once).
 - **Autocast**: the class attribute ``autocast`` (``"lower"`` for conv/linear-like ops,
-  ``"float32"`` for losses, default ``"promote"``). :func:`autocast_inputs` casts the inputs
-  before the core validates them (``TorchBackend.prepare``) as native ops are cast, and the
-  Function then runs with autocast off in those dtypes; gradients return in the inputs' dtypes.
+  ``"float32"`` for losses, ``"input"`` for batch norm, default ``"promote"``).
+  :func:`autocast_inputs` casts the inputs before the core validates them
+  (``TorchBackend.prepare``) as native ops are cast, and the Function then runs with autocast
+  off in those dtypes; gradients return in the inputs' dtypes.
   (``torch.amp.custom_fwd`` is not used: it writes to ``args[0]``, the ctx of old-style
   Functions, and serves one device type; the attribute serves CPU and CUDA.)
 - **torch.compile / torch.export**: nothing to do. :func:`_kernel` hands Dynamo a twin of the
-  class without its ``jvp`` (:func:`_traceable`; Dynamo refuses Functions that define one);
+  class without its ``jvp`` (:func:`_traceable`; Dynamo refuses Functions that define one),
+  and while ``torch.export`` traces, the Function's ``cnnkit::`` operator
+  (:mod:`cnnkit_torch.library`, the same forward and backward) so the exported program keeps
+  cnnkit's ops;
   the core's path takes no lock once the registry is collected, reads no ContextVar while
   compiling, and checks values on the host only where :func:`host_readable` says so.
 - **TorchScript** (``torch.jit.script``) stays unsupported: it cannot script Python
@@ -364,7 +368,9 @@ class CnnkitFunction(Function):
 
     #: What ``torch.autocast`` does to the inputs (see :func:`autocast_inputs`): ``"lower"``
     #: (conv, linear: the autocast dtype, as native conv and linear), ``"float32"`` (losses),
-    #: ``"promote"`` (the rest: the widest floating dtype among the inputs, as native ops).
+    #: ``"input"`` (batch norm: the first input's dtype, its parameters cast to it, as native
+    #: batch norm keeps a bfloat16 input bfloat16), ``"promote"`` (the rest: the widest floating
+    #: dtype among the inputs, as native ops).
     autocast = "promote"
 
     @classmethod
@@ -423,25 +429,35 @@ def _autocast_device(arrays: Sequence[Any]) -> str | None:
     return None
 
 
-def autocast_inputs(op: str, arrays: list[Any]) -> list[Any]:
+def autocast_inputs(op: str, arrays: list[Any], state: Sequence[int] = ()) -> list[Any]:
     """The op's floating inputs cast as its Function's ``autocast`` declares, under an active
     ``torch.autocast`` on their device (CPU, CUDA); unchanged otherwise. The casts are ordinary
-    autograd ops, so gradients come back in the inputs' own dtypes."""
+    autograd ops, so gradients come back in the inputs' own dtypes. The inputs at positions
+    ``state`` (running statistics, moved in place) are never cast."""
     dev = _autocast_device(arrays)
     if dev is None:
         return arrays
     fn = _FUNCTIONS.get(op)
     policy = getattr(fn, "autocast", "promote")
-    floats = [a for a in arrays if isinstance(a, torch.Tensor) and a.is_floating_point()]
+    floats = [
+        a
+        for i, a in enumerate(arrays)
+        if isinstance(a, torch.Tensor) and a.is_floating_point() and i not in state
+    ]
     if not floats:
         return arrays
     if policy == "lower":
         target = torch.get_autocast_dtype(dev)
     elif policy == "float32":
         target = torch.float32
+    elif policy == "input":
+        target = floats[0].dtype
     else:
         target = functools.reduce(torch.promote_types, (a.dtype for a in floats))
-    return [a.to(target) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in arrays]
+    return [
+        a.to(target) if isinstance(a, torch.Tensor) and a.is_floating_point() and i not in state else a
+        for i, a in enumerate(arrays)
+    ]
 
 
 # -- the plain context used by cnnkit.vjp ------------------------------------------------------
@@ -2084,6 +2100,8 @@ class BatchNorm(CnnkitFunction):
 
     Its gradients are :class:`BatchNormGrad`, a Function of ``(δ, y, γ)``: ``ŷ`` and ``1/σ`` are
     functions of ``y`` (in training), so the second derivative w.r.t. ``y`` runs through them."""
+
+    autocast = "input"
 
     @staticmethod
     def forward(x, weight, bias, running_mean, running_var, training, momentum, eps):
