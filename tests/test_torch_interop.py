@@ -345,6 +345,34 @@ def test_compile_is_one_graph_with_no_break_and_matches_native():
         torch.testing.assert_close(g, runs[2][1])
 
 
+def test_compile_of_a_deep_model_is_one_graph_with_no_recompile_per_op():
+    """17 modules of 12 kinds (the shared dispatch frame once hit Dynamo's recompile limit):
+    one graph, no break, and later calls reuse it."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        cnn.Conv2d(1, 8, 3, padding=1), cnn.BatchNorm2d(8), cnn.ReLU(),
+        cnn.Conv2d(8, 8, 3, padding=1), cnn.ReLU(), cnn.MaxPool2d(2),
+        cnn.Conv2d(8, 16, 3, padding=1), cnn.Tanh(), cnn.AvgPool2d(2),
+        cnn.Conv2d(16, 16, 3, padding=1), cnn.Sigmoid(), cnn.AdaptiveAvgPool2d(1),
+        cnn.Flatten(), cnn.Linear(16, 8), cnn.LeakyReLU(), cnn.Dropout(0.1), cnn.Linear(8, 3),
+    ).eval()  # fmt: skip
+    x = torch.randn(4, 1, 16, 16)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(x)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    for _ in range(3):
+        xi = x.clone().requires_grad_(True)
+        y = compiled(xi)
+        y.sum().backward()
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["recompiles"]
+    torch.testing.assert_close(y, model(x))
+
+
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_compile_of_the_newer_layers_is_one_graph_and_matches_native(mode):
     """BatchNorm2d (training: the running statistics move inside the graph), ConvTranspose2d,
