@@ -136,7 +136,8 @@ class CnnkitModule(torch.nn.Module):
     def forward(self, *inputs: Any) -> Any:
         params = [getattr(self, name) for name in self.layer.param_names]
         buffers = [getattr(self, name) for name in self.layer.buffer_names]
-        self.layer.training = self.training  # module.train() / module.eval() reach the definition
+        if self.layer.training != self.training:  # module.train() / .eval() reach the definition
+            self.layer.training = self.training  # (only on a change: no side effect for export)
         if torch.compiler.is_compiling():  # no ContextVar, no lock: the call traces into one graph
             previous = traced_backend(_BACKEND)
             try:
