@@ -322,27 +322,37 @@ def _compile_pair():
     return ours, theirs
 
 
-def test_compile_is_one_graph_with_no_break_and_matches_native():
-    ours, theirs = _compile_pair()
-    x = torch.randn(2, 1, 8, 8)
+def _compiled_runs(model, x, calls=2):
+    """``model`` is one graph with no break (``torch._dynamo.explain``); compiled with
+    ``fullgraph=True``, ``calls`` forward+backward passes reuse that graph (no recompile).
+    Returns each pass's ``(output, input gradient)``."""
     torch._dynamo.reset()
-    explained = torch._dynamo.explain(ours)(x)
+    explained = torch._dynamo.explain(model)(x)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
-    compiled = torch.compile(ours, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     runs = []
-    for model in (compiled, compiled, theirs):  # the second call reuses the graph
+    for _ in range(calls):
         xi = x.clone().requires_grad_(True)
-        y = model(xi)
+        y = compiled(xi)
         y.square().sum().backward()
         runs.append((y, xi.grad))
-    assert counters["stats"]["unique_graphs"] == 1  # forward and backward, no recompile
-    for y, g in runs[:2]:
-        torch.testing.assert_close(y, runs[2][0])
-        torch.testing.assert_close(g, runs[2][1])
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["recompiles"]
+    return runs
+
+
+def test_compile_is_one_graph_with_no_break_and_matches_native():
+    ours, theirs = _compile_pair()
+    x = torch.randn(2, 1, 8, 8)
+    xi = x.clone().requires_grad_(True)
+    y_ref = theirs(xi)
+    y_ref.square().sum().backward()
+    for y, g in _compiled_runs(ours, x):
+        torch.testing.assert_close(y, y_ref)
+        torch.testing.assert_close(g, xi.grad)
 
 
 def test_compile_of_a_deep_model_is_one_graph_with_no_recompile_per_op():
@@ -357,20 +367,12 @@ def test_compile_of_a_deep_model_is_one_graph_with_no_recompile_per_op():
         cnn.Flatten(), cnn.Linear(16, 8), cnn.LeakyReLU(), cnn.Dropout(0.1), cnn.Linear(8, 3),
     ).eval()  # fmt: skip
     x = torch.randn(4, 1, 16, 16)
-    torch._dynamo.reset()
-    explained = torch._dynamo.explain(model)(x)
-    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
-    from torch._dynamo.utils import counters
-
-    torch._dynamo.reset()
-    counters.clear()
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    for _ in range(3):
-        xi = x.clone().requires_grad_(True)
-        y = compiled(xi)
-        y.sum().backward()
-    assert counters["stats"]["unique_graphs"] == 1 and not counters["recompiles"]
-    torch.testing.assert_close(y, model(x))
+    xi = x.clone().requires_grad_(True)
+    y_ref = model(xi)
+    y_ref.square().sum().backward()
+    for y, g in _compiled_runs(model, x, calls=3):
+        torch.testing.assert_close(y, y_ref)
+        torch.testing.assert_close(g, xi.grad)
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
