@@ -131,18 +131,26 @@ def test_linear_with_an_empty_side_has_empty_gradients(backend):
     np.testing.assert_array_equal(db, [2.0, 2.0, 2.0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="torch's max_pool saves the last NaN of an all-NaN window as the winner, NumPy (and DESIGN.md) "
-    "the first: the torch kernel needs a first-NaN pass (not done: it doubles max_pool's forward cost)",
+@pytest.mark.parametrize(
+    "x, padding",
+    [
+        (np.full((1, 1, 2, 2), np.nan), 0),  # all NaN: the first wins
+        (np.array([[[[1.0, np.nan], [np.nan, 5.0]]]]), 0),  # the first NaN, not the larger value
+        (np.array([[[[np.nan, 2.0, np.nan], [4.0, np.nan, np.nan]]]]), 1),  # padded windows
+    ],
 )
-def test_max_pool_nan_winner():
-    x = np.full((1, 1, 2, 2), np.nan)
+def test_max_pool_nan_winner(x, padding):
+    """A window with a NaN gives NaN, and its gradient goes to its first NaN, on every backend."""
     grads = []
     for be in BACKENDS:
-        _y, pullback = cnnkit.vjp(F.max_pool2d, x, 2, backend=be)
-        grads.append(host(pullback(np.ones((1, 1, 1, 1)))[0]))
-    np.testing.assert_array_equal(grads[0], grads[1])
+        _y, pullback = cnnkit.vjp(F.max_pool2d, x, 2, 2, padding, backend=be)
+        grads.append(host(pullback(np.ones(host(_y).shape))[0]))
+    first = np.zeros_like(x)
+    first.flat[np.flatnonzero(np.isnan(x))[0]] = 1.0
+    if padding == 0 and x.size == 4:
+        np.testing.assert_array_equal(grads[0], first)
+    for g in grads[1:]:
+        np.testing.assert_array_equal(g, grads[0])
 
 
 # -- 2. sizes that would allocate before they are checked --------------------------------------

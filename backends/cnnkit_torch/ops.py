@@ -979,10 +979,19 @@ def _max_pool_forward(x, kernel, stride, padding, dilation, ceil_mode):
         return y, torch.zeros(y.shape, dtype=torch.long, device=x.device), None
     if _torch_pool_fits(x, kernel, padding):
         pads = None
-        y, idx = _MAX_POOL[d](x, kernel, stride, [lo for lo, _ in padding], dilation, ceil_mode, True)
+        src, args = x, (kernel, stride, [lo for lo, _ in padding], dilation, ceil_mode, True)
     else:  # -inf padding never wins
         pads = _read_padding(x, kernel, stride, padding, dilation, ceil_mode)
-        y, idx = _MAX_POOL[d](_pad(x, pads, float("-inf")), kernel, stride, 0, dilation, False, True)
+        src, args = _pad(x, pads, float("-inf")), (kernel, stride, 0, dilation, False, True)
+    y, idx = _MAX_POOL[d](src, *args)
+    nan = torch.isnan(y) if host_readable(y) else None
+    if nan is not None and bool(nan.any()):
+        # torch's kernel keeps the last NaN of a window as its winner; the records' rule (and
+        # NumPy's) is the first: the first 1 of the window's NaN mask (a strict > keeps the
+        # first of equal values). Only where a NaN came out, and only where reading that costs
+        # no device sync or trace: CPU tensors in eager mode.
+        first = _MAX_POOL[d](torch.isnan(src).to(src.dtype), *args)[1]
+        idx = torch.where(nan, first, idx)
     return y, idx, pads
 
 
