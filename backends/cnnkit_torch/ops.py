@@ -984,14 +984,13 @@ def _max_pool_forward(x, kernel, stride, padding, dilation, ceil_mode):
         pads = _read_padding(x, kernel, stride, padding, dilation, ceil_mode)
         src, args = _pad(x, pads, float("-inf")), (kernel, stride, 0, dilation, False, True)
     y, idx = _MAX_POOL[d](src, *args)
-    nan = torch.isnan(y) if host_readable(y) else None
-    if nan is not None and bool(nan.any()):
+    if host_readable(y) and bool(y.sum().isnan()):  # one reduction, no mask (a NaN propagates)
         # torch's kernel keeps the last NaN of a window as its winner; the records' rule (and
         # NumPy's) is the first: the first 1 of the window's NaN mask (a strict > keeps the
-        # first of equal values). Only where a NaN came out, and only where reading that costs
-        # no device sync or trace: CPU tensors in eager mode.
+        # first of equal values). Only where a NaN came out (or inf - inf in the check), and
+        # only where reading that costs no device sync or trace: CPU tensors in eager mode.
         first = _MAX_POOL[d](torch.isnan(src).to(src.dtype), *args)[1]
-        idx = torch.where(nan, first, idx)
+        idx = torch.where(torch.isnan(y), first, idx)
     return y, idx, pads
 
 
