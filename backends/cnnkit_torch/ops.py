@@ -984,7 +984,8 @@ def _max_pool_forward(x, kernel, stride, padding, dilation, ceil_mode):
         pads = _read_padding(x, kernel, stride, padding, dilation, ceil_mode)
         src, args = _pad(x, pads, float("-inf")), (kernel, stride, 0, dilation, False, True)
     y, idx = _MAX_POOL[d](src, *args)
-    if host_readable(y) and bool(y.sum().isnan()):  # one reduction, no mask (a NaN propagates)
+    real_cpu = type(y) is torch.Tensor and y.device.type == "cpu"  # no meta, fake or subclass
+    if real_cpu and host_readable(y) and bool(y.sum().isnan()):  # one reduction: a NaN propagates
         # torch's kernel keeps the last NaN of a window as its winner; the records' rule (and
         # NumPy's) is the first: the first 1 of the window's NaN mask (a strict > keeps the
         # first of equal values). Only where a NaN came out (or inf - inf in the check), and
