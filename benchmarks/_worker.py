@@ -43,24 +43,44 @@ def _inputs(wl: Workload) -> dict[str, np.ndarray]:
     """The workload's float32 inputs and output gradient: the same values in every worker."""
     rng = np.random.default_rng(SEED)
     arrays = {"x": rng.standard_normal(wl.input_shape, dtype=np.float32)}
-    if wl.is_conv:
+    if wl.has_weight:
         fan_in = wl.c * wl.f ** len(wl.spatial)
         arrays["w"] = rng.standard_normal(wl.weight_shape, dtype=np.float32) / np.float32(fan_in**0.5)
         arrays["b"] = rng.standard_normal((wl.k,), dtype=np.float32)
+    if wl.is_norm:
+        arrays["running_mean"] = np.zeros(wl.c, np.float32)
+        arrays["running_var"] = np.ones(wl.c, np.float32)
+        arrays["w"] = 1 + 0.1 * rng.standard_normal((wl.c,), dtype=np.float32)
+        arrays["b"] = 0.1 * rng.standard_normal((wl.c,), dtype=np.float32)
     arrays["dy"] = rng.standard_normal(wl.output_shape, dtype=np.float32)
     return arrays
 
 
+def _args(wl: Workload, a: dict[str, Any]) -> tuple[tuple, tuple[bool, ...]]:
+    """The op's positional inputs, and which of them get a gradient (not the running statistics)."""
+    if wl.has_weight:
+        return (a["x"], a["w"], a["b"]), (True, True, True)
+    if wl.is_norm:
+        args = (a["x"], a["running_mean"], a["running_var"], a["w"], a["b"])
+        return args, (True, False, False, True, True)
+    return (a["x"],), (True,)
+
+
 def _attrs(wl: Workload) -> dict[str, Any]:
+    if wl.is_transpose:
+        return {"stride": wl.stride, "padding": wl.padding, "output_padding": wl.output_padding}
     if wl.is_conv:
         return {"stride": wl.stride, "padding": wl.padding}
+    if wl.is_norm:
+        return {"training": True}
     return {"kernel_size": wl.f, "stride": wl.stride}
 
 
 class Calls:
     """``fwd()`` and ``fwdbwd()`` for one workload on one backend; both return the outputs.
 
-    ``fwdbwd`` returns ``(y, dx, dW, db)`` for conv and ``(y, dx)`` for pooling.
+    ``fwdbwd`` returns ``(y, dx, dW, db)`` for conv and transposed conv, ``(y, dx, dγ, dβ)`` for
+    batch norm and ``(y, dx)`` for pooling.
     Inputs are built once and reused by every sample.
     """
 
@@ -82,7 +102,7 @@ class NumpyCalls(Calls):
         self.vjp = cnnkit.vjp
         self.fn = getattr(cnnkit.functional, wl.op)
         a = _inputs(wl)
-        self.args = (a["x"], a["w"], a["b"]) if wl.is_conv else (a["x"],)
+        self.args, _ = _args(wl, a)
         self.dy = a["dy"]
         self.attrs = {**_attrs(wl), "backend": "numpy"}
 
@@ -91,7 +111,9 @@ class NumpyCalls(Calls):
 
     def fwdbwd(self):
         y, pullback = self.vjp(self.fn, *self.args, **self.attrs)
-        return (y, *pullback(self.dy))
+        # one gradient per op input in the op's order (batch norm: input, weight, bias, then
+        # None for the running statistics): those that exist, as torch's leaves give them
+        return (y, *(g for g in pullback(self.dy) if g is not None))
 
 
 class TorchCalls(Calls):
@@ -114,8 +136,9 @@ class TorchCalls(Calls):
             self.fn = getattr(cnnkit.functional, wl.op)
             self.attrs = {**_attrs(wl), "backend": _torch_backend(device)}
         a = {k: torch.from_numpy(v).to(device) for k, v in _inputs(wl).items()}
-        self.args = (a["x"], a["w"], a["b"]) if wl.is_conv else (a["x"],)
-        self.leaves = tuple(t.detach().clone().requires_grad_() for t in self.args)
+        self.args, differentiable = _args(wl, a)
+        self.inputs = tuple(t.detach().clone().requires_grad_(d) for t, d in zip(self.args, differentiable))
+        self.leaves = tuple(t for t, d in zip(self.inputs, differentiable) if d)
         self.dy = a["dy"]
         if device.startswith("cuda"):
             self.sync = torch.cuda.synchronize
@@ -127,7 +150,7 @@ class TorchCalls(Calls):
     def fwdbwd(self):
         for t in self.leaves:
             t.grad = None
-        y = self.fn(*self.leaves, **self.attrs)
+        y = self.fn(*self.inputs, **self.attrs)
         y.backward(self.dy)
         return (y, *(t.grad for t in self.leaves))
 

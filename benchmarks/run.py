@@ -215,10 +215,15 @@ def summarise(
         }
 
     conv = {w.name for w in wls if w.is_conv}
+    pools = {w.name for w in wls if w.is_pool}
     models = {w.name for w in wls if w.is_model}
+    # the layers past the lecture (transposed conv, batch norm): reported, outside the targets' sets
+    newer = {w.name for w in wls if w.is_transpose or w.is_norm}
     np_conv = ratios("numpy", lambda n: n in conv)
-    np_pool = ratios("numpy", lambda n: n not in conv and n not in models)
-    torch_all = ratios("torch", lambda n: n not in models)
+    np_pool = ratios("numpy", lambda n: n in pools)
+    np_newer = ratios("numpy", lambda n: n in newer)
+    torch_all = ratios("torch", lambda n: n in conv or n in pools)
+    torch_newer = ratios("torch", lambda n: n in newer)
     torch_vgg = ratios("torch", lambda n: n in models)
     torch_fixed = ratios("torch-fixed", lambda n: True)
     complete = lambda d: bool(d) and all(v is not None for v in d.values())  # noqa: E731
@@ -254,7 +259,9 @@ def summarise(
         "numpy_conv_fwdbwd_geomean": gm,
         "numpy_conv_fwdbwd_geomean_of_min": gm_min,
         "numpy_pool_fwdbwd_ratio": np_pool,
+        "numpy_newer_fwdbwd_ratio": np_newer,
         "torch_fwdbwd_ratio": torch_all,
+        "torch_newer_fwdbwd_ratio": torch_newer,
         "torch_vgg_step_ratio": torch_vgg,
         "torch_fixed_fwdbwd_ratio": torch_fixed,
         "memory_ratio": mem_ratio,
@@ -321,6 +328,12 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"- NumPy pool fwd+bwd / native: {listing(sm['numpy_pool_fwdbwd_ratio'])}",
         f"- torch backend fwd+bwd / native: {listing(sm['torch_fwdbwd_ratio'])}",
     ]
+    if sm.get("numpy_newer_fwdbwd_ratio") or sm.get("torch_newer_fwdbwd_ratio"):
+        lines.append(
+            "- transposed conv and batch norm fwd+bwd / native: NumPy "
+            f"{listing(sm.get('numpy_newer_fwdbwd_ratio') or {})}; "
+            f"torch backend {listing(sm.get('torch_newer_fwdbwd_ratio') or {})}"
+        )
     if sm.get("torch_vgg_step_ratio"):
         lines.append(f"- torch backend VGG training step / native: {listing(sm['torch_vgg_step_ratio'])}")
     if sm.get("torch_fixed_fwdbwd_ratio"):

@@ -49,8 +49,31 @@ class Workload:
     padding: int
 
     @property
+    def is_transpose(self) -> bool:
+        """A transposed convolution (weight ``(C, K, *F)``; output ``stride`` times the input)."""
+        return self.op.startswith("conv_transpose")
+
+    @property
     def is_conv(self) -> bool:
-        return self.op.startswith("conv")
+        return self.op.startswith("conv") and not self.is_transpose
+
+    @property
+    def is_norm(self) -> bool:
+        """Batch norm in training mode (``k``, ``f``, ``stride``, ``padding``: 0, 1, 1, 0)."""
+        return self.op == "batch_norm"
+
+    @property
+    def is_pool(self) -> bool:
+        return "pool" in self.op
+
+    @property
+    def has_weight(self) -> bool:
+        return self.is_conv or self.is_transpose
+
+    @property
+    def output_padding(self) -> int:
+        """A transposed conv's: ``stride - 1``, so that its output is ``stride`` times its input."""
+        return self.stride - 1 if self.is_transpose else 0
 
     @property
     def is_model(self) -> bool:
@@ -63,26 +86,34 @@ class Workload:
 
     @property
     def weight_shape(self) -> tuple[int, ...]:
-        return (self.k, self.c, *([self.f] * len(self.spatial)))
+        kernel = [self.f] * len(self.spatial)
+        return (self.c, self.k, *kernel) if self.is_transpose else (self.k, self.c, *kernel)
 
     @property
     def out_spatial(self) -> tuple[int, ...]:
+        if self.is_transpose:
+            return tuple(
+                (s - 1) * self.stride - 2 * self.padding + self.f + self.output_padding for s in self.spatial
+            )
         return tuple(conv_output_size(s, self.f, self.stride, self.padding) for s in self.spatial)
 
     @property
     def output_shape(self) -> tuple[int, ...]:
         if self.is_model:
             return (self.n, self.k)
-        return (self.n, self.k if self.is_conv else self.c, *self.out_spatial)
+        return (self.n, self.k if self.has_weight else self.c, *self.out_spatial)
 
     def flops(self, mode: str) -> int | None:
         """FLOPs of one call: ``mode`` is ``"fwd"`` or ``"fwdbwd"``; ``None`` for pooling."""
         if self.is_model:
             fwd = vgg_flops(self)
             return fwd if mode == "fwd" else 3 * fwd
-        if not self.is_conv:
+        if not self.has_weight:
             return None
-        fwd = 2 * self.n * self.k * self.c * self.f ** len(self.spatial) * math.prod(self.out_spatial)
+        # a transposed conv has the FLOPs of the conv it is the input gradient of: one product
+        # per input unit, kernel tap and output channel
+        units = math.prod(self.spatial) if self.is_transpose else math.prod(self.out_spatial)
+        fwd = 2 * self.n * self.k * self.c * self.f ** len(self.spatial) * units
         return fwd if mode == "fwd" else 3 * fwd
 
     def describe(self) -> str:
@@ -91,8 +122,13 @@ class Workload:
         if self.is_model:
             convs = "-".join(str(a) for kind, a in VGG_LAYERS if kind == "conv")
             return f"{self.n},{self.c},{size} VGG({convs})->{self.k}"
+        if self.is_transpose:
+            out = "x".join(map(str, self.out_spatial))
+            return f"{self.n},{self.c},{size}->{self.k},{self.f},{self.stride},{self.padding} T ({out})"
         if self.is_conv:
             return f"{self.n},{self.c},{size}->{self.k},{self.f},{self.stride},{self.padding}"
+        if self.is_norm:
+            return f"{self.n},{self.c},{size} training"
         return f"{self.n},{self.c},{size} {self.f}x{self.f}/{self.stride}"
 
     def to_json(self) -> dict:
@@ -155,6 +191,8 @@ PROFILES: dict[str, tuple[Workload, ...]] = {
         _conv("conv1d", 32, 16, (1024,), 32, 7, 1, 3, op="conv1d"),
         _pool("maxpool", "max_pool2d", 32, 64, (32, 32)),
         _pool("avgpool", "avg_pool2d", 32, 64, (32, 32)),
+        _conv("convT", 32, 64, (16, 16), 32, 3, 2, 1, op="conv_transpose2d"),
+        Workload("batchnorm", "batch_norm", 32, 64, (32, 32), 0, 1, 1, 0),
         Workload("vgg", "vgg_step", 32, 3, (32, 32), 10, 3, 1, 1),
     ),
     "tiny": (
@@ -166,6 +204,8 @@ PROFILES: dict[str, tuple[Workload, ...]] = {
         _conv("conv1d", 2, 2, (16,), 3, 7, 1, 3, op="conv1d"),
         _pool("maxpool", "max_pool2d", 2, 3, (8, 8)),
         _pool("avgpool", "avg_pool2d", 2, 3, (8, 8)),
+        _conv("convT", 2, 4, (4, 4), 3, 3, 2, 1, op="conv_transpose2d"),
+        Workload("batchnorm", "batch_norm", 2, 3, (4, 4), 0, 1, 1, 0),
         Workload("vgg", "vgg_step", 2, 3, (8, 8), 10, 3, 1, 1),
     ),
 }

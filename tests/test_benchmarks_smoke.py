@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = ["W1", "W2", "W3", "W4", "W5", "conv1d", "maxpool", "avgpool", "vgg"]
+WORKLOADS = ["W1", "W2", "W3", "W4", "W5", "conv1d", "maxpool", "avgpool", "convT", "batchnorm", "vgg"]
 BACKENDS = ["numpy", "torch", "native"]
 REPEAT = 2
 
@@ -64,7 +64,14 @@ def test_workloads_and_flop_counts(report):
     wls = {w["name"]: w for w in report["workloads"]}
     assert list(wls) == WORKLOADS
     for w in wls.values():
-        if w["op"].startswith("conv"):
+        if w["op"].startswith("conv_transpose"):  # stride 2, output_padding 1: twice the input
+            out = [2 * n for n in w["spatial"]]
+            fwd = 2 * w["n"] * w["k"] * w["c"] * w["f"] ** len(out) * math.prod(w["spatial"])
+            assert (w["flops_fwd"], w["flops_fwdbwd"]) == (fwd, 3 * fwd)
+            assert w["output_shape"] == [w["n"], w["k"], *out]
+        elif w["op"] == "batch_norm":
+            assert w["flops_fwd"] is None and w["output_shape"] == [w["n"], w["c"], *w["spatial"]]
+        elif w["op"].startswith("conv"):
             out = [_out(n, w["f"], w["stride"], w["padding"]) for n in w["spatial"]]
             fwd = 2 * w["n"] * w["k"] * w["c"] * w["f"] ** len(out) * math.prod(out)
             assert (w["flops_fwd"], w["flops_fwdbwd"]) == (fwd, 3 * fwd)
@@ -98,7 +105,7 @@ def test_every_row_has_samples_or_a_reason(report):
             r["check_norms"],
             native["check_norms"],
         )
-        assert len(r["check_norms"]) == (1 if mode == "fwd" else 4 if wl not in ("maxpool", "avgpool") else 2)
+        assert len(r["check_norms"]) == (1 if mode == "fwd" else 2 if wl in ("maxpool", "avgpool") else 4)
         if r["peak_fraction"] is not None:
             assert 0 < r["peak_fraction"] <= 1.0  # the peak is what the machine did: no op above it
 
@@ -107,10 +114,18 @@ def test_summary_follows_from_the_rows(report):
     sm = report["summary"]
     rows = [r for r in report["results"] if r["mode"] == "fwdbwd" and "error" not in r]
     np_conv = {r["workload"]: r["ratio_to_native"] for r in rows if r["backend"] == "numpy"}
-    np_conv = {k: v for k, v in np_conv.items() if k not in ("maxpool", "avgpool", "vgg")}
+    np_conv = {
+        k: v for k, v in np_conv.items() if k not in ("maxpool", "avgpool", "convT", "batchnorm", "vgg")
+    }
     if len(np_conv) == 6:
         expected = math.exp(sum(map(math.log, np_conv.values())) / 6)
         assert sm["numpy_conv_fwdbwd_geomean"] == pytest.approx(expected)
+    # the targets' sets are the issue's (convs, pools); the newer layers are reported beside them
+    assert list(sm["numpy_pool_fwdbwd_ratio"]) == ["maxpool", "avgpool"]
+    assert list(sm["torch_fwdbwd_ratio"]) == WORKLOADS[:8]
+    assert (
+        list(sm["torch_newer_fwdbwd_ratio"]) == list(sm["numpy_newer_fwdbwd_ratio"]) == ["convT", "batchnorm"]
+    )
     for t in sm["targets"]:
         assert t["verdict"] in ("MET", "MISSED", "n/a")
         if t["value"] is not None:
