@@ -2071,21 +2071,37 @@ def _bn_project(z: torch.Tensor, x_hat: torch.Tensor, axes: list[int]) -> torch.
     return z - z.mean(dim=axes, keepdim=True) - x_hat * (x_hat * z).mean(dim=axes, keepdim=True)
 
 
-def _bn_grads(dy, x_hat, inv_std, weight, training, need_x, need_w):
-    """``(δ_prev, dE/dγ)`` of batch norm: ``g = δ γ``; ``δ_prev = (g - mean(g) - ŷ·mean(g ŷ)) / σ``
-    (training), ``g / σ`` (eval); ``dE/dγ = Σ δ ŷ``."""
-    ndim, axes = x_hat.dim(), _channel_axes(x_hat)
+def _bn_hat(x: torch.Tensor, mu: torch.Tensor, inv_std: torch.Tensor) -> torch.Tensor:
+    """``ŷ = (y - μ)/σ`` per channel."""
+    return (x - _per_channel(mu, x.dim())) * _per_channel(inv_std, x.dim())
+
+
+def _bn_grads(dy, x, mu, inv_std, weight, training, need_x, need_w):
+    """``(δ_prev, dE/dγ)`` of batch norm: ``dE/dγ = Σ δ ŷ``; ``δ_prev = (γ/σ)(δ - Σδ/M - ŷ Σδŷ/M)``
+    (training, ``M`` units per channel), ``(γ/σ) δ`` (eval).
+
+    ``ŷ`` is never built: ``Σ δ ŷ = Σ δ (y - μ) / σ``, and ``δ_prev`` is affine in ``δ`` and in
+    ``y - μ`` per channel, two fused multiply-adds (a third of the passes of the term-by-term form)."""
+    ndim, axes = x.dim(), _channel_axes(x)
+    scale = inv_std if weight is None else weight * inv_std  # γ/σ per channel
     dx = dw = None
+    if need_w or (need_x and training):
+        centred = x - _per_channel(mu, ndim)
+        dot = (dy * centred).sum(dim=axes) * inv_std  # Σ δ ŷ
+        dw = dot if need_w else None
     if need_x:
-        g = dy * _per_channel(weight, ndim) if weight is not None else dy
         if training:
-            g_mean = g.mean(dim=axes, keepdim=True)
-            gx_mean = (g * x_hat).mean(dim=axes, keepdim=True)
-            dx = (g - g_mean - x_hat * gx_mean) * _per_channel(inv_std, ndim)
+            m = x.numel() // max(x.shape[1], 1)
+            k = -scale * inv_std * dot / m  # the coefficient of y - μ
+            dx = torch.addcmul(
+                _per_channel(-scale * dy.sum(dim=axes) / m, ndim), dy, _per_channel(scale, ndim)
+            )
+            if _transformed(dx, centred):  # batched tensors: the out-of-place form has a vmap rule
+                dx = dx.addcmul(centred, _per_channel(k, ndim))
+            else:
+                dx.addcmul_(centred, _per_channel(k, ndim))
         else:
-            dx = g * _per_channel(inv_std, ndim)
-    if need_w:
-        dw = (dy * x_hat).sum(dim=axes)
+            dx = dy * _per_channel(scale, ndim)
     return dx, dw
 
 
@@ -2104,7 +2120,7 @@ def _running_stats_error(x: torch.Tensor, running_mean: torch.Tensor) -> None:
 
 
 class BatchNorm(CnnkitFunction):
-    """``a = γ (y - μ)/√(σ² + ε) + β``; returns ``(a, ŷ, 1/√(σ² + ε))``; training moves the running
+    """``a = γ (y - μ)/√(σ² + ε) + β``; returns ``(a, μ, 1/√(σ² + ε))``; training moves the running
     statistics in place (no gradient), as torch's: ``r ← (1 - M) r + M s``, unbiased ``σ²`` for ``r_σ²``.
 
     Its gradients are :class:`BatchNormGrad`, a Function of ``(δ, y, γ)``: ``ŷ`` and ``1/σ`` are
@@ -2114,6 +2130,16 @@ class BatchNorm(CnnkitFunction):
 
     @staticmethod
     def forward(x, weight, bias, running_mean, running_var, training, momentum, eps):
+        present = [t for t in (weight, bias, running_mean, running_var) if t is not None]
+        if not _transformed(x, *present) and not _is_empty(x) and all(t.dtype == x.dtype for t in present):
+            # aten's forward kernel (one pass for the statistics, one for the output; it moves the
+            # running statistics by the same rule); the backward stays cnnkit's
+            a, mu, inv_std = torch.native_batch_norm(
+                x, weight, bias, running_mean, running_var, training, momentum, eps
+            )
+            if not training:  # the running statistics, copied: a later step may move them in place
+                mu, inv_std = running_mean.clone(), torch.rsqrt(running_var + eps)
+            return a, mu, inv_std
         axes = _channel_axes(x)
         if training:
             var, mu = torch.var_mean(x, dim=axes, correction=0)  # biased: normalises
@@ -2123,34 +2149,34 @@ class BatchNorm(CnnkitFunction):
                 running_mean.mul_(1 - momentum).add_(mu.to(running_mean.dtype), alpha=momentum)
                 running_var.mul_(1 - momentum).add_(var.to(running_var.dtype), alpha=momentum * m / (m - 1))
         else:
-            mu, var = running_mean.to(x.dtype), running_var.to(x.dtype)
+            mu, var = running_mean.to(x.dtype, copy=True), running_var.to(x.dtype)
         inv_std = torch.rsqrt(var + eps)
-        x_hat = (x - _per_channel(mu, x.dim())) * _per_channel(inv_std, x.dim())
-        a = x_hat * _per_channel(weight, x.dim()) if weight is not None else x_hat.clone()
+        x_hat = _bn_hat(x, mu, inv_std)
+        a = x_hat * _per_channel(weight, x.dim()) if weight is not None else x_hat
         if bias is not None:
             a = a + _per_channel(bias, x.dim())
-        return a, x_hat, inv_std
+        return a, mu, inv_std
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, weight, bias, _rm, _rv, training, _momentum, eps = inputs
-        _a, x_hat, inv_std = output
-        ctx.mark_non_differentiable(x_hat, inv_std)
-        _save(ctx, x, x_hat, inv_std, weight)
+        _a, mu, inv_std = output
+        ctx.mark_non_differentiable(mu, inv_std)
+        _save(ctx, x, mu, inv_std, weight)
         ctx.training = training
         ctx.eps = eps
         ctx.has_bias = bias is not None
 
     @staticmethod
-    def backward(ctx, dy, _dx_hat, _dinv_std):
+    def backward(ctx, dy, _dmu, _dinv_std):
         # δ_prev = (γ/σ) P δ (training), γ δ / σ (eval);  dE/dγ = Σ δ ŷ;  dE/dβ = Σ δ
-        x, x_hat, inv_std, weight = ctx.saved_tensors
+        x, mu, inv_std, weight = ctx.saved_tensors
         need_x = ctx.needs_input_grad[0]
         need_w = weight is not None and ctx.needs_input_grad[1]
         dx = dw = db = None
         if need_x or need_w:
             dx, dw = _grad_apply(
-                BatchNormGrad, dy, x, weight, x_hat, inv_std, ctx.training, ctx.eps, need_x, need_w
+                BatchNormGrad, dy, x, weight, mu, inv_std, ctx.training, ctx.eps, need_x, need_w
             )
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = dy.sum(dim=_channel_axes(dy))
@@ -2159,7 +2185,8 @@ class BatchNorm(CnnkitFunction):
     @staticmethod
     def jvp(ctx, dx, dw, db, *_):
         # ŷ̇ = (ẏ - mean(ẏ) - ŷ mean(ŷ ẏ)) / σ (training; ẏ / σ in eval);  ȧ = γ ŷ̇ + γ̇ ŷ + β̇
-        _x, x_hat, inv_std, weight = ctx.saved_tensors
+        x, mu, inv_std, weight = ctx.saved_tensors
+        x_hat = _bn_hat(x, mu, inv_std)
         ndim, axes = x_hat.dim(), _channel_axes(x_hat)
         out = None
         if dx is not None:
@@ -2179,7 +2206,7 @@ class BatchNorm(CnnkitFunction):
 
 
 class BatchNormGrad(CnnkitFunction):
-    """``(δ_prev, dE/dγ)`` of batch norm as a Function of ``(δ, y, γ)`` (``ŷ``, ``1/σ`` come saved
+    """``(δ_prev, dE/dγ)`` of batch norm as a Function of ``(δ, y, γ)`` (``μ``, ``1/σ`` come saved
     from the forward; ``y`` is the input they are functions of), so it differentiates again.
 
     Per channel, ``P z = z - mean(z) - ŷ mean(ŷ z)`` (self-adjoint), ``δ_prev = (γ/σ) P δ`` and
@@ -2196,20 +2223,21 @@ class BatchNormGrad(CnnkitFunction):
     """
 
     @staticmethod
-    def forward(dy, x, weight, x_hat, inv_std, training, eps, need_x, need_w):
-        return _bn_grads(dy, x_hat, inv_std, weight, training, need_x, need_w)
+    def forward(dy, x, weight, mu, inv_std, training, eps, need_x, need_w):
+        return _bn_grads(dy, x, mu, inv_std, weight, training, need_x, need_w)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        dy, x, weight, x_hat, inv_std, training, eps, need_x, need_w = inputs
-        _save(ctx, dy, x, weight, x_hat, inv_std)
+        dy, x, weight, mu, inv_std, training, eps, need_x, need_w = inputs
+        _save(ctx, dy, x, weight, mu, inv_std)
         ctx.training, ctx.eps, ctx.need = training, eps, (need_x, need_w)
 
     @staticmethod
     def backward(ctx, u, v):
-        dy, x, weight, x_hat, inv_std = ctx.saved_tensors
+        dy, x, weight, mu, inv_std = ctx.saved_tensors
         need_dy, need_x, need_w = ctx.needs_input_grad[:3]
         ndim, axes = x.dim(), _channel_axes(x)
+        x_hat = _bn_hat(x.detach(), mu, inv_std)
         if torch.is_grad_enabled():  # a graph is recorded: ŷ and 1/σ as functions of y again
             if ctx.training:
                 var, mu = torch.var_mean(x, dim=axes, correction=0)
@@ -2260,8 +2288,9 @@ class BatchNormGrad(CnnkitFunction):
     def jvp(ctx, ddy, dx, dw, *_):
         # δ_prev˙ = (γ̇/σ) P δ + (γ/σ) P δ̇ + γ ((1/σ)˙ P δ + Ṗ δ / σ),  (1/σ)˙ = -mean(ŷ ẏ)/σ²,
         # Ṗ δ = -ŷ̇ mean(ŷ δ) - ŷ mean(ŷ̇ δ);  (dE/dγ)˙ = ⟨δ̇, ŷ⟩ + ⟨δ, ŷ̇⟩   (eval: ŷ̇ = ẏ/σ, σ constant)
-        dy, _x, weight, x_hat, inv_std = ctx.saved_tensors
+        dy, x, weight, mu, inv_std = ctx.saved_tensors
         need_x, need_w = ctx.need
+        x_hat = _bn_hat(x, mu, inv_std)
         ndim, axes = x_hat.dim(), _channel_axes(x_hat)
         inv = _per_channel(inv_std, ndim)
         gamma = _per_channel(weight, ndim) if weight is not None else None
