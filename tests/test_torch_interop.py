@@ -605,13 +605,13 @@ def test_jvp_and_jacfwd_of_the_newer_ops_equal_native(name):
 
 def test_batch_norm_grad_is_differentiable_again():
     """BatchNormGrad's own backward (the third derivative of batch norm) and its jvp, by gradcheck,
-    with ŷ and 1/σ recomputed from y on every perturbation (they are functions of y)."""
+    with μ, 1/σ and ŷ recomputed from y on every perturbation (they are functions of y)."""
     from cnnkit_torch import ops
 
     def grads(dy, x, w, training):
         with torch.no_grad():
-            _, x_hat, inv_std = ops.BatchNorm.forward(x, w, None, _RM, _RV, training, 0.1, 1e-5)
-        return ops.BatchNormGrad.apply(dy, x, w, x_hat, inv_std, training, 1e-5, True, True)
+            _, mu, inv_std = ops.BatchNorm.forward(x, w, None, _RM, _RV, training, 0.1, 1e-5)
+        return ops.BatchNormGrad.apply(dy, x, w, mu, inv_std, training, 1e-5, True, True)
 
     for training in (True, False):
         inputs = [_r(4, 3, 2, seed=1), _r(4, 3, 2, seed=2), _r(3, seed=3)]
