@@ -133,17 +133,20 @@ def test_torch_func_hessian_of_a_small_cnn_matches_native():
     torch.testing.assert_close(h, h_ref, **F64)
 
 
+def _penalty_step_grads(model, x):
+    """A WGAN-GP critic step: the parameters' gradients of ``mean(critic) + 10 (|∇x critic| - 1)²``,
+    through the input gradient (a second derivative)."""
+    xi = x.clone().requires_grad_(True)
+    critic = model(xi).sum(1)
+    (gx,) = torch.autograd.grad(critic.sum(), xi, create_graph=True)
+    penalty = ((gx.flatten(1).norm(dim=1) - 1) ** 2).mean()
+    return torch.autograd.grad(critic.mean() + 10 * penalty, list(model.parameters()))
+
+
 def test_wgan_gradient_penalty_step_matches_native():
     ours, theirs = _pair()
     x = torch.randn(4, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    grads = []
-    for model in (ours, theirs):
-        xi = x.clone().requires_grad_(True)
-        critic = model(xi).sum(1)
-        (gx,) = torch.autograd.grad(critic.sum(), xi, create_graph=True)
-        penalty = ((gx.flatten(1).norm(dim=1) - 1) ** 2).mean()
-        loss = critic.mean() + 10 * penalty
-        grads.append(torch.autograd.grad(loss, list(model.parameters())))
+    grads = [_penalty_step_grads(model, x) for model in (ours, theirs)]
     for g, g_ref in zip(*grads):
         torch.testing.assert_close(g, g_ref, **F64)
 
@@ -649,13 +652,7 @@ def test_gradient_penalty_step_of_the_newer_layers_matches_native(adaptive):
     pool: parameter gradients through the input gradient's norm, and the running statistics."""
     ours, theirs = _newer_pair(adaptive=adaptive)
     x = _r(4, 1, 5, 5, seed=2)
-    grads = []
-    for model in (ours, theirs):
-        xi = x.clone().requires_grad_(True)
-        critic = model(xi).sum(1)
-        (gx,) = torch.autograd.grad(critic.sum(), xi, create_graph=True)
-        penalty = ((gx.flatten(1).norm(dim=1) - 1) ** 2).mean()
-        grads.append(torch.autograd.grad(critic.mean() + 10 * penalty, list(model.parameters())))
+    grads = [_penalty_step_grads(model, x) for model in (ours, theirs)]
     for g, g_ref in zip(*grads):
         torch.testing.assert_close(g, g_ref, **F64)
     torch.testing.assert_close(ours[1].running_mean, theirs[1].running_mean, **F64)
