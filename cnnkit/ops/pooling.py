@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterator, Mapping
-from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -2112,25 +2111,17 @@ class MaxUnpoolSpec(OpSpec):
                     )
         return {"output_size": size}
 
-    def check_values(self, where, inputs, to_numpy):
+    def check_values(self, where, inputs, to_numpy, attrs=None):
         """Every index must name a unit of its output plane (``Π output_size`` units)."""
         idx = to_numpy(inputs[1])
-        plane = self._plane.get()
-        if idx.size == 0 or plane is None:
+        if idx.size == 0 or attrs is None:
             return
+        plane = math.prod(attrs["output_size"])
         lo, hi = int(idx.min()), int(idx.max())
         if lo < 0 or hi >= plane:
             raise ValueError(
                 f"{where}: indices must be in [0, {plane}) (the output plane), got values from {lo} to {hi}"
             )
-
-    #: the output plane of the call being validated, for :meth:`check_values` (which sees no attributes)
-    _plane: ContextVar[int | None] = ContextVar("cnnkit_unpool_plane", default=None)
-
-    def bind(self, where, infos, attrs):
-        canonical = super().bind(where, infos, attrs)
-        self._plane.set(math.prod(canonical["output_size"]))
-        return canonical
 
     def output_shape(self, infos, attrs):
         return (*infos[0].shape[:2], *attrs["output_size"])
