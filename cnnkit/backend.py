@@ -73,6 +73,13 @@ class Backend(abc.ABC):
         """
         return arrays
 
+    def shapes_are_static(self, arrays: Any) -> bool:
+        """Whether a call on ``arrays`` may reuse the validation of an earlier call with the same
+        shapes, dtypes and attributes (:func:`cnnkit.dispatch.call` remembers those). A backend
+        whose calls can be traced says ``False`` while a tracer runs: its shapes may be symbolic,
+        and a cache is a side effect the tracer would record."""
+        return True
+
     def check_values(self, spec: Any, where: str, arrays: Any, attrs: Any = None) -> None:
         """Run ``spec.check_values`` (the checks of input *values*, such as class targets).
 

@@ -128,6 +128,48 @@ def _size_checks(where: str, spec: OpSpec, infos: list[TensorInfo | None], canon
     geometry.check_output_size(where, out_shape)
 
 
+#: The canonical attributes of calls that validated, by :func:`_bound_key`: a training loop
+#: repeats a few calls, and validating one (binding, every shape and size check) costs tens of
+#: microseconds of Python, as much as a small op. Only successes are kept (a bad call is
+#: checked, and refused, every time), and only where the backend says its shapes are static.
+_BOUND: dict[tuple, dict[str, Any]] = {}
+_BOUND_MAX = 4096
+
+
+def _frozen(v: Any) -> Any:
+    """``v`` as a hashable key that tells types apart (``1``, ``1.0``, ``True`` and ``np.int64(1)``
+    validate differently); a ``TypeError`` for a value that cannot be one (a list inside, an array)."""
+    if isinstance(v, (tuple, list)):
+        return (type(v), tuple(_frozen(e) for e in v))
+    hash(v)
+    return (type(v), v)
+
+
+def _bound_key(spec: OpSpec, where: str, infos: list[TensorInfo | None], attrs: dict) -> tuple | None:
+    try:
+        frozen = tuple(sorted((k, _frozen(v)) for k, v in attrs.items()))
+    except TypeError:
+        return None
+    return (spec, where, tuple(infos), frozen, geometry.MAX_ELEMENTS)
+
+
+def _validated(
+    be: Backend, arrays: list, where: str, spec: OpSpec, infos: list[TensorInfo | None], attrs: dict
+) -> dict[str, Any]:
+    """``spec.bind`` and the size checks of a call, remembered for a call of the same shapes,
+    dtypes and attributes (each call gets its own copy of the canonical attributes)."""
+    key = _bound_key(spec, where, infos, attrs) if be.shapes_are_static(arrays) else None
+    found = _BOUND.get(key) if key is not None else None
+    if found is None:
+        found = spec.bind(where, infos, attrs)
+        _size_checks(where, spec, infos, found)
+        if key is not None:
+            if len(_BOUND) >= _BOUND_MAX:
+                _BOUND.clear()
+            _BOUND[key] = found
+    return dict(found)
+
+
 def call(
     op: str, *inputs: Any, backend: str | Backend | None = None, where: str | None = None, **attrs: Any
 ) -> Any:
@@ -169,8 +211,7 @@ def call(
     infos = [
         None if a is None else TensorInfo(tuple(int(s) for s in a.shape), be.dtype_name(a)) for a in arrays
     ]
-    canonical = spec.bind(where, infos, attrs)
-    _size_checks(where, spec, infos, canonical)
+    canonical = _validated(be, arrays, where, spec, infos, attrs)
     be.check_values(spec, where, arrays, canonical)
     kernel = registry.kernel(be.name, op)
     tape = _TAPE.get() if _OPEN_TAPES else None

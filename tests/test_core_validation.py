@@ -307,3 +307,62 @@ def test_a_window_that_reaches_the_input_through_dilation_is_accepted():
     # padding 1 before, taps at -1 and 2 (window 0) and at 0 and 3 (window 1): each holds one input unit
     y = F.max_pool1d(np.array([[[1.0, 5.0, 3.0]]]), 2, 1, 1, 3)
     assert y.tolist() == [[[3.0, 1.0]]]
+
+
+# -- validation remembered for repeated calls (cnnkit.dispatch._validated) -----------------------
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_a_remembered_call_still_refuses_a_bad_variant_of_itself(backend):
+    """Once ``padding=1`` validated, ``padding=True``, ``padding=1.0`` and ``stride=0`` on the same
+    shapes are still refused: the remembered key tells types and values apart."""
+    if backend == "torch":
+        pytest.importorskip("torch")
+    x, w = np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3))
+    host = cnnkit.get_backend(backend).to_numpy
+    first = host(F.conv2d(x, w, padding=1, backend=backend))
+    again = host(F.conv2d(x, w, padding=1, backend=backend))
+    np.testing.assert_array_equal(first, again)
+    assert first.shape == (1, 3, 5, 5)
+    with raises(TypeError, "conv2d: padding"):
+        F.conv2d(x, w, padding=True, backend=backend)
+    with raises(TypeError, "conv2d: padding"):
+        F.conv2d(x, w, padding=1.0, backend=backend)
+    with raises(ValueError, "conv2d: stride"):
+        F.conv2d(x, w, padding=1, stride=0, backend=backend)
+
+
+def test_a_call_is_bound_once_and_each_call_gets_its_own_attributes(monkeypatch):
+    from cnnkit import dispatch
+
+    spec = cnnkit.get_registry().op("relu")
+    calls = []
+    original = type(spec).bind
+
+    def counting(self, where, infos, attrs):
+        calls.append(where)
+        return original(self, where, infos, attrs)
+
+    monkeypatch.setattr(type(spec), "bind", counting)
+    monkeypatch.setattr(dispatch, "_BOUND", {})
+    x = np.array([[-1.0, 2.0]])
+    for _ in range(3):
+        np.testing.assert_array_equal(F.relu(x, backend="numpy"), [[0.0, 2.0]])
+    assert calls == ["relu"]  # bound once, remembered twice
+    F.relu(np.zeros((3, 2)), backend="numpy")  # another shape: bound again
+    assert calls == ["relu", "relu"]
+    infos = [cnnkit.spec.TensorInfo((1, 2), "float64")]
+    be = cnnkit.get_backend("numpy")
+    a = dispatch._validated(be, [x], "relu", spec, infos, {})
+    a["changed"] = True
+    assert "changed" not in dispatch._validated(be, [x], "relu", spec, infos, {})
+
+
+def test_a_smaller_size_limit_applies_to_a_call_validated_before(monkeypatch):
+    from cnnkit import geometry
+
+    x, w = np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3))
+    F.conv2d(x, w, padding=1, backend="numpy")
+    monkeypatch.setattr(geometry, "MAX_ELEMENTS", 10)
+    with pytest.raises(ValueError, match="MAX_ELEMENTS"):
+        F.conv2d(x, w, padding=1, backend="numpy")

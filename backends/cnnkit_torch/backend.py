@@ -10,6 +10,9 @@ import torch
 from cnnkit.backend import Backend, free_cores
 from cnnkit.spec import OpSpec
 
+#: Tensor types whose shapes are concrete ints (no fake, functional or other subclass).
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
 __all__ = ["TorchBackend", "dtype_name", "torch_dtype"]
 
 
@@ -139,6 +142,15 @@ class TorchBackend(Backend):
 
         state = [i for i, name in enumerate(spec.inputs) if name in spec.state_inputs]
         return autocast_inputs(spec.name, arrays, state)
+
+    def shapes_are_static(self, arrays: Any) -> bool:
+        """Eager mode with plain tensors: not while torch.compile, torch.export, a torch.func
+        transform or the JIT tracer runs, nor for tensor subclasses (fake, functional)."""
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return False
+        if torch._C._functorch.peek_interpreter_stack() is not None:
+            return False
+        return all(type(a) in _PLAIN for a in arrays if a is not None)
 
     def check_values(self, spec: Any, where: str, arrays: Any, attrs: Any = None) -> None:
         """On the host only where that reads nothing off a device and breaks no trace: plain CPU
