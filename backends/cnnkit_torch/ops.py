@@ -833,17 +833,23 @@ class Conv(CnnkitFunction):
     def jvp(ctx, dx, dw, db, *_):
         # ȧ = W ⋆ ẏ + Ẇ ⋆ y + ḃ  (bilinear)
         x, w = ctx.saved_tensors
-        stride, padding, dilation, groups, flip = ctx.attrs
-        out = None
-        if dx is not None:
-            out = _conv_forward(dx, w, None, stride, padding, dilation, groups, flip)
-        if dw is not None:
-            part = _conv_forward(x, dw, None, stride, padding, dilation, groups, flip)
-            out = part if out is None else out + part
-        if db is not None:
-            part = db.view(1, -1, *([1] * (x.dim() - 2)))
-            out = part.expand(x.shape[0], -1, *ctx.out_size) if out is None else out + part
-        return out
+        shape = (x.shape[0], w.shape[0], *ctx.out_size)
+        return _bilinear_jvp(lambda a, b: _conv_forward(a, b, None, *ctx.attrs), x, w, dx, dw, db, shape)
+
+
+def _bilinear_jvp(f, x, w, dx, dw, db, shape):
+    """The tangent of ``a = f(x, W) + b`` for ``f`` bilinear (a conv, a transposed conv):
+    ``ȧ = f(ẋ, W) + f(x, Ẇ) + ḃ``, of ``shape`` when only the bias has a tangent."""
+    out = None
+    if dx is not None:
+        out = f(dx, w)
+    if dw is not None:
+        part = f(x, dw)
+        out = part if out is None else out + part
+    if db is not None:
+        part = db.view(1, -1, *([1] * (x.dim() - 2)))
+        out = part.expand(shape) if out is None else out + part
+    return out
 
 
 def _conv_grads(x, w, dy, stride, padding, dilation, groups, flip, need_x, need_w):
@@ -1634,16 +1640,11 @@ class ConvTranspose(CnnkitFunction):
         # bilinear: ȧ = Tᵀ_W ẏ + Tᵀ_Ẇ y + ḃ
         y, w = ctx.saved_tensors
         stride, padding, output_padding, dilation, groups = ctx.attrs
-        out = None
-        if dy is not None:
-            out = _conv_transpose_forward(dy, w, None, stride, padding, output_padding, dilation, groups)
-        if dw is not None:
-            part = _conv_transpose_forward(y, dw, None, stride, padding, output_padding, dilation, groups)
-            out = part if out is None else out + part
-        if db is not None:
-            part = db.view(1, -1, *([1] * (y.dim() - 2)))
-            out = part.expand(ctx.out_shape) if out is None else out + part
-        return out
+
+        def f(a, b):
+            return _conv_transpose_forward(a, b, None, stride, padding, output_padding, dilation, groups)
+
+        return _bilinear_jvp(f, y, w, dy, dw, db, ctx.out_shape)
 
 
 # == pad_nd (issue 10a) ======================================================================
