@@ -1,10 +1,11 @@
-"""The NumPy conv's batch-chunk size and copy threads, measured per shape (values only, no times)."""
+"""The NumPy conv's batch-chunk size and threads (slabs of samples, or of a copy's channels),
+measured per shape (values only, no times)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from cnnkit_numpy import ops
+from cnnkit_numpy import ops, threads
 
 ATTRS = dict(stride=(1, 1), padding=((1, 1), (1, 1)), dilation=(1, 1), groups=1, flip=False)
 
@@ -20,8 +21,8 @@ def tuner(monkeypatch):
     monkeypatch.setattr(ops, "_tuned", {})
     monkeypatch.setattr(ops, "TUNED", {})
     monkeypatch.setattr(ops, "CHUNK_CANDIDATES", (1, 2**12, 2**20))  # one sample per chunk, a few, all
-    monkeypatch.setattr(ops, "PARALLEL_MIN_BYTES", 0)  # every copy split across the threads
-    monkeypatch.setattr(ops, "COPY_THREADS", 2)
+    monkeypatch.setattr(threads, "SLAB_MIN_BYTES", 0)  # every batch and copy split across the threads
+    monkeypatch.setattr(threads, "THREADS", 2)
     monkeypatch.delenv("CNNKIT_AUTOTUNE", raising=False)
     return ops
 
@@ -34,17 +35,17 @@ def test_every_configuration_gives_the_same_values(tuner, monkeypatch, stride):
     b = rng.standard_normal(4)
     attrs = {**ATTRS, "stride": (stride, stride)}
     monkeypatch.setenv("CNNKIT_AUTOTUNE", "0")
-    monkeypatch.setattr(ops, "COPY_THREADS", 1)
+    monkeypatch.setattr(threads, "THREADS", 1)
     ref = _run(x, w, b, attrs)
-    monkeypatch.setattr(ops, "COPY_THREADS", 2)
+    monkeypatch.setattr(threads, "THREADS", 2)
     for chunk in (1, 2**12, 2**20):
-        for threads in (1, 2):
+        for n_threads in (1, 2):
             monkeypatch.setattr(ops, "CHUNK_BYTES", chunk)
-            monkeypatch.setattr(ops, "COPY_THREADS", threads)
+            monkeypatch.setattr(threads, "THREADS", n_threads)
             for a, e in zip(_run(x, w, b, attrs), ref):
                 np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
     monkeypatch.delenv("CNNKIT_AUTOTUNE")
-    monkeypatch.setattr(ops, "COPY_THREADS", 2)
+    monkeypatch.setattr(threads, "THREADS", 2)
     for a, e in zip(_run(x, w, b, attrs), ref):  # tuned now
         np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
     (rec,) = tuner.TUNED.values()

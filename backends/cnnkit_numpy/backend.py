@@ -2,35 +2,11 @@
 
 from __future__ import annotations
 
-import ctypes
 from typing import Any
 
 import numpy as np
 
 from cnnkit.backend import Backend, free_cores
-
-
-def _openblas_set_threads(n: int) -> bool:
-    """Resize the thread pool of the OpenBLAS NumPy loaded (best effort: False if none is found)."""
-    try:
-        with open("/proc/self/maps") as f:
-            libs = sorted({ln.split()[-1] for ln in f if "openblas" in ln.lower() and ".so" in ln})
-    except OSError:
-        return False
-    names = ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "openblas_set_num_threads")
-    for path in libs:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in names:
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                fn.argtypes = [ctypes.c_int]
-                fn(int(n))
-                return True
-    return False
-
 
 #: The dtypes the ``dtype`` option may name (NumPy has no bfloat16).
 FLOAT_DTYPES = ("float16", "float32", "float64")
@@ -68,13 +44,12 @@ class NumpyBackend(Backend):
         super().__init__(**options)
 
     def set_threads(self, n: int | None = None) -> None:
-        """Size OpenBLAS's thread pool (its matmuls) to ``n`` threads; ``None`` (or 0):
-        :func:`free_cores`. A no-op where NumPy's BLAS is not an OpenBLAS this can find."""
-        from cnnkit_numpy import ops
+        """Size OpenBLAS's pool (its matmuls) and the slabs a kernel splits its batch into
+        (:mod:`cnnkit_numpy.threads`) to ``n`` threads; ``None`` (or 0): :func:`free_cores`.
+        OpenBLAS is left alone where NumPy's BLAS is not an OpenBLAS this can find."""
+        from cnnkit_numpy import threads
 
-        n = int(n) if n else free_cores()
-        _openblas_set_threads(n)
-        ops.COPY_THREADS = n  # the threads that share a convolution's copies
+        threads.set_threads(int(n) if n else free_cores())
 
     def is_native(self, x: Any) -> bool:
         return isinstance(x, np.ndarray)

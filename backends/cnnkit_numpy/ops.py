@@ -24,13 +24,13 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from cnnkit.geometry import bounded_window, pool_output_size, pool_padding, taps_inside
+from cnnkit_numpy import threads as _threads
 
 __all__ = ["CHUNK_BYTES", "KEEP_COLUMNS_BYTES", "KERNELS"]
 
@@ -44,31 +44,11 @@ CHUNK_BYTES = 2 * 2**20
 #: keeping tens of MiB of fresh (page-faulting, uncached) memory alive.
 KEEP_COLUMNS_BYTES = 8 * 2**20
 
-#: Threads that share one conv's copies (im2col, the scatter), each a slab of channels: NumPy's
-#: copies run single-threaded (and release the GIL) next to a multi-threaded BLAS matmul.
-#: :meth:`cnnkit_numpy.backend.NumpyBackend.set_threads` sets it with BLAS's pool.
-COPY_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
-#: Copies smaller than this many bytes stay on one thread (a hand-off costs tens of µs).
-PARALLEL_MIN_BYTES = 512 * 2**10
-
-_pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): a forked child makes its own
-
 
 def _in_parallel(fn: Callable[[int, int], None], n: int, nbytes: int, threads: int | None = None) -> None:
-    """``fn(lo, hi)`` over ``[0, n)`` in up to ``threads`` (:data:`COPY_THREADS`) slabs, the
-    calling thread taking the first; one call when the work is small."""
-    global _pool
-    parts = min(COPY_THREADS if threads is None else threads, n)
-    if parts <= 1 or nbytes < PARALLEL_MIN_BYTES:
-        fn(0, n)
-        return
-    if _pool is None or _pool[0] != os.getpid() or _pool[1]._max_workers < parts - 1:
-        _pool = (os.getpid(), ThreadPoolExecutor(max(1, parts - 1), thread_name_prefix="cnnkit-copy"))
-    bounds = [n * i // parts for i in range(parts + 1)]
-    futures = [_pool[1].submit(fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
-    fn(bounds[0], bounds[1])
-    for f in futures:
-        f.result()
+    """``fn(lo, hi)`` over slabs of ``[0, n)`` (channels of one copy), one per thread
+    (:func:`cnnkit_numpy.threads.run_slabs`): for a conv that is not split by samples."""
+    _threads.run_slabs(fn, n, nbytes, threads)
 
 
 #: NaN and inf propagate silently (no RuntimeWarning) through every kernel.
@@ -127,11 +107,14 @@ def _as(g: np.ndarray, dtype) -> np.ndarray:
     return np.asarray(g).astype(dtype, copy=False)
 
 
-def _chunks(n: int, bytes_per_sample: int, chunk_bytes: int | None = None) -> Iterator[tuple[int, int]]:
-    """Batch ranges whose columns take about ``chunk_bytes`` (:data:`CHUNK_BYTES`)."""
+def _chunks(
+    n: int, bytes_per_sample: int, chunk_bytes: int | None = None, start: int = 0
+) -> Iterator[tuple[int, int]]:
+    """Ranges of the samples ``start .. start + n - 1`` whose columns take about ``chunk_bytes``
+    (:data:`CHUNK_BYTES`)."""
     step = max(1, (chunk_bytes or CHUNK_BYTES) // max(1, bytes_per_sample))
-    for n0 in range(0, n, step):
-        yield n0, min(n, n0 + step)
+    for n0 in range(start, start + n, step):
+        yield n0, min(start + n, n0 + step)
 
 
 # -- convolution -----------------------------------------------------------------------
@@ -266,7 +249,7 @@ def _mode_padded(x, padding, padding_mode):
 #: The batch-chunk sizes (bytes of columns) and copy threads the first call of a conv shape
 #: times (forward and backward, on its own inputs), the fastest kept per shape for the process.
 #: ``CNNKIT_AUTOTUNE=0`` (or calls under :data:`TUNE_MIN_FLOPS`) take :data:`CHUNK_BYTES` and
-#: :data:`COPY_THREADS` instead.
+#: :data:`cnnkit_numpy.threads.THREADS` instead.
 CHUNK_CANDIDATES = (1 * 2**20, 2 * 2**20, 4 * 2**20, 8 * 2**20)
 TUNE_MIN_FLOPS = 20_000_000
 _tuned: dict[tuple, tuple[int, int]] = {}
@@ -289,7 +272,7 @@ def _conv_config(x, weight, bias, attrs: dict) -> tuple[int | None, int | None]:
         weight.shape,
         bias is not None,
         x.dtype.str,
-        COPY_THREADS,
+        _threads.THREADS,
         *(repr(attrs[a]) for a in sorted(attrs)),
     )
     found = _tuned.get(key)
@@ -313,7 +296,7 @@ def _conv_config(x, weight, bias, attrs: dict) -> tuple[int | None, int | None]:
                 out[cfg] = min(out[cfg], run(cfg))
         return out
 
-    threads = max(1, COPY_THREADS)
+    threads = max(1, _threads.THREADS)
     times = fastest([(ch, threads) for ch in CHUNK_CANDIDATES])
     best = min(times, key=times.__getitem__)
     if threads > 1:
@@ -381,16 +364,20 @@ def _conv_forward(x, weight, bias, *, stride, padding, dilation, groups, flip, c
     a_grid = a if grid == out else None
     col_bytes = c * math.prod(kernel) * p * x.itemsize  # per sample
     keep = n * col_bytes <= KEEP_COLUMNS_BYTES
-    cols = []
-    for n0, n1 in _chunks(n, col_bytes, geo["chunk"]):
-        nb = n1 - n0
-        col = _im2col(x[n0:n1], geo)  # (nb, G, C/G·ΠF, Π grid)
-        a_c = a_grid[n0:n1] if a_grid is not None else np.empty((nb, k, *grid), dtype=x.dtype)
-        np.matmul(W_mat, col, out=a_c.reshape(nb, groups, k // groups, p))
-        if a_grid is None:
-            a[n0:n1] = a_c[_on_grid(geo)]
-        if keep:
-            cols.append(col)
+    cols: dict[tuple[int, int], np.ndarray] = {}
+
+    def slab(lo: int, hi: int) -> None:  # samples lo..hi-1, chunk by chunk
+        for n0, n1 in _chunks(hi - lo, col_bytes, geo["chunk"], start=lo):
+            nb = n1 - n0
+            col = _im2col(x[n0:n1], geo)  # (nb, G, C/G·ΠF, Π grid)
+            a_c = a_grid[n0:n1] if a_grid is not None else np.empty((nb, k, *grid), dtype=x.dtype)
+            np.matmul(W_mat, col, out=a_c.reshape(nb, groups, k // groups, p))
+            if a_grid is None:
+                a[n0:n1] = a_c[_on_grid(geo)]
+            if keep:
+                cols[n0, n1] = col
+
+    _threads.run_slabs(slab, n, x.nbytes, geo["threads"], blas=True)  # one slab of samples per thread
     ctx = (x, W, W_mat, flip, bias is not None, geo, cols if keep else None)
     return a, ctx
 
@@ -417,23 +404,33 @@ def _conv_backward(ctx, grad_output):
     groups, out, grid = geo["groups"], geo["out"], geo["grid"]
     p = math.prod(grid)
     rows = W_mat.shape[2] - geo["ones"]  # C/G·ΠF
-    dW = np.zeros(W_mat.shape, dtype=x.dtype)  # (G, K/G, C/G·ΠF [+ 1]): [dE/dW | dE/db]
     dx = np.empty_like(x)
     W_t = W_mat[:, :, :rows].transpose(0, 2, 1)  # (G, C/G·ΠF, K/G)
     col_bytes = c * math.prod(W.shape[2:]) * p * x.itemsize
-    for j, (n0, n1) in enumerate(_chunks(n, col_bytes, geo["chunk"])):
-        nb = n1 - n0
-        if grid == out:
-            d_c = delta[n0:n1]
-        else:  # δ on the grid, zero where no output is: those columns then add nothing
-            d_c = np.zeros((nb, k, *grid), dtype=x.dtype)
-            d_c[_on_grid(geo)] = delta[n0:n1]
-        d_c = d_c.reshape(nb, groups, k // groups, p)  # δ in the columns' layout
-        col = cols[j] if cols is not None else _im2col(x[n0:n1], geo)
-        # Σ over (n, i): the cross-correlation of y with δ (and Σ δ against the row of ones)
-        dW += np.matmul(d_c, col.transpose(0, 1, 3, 2)).sum(axis=0)
-        dcol = np.matmul(W_t, d_c)  # (nb, G, C/G·ΠF, Π grid): each δ times each rotated-kernel tap
-        _col2im(dcol, dx[n0:n1], geo)  # the scatter = full correlation with rot180(W)
+
+    def slab(lo: int, hi: int) -> np.ndarray:  # samples lo..hi-1: their δ_prev, and their part of dW
+        dW = np.zeros(W_mat.shape, dtype=x.dtype)  # (G, K/G, C/G·ΠF [+ 1]): [dE/dW | dE/db]
+        for n0, n1 in _chunks(hi - lo, col_bytes, geo["chunk"], start=lo):
+            nb = n1 - n0
+            if grid == out:
+                d_c = delta[n0:n1]
+            else:  # δ on the grid, zero where no output is: those columns then add nothing
+                d_c = np.zeros((nb, k, *grid), dtype=x.dtype)
+                d_c[_on_grid(geo)] = delta[n0:n1]
+            d_c = d_c.reshape(nb, groups, k // groups, p)  # δ in the columns' layout
+            col = cols.get((n0, n1)) if cols is not None else None
+            if col is None:
+                col = _im2col(x[n0:n1], geo)
+            # Σ over (n, i): the cross-correlation of y with δ (and Σ δ against the row of ones)
+            dW += np.matmul(d_c, col.transpose(0, 1, 3, 2)).sum(axis=0)
+            dcol = np.matmul(W_t, d_c)  # (nb, G, C/G·ΠF, Π grid): each δ times each rotated-kernel tap
+            _col2im(dcol, dx[n0:n1], geo)  # the scatter = full correlation with rot180(W)
+        return dW
+
+    # one slab of samples per thread (the forward's slabs), their sums added in slab order
+    dW, *rest = _threads.run_slabs(slab, n, x.nbytes, geo["threads"], blas=True)
+    for part in rest:
+        dW += part
     db = dW[:, :, rows].reshape(k) if has_bias else None  # Σ_n Σ_i δ[n, k, i]
     dW = np.ascontiguousarray(dW[:, :, :rows]).reshape(W.shape)
     if flip:
@@ -470,28 +467,37 @@ def _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode) -> dict
     }
 
 
-def _pool_scatter(r: np.ndarray, geo: dict, pick=None) -> np.ndarray:
-    """``δ_prev[n, c, S·i + D·m] += r[n, c, i]`` over every offset ``m`` (``pick(t)``: a mask per offset)."""
+def _pool_scatter(r: np.ndarray, geo: dict, pick=None, scale=None) -> np.ndarray:
+    """``δ_prev[n, c, S·i + D·m] += r[n, c, i]`` over every offset ``m`` (``r / scale`` where a
+    ``scale`` is given; ``pick(t, lo, hi)``: the mask of offset ``t`` for samples ``lo..hi-1``),
+    one slab of samples per thread (:mod:`cnnkit_numpy.threads`)."""
     x_shape = geo["x_shape"]
     padded = tuple(n + b + a for n, (b, a) in zip(x_shape[2:], geo["reads"]))
-    dx_pad = np.zeros((*x_shape[:2], *padded), dtype=r.dtype)
-    # windows that do not overlap write each unit once; a finite r times a 0/1 mask is r or 0
-    finite = pick is not None and not geo["overlap"] and bool(np.isfinite(r).all())
-    for t, _, sl in _taps(geo["kernel"], geo["stride"], geo["dilation"], geo["out"]):
-        if pick is None:
-            if geo["overlap"]:
-                dx_pad[sl] += r
+    unpadded = padded == tuple(x_shape[2:])
+    dx = np.zeros(x_shape, dtype=r.dtype) if unpadded else np.empty(x_shape, dtype=r.dtype)
+
+    def slab(lo: int, hi: int) -> None:
+        r_s = r[lo:hi] if scale is None else r[lo:hi] / scale
+        dx_pad = dx[lo:hi] if unpadded else np.zeros((hi - lo, x_shape[1], *padded), dtype=r.dtype)
+        # windows that do not overlap write each unit once; a finite r times a 0/1 mask is r or 0
+        finite = pick is not None and not geo["overlap"] and bool(np.isfinite(r_s).all())
+        for t, _, sl in _taps(geo["kernel"], geo["stride"], geo["dilation"], geo["out"]):
+            if pick is None:
+                if geo["overlap"]:
+                    dx_pad[sl] += r_s
+                else:
+                    dx_pad[sl] = r_s
+            elif finite:
+                np.multiply(r_s, pick(t, lo, hi), out=dx_pad[sl])
+            elif geo["overlap"]:
+                dx_pad[sl] += np.where(pick(t, lo, hi), r_s, 0)
             else:
-                dx_pad[sl] = r
-        elif finite:
-            np.multiply(r, pick(t), out=dx_pad[sl])
-        elif geo["overlap"]:
-            dx_pad[sl] += np.where(pick(t), r, 0)
-        else:
-            np.copyto(dx_pad[sl], r, where=pick(t))
-    if padded == tuple(x_shape[2:]):
-        return dx_pad
-    return np.ascontiguousarray(dx_pad[_inner(x_shape[2:], geo["reads"])])
+                np.copyto(dx_pad[sl], r_s, where=pick(t, lo, hi))
+        if not unpadded:
+            dx[lo:hi] = dx_pad[_inner(x_shape[2:], geo["reads"])]
+
+    _threads.run_slabs(slab, x_shape[0], dx.nbytes)
+    return dx
 
 
 #: A window of more taps than this is reduced in one gather (``(N, C, *O, ΠF)``, at most
@@ -536,30 +542,32 @@ def max_pool_forward(x, *, kernel_size, stride, padding, dilation, ceil_mode):
     makes its output NaN (and its winner the first NaN).
     """
     geo = _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode)
-    x_pad = _pad(x, geo["reads"], -np.inf)
-    rows = _gathered(x_pad, geo)
+    ntaps = math.prod(kernel_size)
+    rows = _gathered(_pad(x, geo["reads"], -np.inf), geo) if ntaps > MANY_TAPS else None
     if rows is not None:  # many taps, few outputs: argmax picks the first maximum (or first NaN)
         winner = rows.argmax(axis=-1)
         return np.take_along_axis(rows, winner[..., None], -1)[..., 0].copy(), (geo, winner)
-    ntaps = math.prod(kernel_size)
     winner = np.zeros((*x.shape[:2], *geo["out"]), dtype=np.uint8 if ntaps <= 255 else np.int32)
-    best = None
-    better = np.empty(winner.shape, dtype=bool)
-    for t, _, sl in _taps(kernel_size, geo["stride"], geo["dilation"], geo["out"]):
-        v = x_pad[sl]
-        if best is None:
-            best = v.copy()
-            continue
-        np.greater(v, best, out=better)  # strict: an equal later value does not win
-        winner *= ~better  # winner = t where better, else unchanged (arithmetic: faster than a
-        winner += better * winner.dtype.type(t)  # masked copy)
-        np.maximum(best, v, out=best)  # NaN propagates
-    if best is None:  # pragma: no cover - kernels have at least one tap
-        raise AssertionError
-    nan = np.isnan(best)
-    if nan.any():  # a window with a NaN: the first NaN wins
-        for t, _, sl in reversed(list(_taps(kernel_size, geo["stride"], geo["dilation"], geo["out"]))):
-            np.copyto(winner, t, where=nan & np.isnan(x_pad[sl]))
+    best = np.empty(winner.shape, dtype=x.dtype)
+
+    def slab(lo: int, hi: int) -> None:  # samples lo..hi-1
+        x_s, best_s, winner_s = _pad(x[lo:hi], geo["reads"], -np.inf), best[lo:hi], winner[lo:hi]
+        better = np.empty(winner_s.shape, dtype=bool)
+        for t, _, sl in _taps(kernel_size, geo["stride"], geo["dilation"], geo["out"]):
+            v = x_s[sl]
+            if t == 0:
+                np.copyto(best_s, v)
+                continue
+            np.greater(v, best_s, out=better)  # strict: an equal later value does not win
+            winner_s *= ~better  # winner = t where better, else unchanged (arithmetic: faster than a
+            winner_s += better * winner_s.dtype.type(t)  # masked copy)
+            np.maximum(best_s, v, out=best_s)  # NaN propagates
+        nan = np.isnan(best_s)
+        if nan.any():  # a window with a NaN: the first NaN wins
+            for t, _, sl in reversed(list(_taps(kernel_size, geo["stride"], geo["dilation"], geo["out"]))):
+                np.copyto(winner_s, t, where=nan & np.isnan(x_s[sl]))
+
+    _threads.run_slabs(slab, x.shape[0], x.nbytes)  # one slab of samples per thread
     return best, (geo, winner)
 
 
@@ -569,7 +577,7 @@ def max_pool_backward(ctx, grad_output):
     geo, winner = ctx
     if math.prod(geo["kernel"]) > MANY_TAPS:
         return (_scatter_winners(_as(grad_output, geo["dtype"]), winner, geo),)
-    return (_pool_scatter(_as(grad_output, geo["dtype"]), geo, pick=lambda t: winner == t),)
+    return (_pool_scatter(_as(grad_output, geo["dtype"]), geo, pick=lambda t, lo, hi: winner[lo:hi] == t),)
 
 
 def _avg_divisor(geo: dict, count_include_pad: bool, dtype) -> np.ndarray:
@@ -592,18 +600,22 @@ def avg_pool_forward(
 ):
     """``out[n, c, i] = Σ_m x_pad[n, c, S·i + D·m] / |window_i|`` (zero padding; or ``/ divisor``)."""
     geo = _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode)
-    x_pad = _pad(x, geo["reads"])
-    total = None
-    for _, _, sl in _taps(kernel_size, geo["stride"], geo["dilation"], geo["out"]):
-        if total is None:
-            total = x_pad[sl].copy()
-        else:
-            total += x_pad[sl]
     if divisor_override is None:
         div = _avg_divisor(geo, count_include_pad, x.dtype)
     else:
         div = np.full((1, 1, *geo["out"]), divisor_override, dtype=x.dtype)
-    total /= div
+    total = np.empty((*x.shape[:2], *geo["out"]), dtype=x.dtype)
+
+    def slab(lo: int, hi: int) -> None:  # samples lo..hi-1
+        x_s, total_s = _pad(x[lo:hi], geo["reads"]), total[lo:hi]
+        for t, _, sl in _taps(kernel_size, geo["stride"], geo["dilation"], geo["out"]):
+            if t == 0:
+                np.copyto(total_s, x_s[sl])
+            else:
+                total_s += x_s[sl]
+        total_s /= div
+
+    _threads.run_slabs(slab, x.shape[0], x.nbytes)  # one slab of samples per thread
     return total, (geo, div)
 
 
@@ -611,7 +623,7 @@ def avg_pool_forward(
 def avg_pool_backward(ctx, grad_output):
     # δ_prev[n,c,S·i+D·m] += δ[n,c,i] / |window_i| for every offset m of the window
     geo, div = ctx
-    return (_pool_scatter(_as(grad_output, div.dtype) / div, geo),)
+    return (_pool_scatter(_as(grad_output, div.dtype), geo, scale=div),)
 
 
 def _abs_pow(x: np.ndarray, p: float) -> np.ndarray:
@@ -852,11 +864,15 @@ def conv_transpose_forward(y, weight, bias=None, *, stride, padding, output_padd
     a = np.empty(a_shape, dtype=y.dtype)  # (G, C_out/G·ΠF, C_in/G) above
     p = math.prod(geo["grid"])
     col_bytes = a_shape[1] * math.prod(weight.shape[2:]) * p * y.itemsize
-    for n0, n1 in _chunks(n, col_bytes):
-        nb = n1 - n0
-        y_c = _on_conv_grid(y[n0:n1], geo).reshape(nb, groups, c_in // groups, p)
-        dcol = np.matmul(W_t, y_c)  # (nb, G, C_out/G·ΠF, Π grid)
-        _col2im(dcol, a[n0:n1], geo)
+
+    def slab(lo: int, hi: int) -> None:  # samples lo..hi-1, chunk by chunk
+        for n0, n1 in _chunks(hi - lo, col_bytes, start=lo):
+            nb = n1 - n0
+            y_c = _on_conv_grid(y[n0:n1], geo).reshape(nb, groups, c_in // groups, p)
+            dcol = np.matmul(W_t, y_c)  # (nb, G, C_out/G·ΠF, Π grid)
+            _col2im(dcol, a[n0:n1], geo)
+
+    _threads.run_slabs(slab, n, a.nbytes, blas=True)  # one slab of samples per thread
     if bias is not None:
         a += bias.astype(y.dtype).reshape(-1, *([1] * (y.ndim - 2)))
     return a, (y, weight, bias is not None, geo)
@@ -871,17 +887,25 @@ def conv_transpose_backward(ctx, grad_output):
     groups = geo["groups"]
     p = math.prod(geo["grid"])
     W_mat = np.ascontiguousarray(W.reshape(groups, c_in // groups, -1))  # (G, C_in/G, C_out/G·ΠF)
-    dW = np.zeros(W_mat.shape, dtype=y.dtype)
     dy = np.empty_like(y)
     crop = (Ellipsis, *(slice(0, s) for s in y.shape[2:]))
     col_bytes = delta.shape[1] * math.prod(W.shape[2:]) * p * y.itemsize
-    for n0, n1 in _chunks(n, col_bytes):
-        nb = n1 - n0
-        col = _im2col(delta[n0:n1], geo)  # (nb, G, C_out/G·ΠF, Π grid): the windows of δ
-        y_c = _on_conv_grid(y[n0:n1], geo).reshape(nb, groups, c_in // groups, p)
-        dW += np.matmul(y_c, col.transpose(0, 1, 3, 2)).sum(axis=0)  # the conv's y ⋆ δ with roles swapped
-        conv = np.matmul(W_mat, col).reshape(nb, c_in, *geo["grid"])  # conv(δ, W) on the grid
-        dy[n0:n1] = conv[crop]
+
+    def slab(lo: int, hi: int) -> np.ndarray:  # samples lo..hi-1: their δ_prev, their part of dW
+        dW = np.zeros(W_mat.shape, dtype=y.dtype)
+        for n0, n1 in _chunks(hi - lo, col_bytes, start=lo):
+            nb = n1 - n0
+            col = _im2col(delta[n0:n1], geo)  # (nb, G, C_out/G·ΠF, Π grid): the windows of δ
+            y_c = _on_conv_grid(y[n0:n1], geo).reshape(nb, groups, c_in // groups, p)
+            dW += np.matmul(y_c, col.transpose(0, 1, 3, 2)).sum(axis=0)  # the conv's y ⋆ δ, roles swapped
+            conv = np.matmul(W_mat, col).reshape(nb, c_in, *geo["grid"])  # conv(δ, W) on the grid
+            dy[n0:n1] = conv[crop]
+        return dW
+
+    # one slab of samples per thread, their sums added in slab order
+    dW, *rest = _threads.run_slabs(slab, n, delta.nbytes, blas=True)
+    for part in rest:
+        dW += part
     db = delta.sum(axis=(0, *range(2, delta.ndim))) if has_bias else None
     return dy, dW.reshape(W.shape), db
 
