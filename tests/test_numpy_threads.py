@@ -180,3 +180,38 @@ def test_pools_split_by_samples_equal_one_thread_exactly(split, n, op, attrs):
         got = _pool(op, x, attrs)
         for a, e in zip(got, ref):
             np.testing.assert_array_equal(a, e)  # every unit is computed by one slab alone
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm_split_by_channels_equals_one_thread_exactly(split, training, affine):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 5, 6, 3))
+    w, b = (rng.standard_normal(5), rng.standard_normal(5)) if affine else (None, None)
+    forward, backward = ops.KERNELS["batch_norm"]
+    results = {}
+    for parts in (1, 2, 3):
+        split.setattr(threads, "THREADS", parts)
+        r_mean, r_var = np.linspace(-1, 1, 5), np.linspace(0.5, 2, 5)
+        y, ctx = forward(x, w, b, r_mean, r_var, training=training, momentum=0.1, eps=1e-5)
+        grads = backward(ctx, np.cos(2 * y))
+        results[parts] = (y, *[g for g in grads if g is not None], r_mean, r_var)
+    for parts in (2, 3):
+        assert len(results[parts]) == len(results[1])
+        for a, e in zip(results[parts], results[1]):
+            # a channel's sums are one slab's alone; NumPy's summation order follows the slab's shape
+            np.testing.assert_allclose(a, e, rtol=1e-13, atol=1e-13)
+    if training:
+        assert not np.allclose(results[1][-2], np.linspace(-1, 1, 5))  # the running mean moved
+
+
+def test_split_results_are_the_same_bits_run_after_run(split):
+    # the slabs depend on the batch size and the thread count alone, and their sums are added in
+    # slab order: no result depends on which thread finished first
+    split.setattr(threads, "THREADS", 2)
+    rng = np.random.default_rng(11)
+    x, w, b = rng.standard_normal((6, 4, 9, 8)), rng.standard_normal((5, 4, 3, 3)), rng.standard_normal(5)
+    first = _conv(x, w, b, CONVS[0])
+    for _ in range(5):
+        for a, e in zip(_conv(x, w, b, CONVS[0]), first):
+            np.testing.assert_array_equal(a, e)

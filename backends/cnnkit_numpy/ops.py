@@ -1144,23 +1144,38 @@ def batch_norm_forward(
     """``ŷ = (x - μ) / √(σ² + ε)``, ``a = γ ŷ + β``; training: batch μ, σ² (biased), running stats move.
 
     ``r_μ ← (1 - M) r_μ + M μ`` and ``r_σ² ← (1 - M) r_σ² + M σ² m/(m - 1)``, ``m`` values per channel.
+    Channels are independent: one slab of channels per thread (:mod:`cnnkit_numpy.threads`).
     """
     axes = _channel_axes(x)
-    if training:
-        mu = x.mean(axis=axes)  # (C,)
-        var = ((x - _per_channel(mu, x.ndim)) ** 2).mean(axis=axes)  # biased: normalises
-        if running_mean is not None:
-            m = x.size // max(x.shape[1], 1)
-            running_mean[...] = (1 - momentum) * running_mean + momentum * mu
-            running_var[...] = (1 - momentum) * running_var + momentum * var * (m / (m - 1))
-    else:
-        mu, var = running_mean.astype(x.dtype, copy=False), running_var.astype(x.dtype, copy=False)
-    inv_std = (1.0 / np.sqrt(var + eps)).astype(x.dtype)  # (C,)
-    x_hat = (x - _per_channel(mu, x.ndim)) * _per_channel(inv_std, x.ndim)  # (N, C, *)
-    a = x_hat * _per_channel(weight, x.ndim) if weight is not None else x_hat.copy()
-    if bias is not None:
-        a += _per_channel(bias, x.ndim)
-    return a.astype(x.dtype, copy=False), (x_hat, inv_std, weight, bias is not None, training)
+    c = x.shape[1] if x.ndim > 1 else 0
+    x_hat = np.empty_like(x)
+    a = np.empty_like(x)
+    inv_std = np.empty(c, dtype=x.dtype)
+
+    def slab(lo: int, hi: int) -> None:  # channels lo..hi-1
+        x_s = x[:, lo:hi]
+        if training:
+            mu = x_s.mean(axis=axes)  # (C,)
+            var = ((x_s - _per_channel(mu, x.ndim)) ** 2).mean(axis=axes)  # biased: normalises
+            if running_mean is not None:
+                m = x.size // max(c, 1)
+                running_mean[lo:hi] = (1 - momentum) * running_mean[lo:hi] + momentum * mu
+                running_var[lo:hi] = (1 - momentum) * running_var[lo:hi] + momentum * var * (m / (m - 1))
+        else:
+            mu = running_mean[lo:hi].astype(x.dtype, copy=False)
+            var = running_var[lo:hi].astype(x.dtype, copy=False)
+        inv_std[lo:hi] = 1.0 / np.sqrt(var + eps)  # (C,)
+        x_hat_s = x_hat[:, lo:hi]
+        np.multiply(x_s - _per_channel(mu, x.ndim), _per_channel(inv_std[lo:hi], x.ndim), out=x_hat_s)
+        if weight is not None:
+            np.multiply(x_hat_s, _per_channel(weight[lo:hi], x.ndim), out=a[:, lo:hi])
+        else:
+            a[:, lo:hi] = x_hat_s
+        if bias is not None:
+            a[:, lo:hi] += _per_channel(bias[lo:hi], x.ndim)
+
+    _threads.run_slabs(slab, c, x.nbytes)
+    return a, (x_hat, inv_std, weight, bias is not None, training)
 
 
 @_quiet
@@ -1170,16 +1185,27 @@ def batch_norm_backward(ctx, grad_output):
     x_hat, inv_std, weight, has_bias, training = ctx
     delta = _as(grad_output, x_hat.dtype)
     ndim, axes = x_hat.ndim, _channel_axes(x_hat)
-    g = delta * _per_channel(weight, ndim) if weight is not None else delta
-    if training:
-        g_mean = g.mean(axis=axes, keepdims=True)
-        gx_mean = (g * x_hat).mean(axis=axes, keepdims=True)
-        dx = (g - g_mean - x_hat * gx_mean) * _per_channel(inv_std, ndim)
-    else:
-        dx = g * _per_channel(inv_std, ndim)
-    dw = (delta * x_hat).sum(axis=axes) if weight is not None else None
-    db = delta.sum(axis=axes) if has_bias else None
-    return dx.astype(x_hat.dtype, copy=False), dw, db, None, None
+    c = x_hat.shape[1] if ndim > 1 else 0
+    dx = np.empty_like(x_hat)
+    dw = np.empty(c, dtype=x_hat.dtype) if weight is not None else None
+    db = np.empty(c, dtype=x_hat.dtype) if has_bias else None
+
+    def slab(lo: int, hi: int) -> None:  # channels lo..hi-1
+        d_s, h_s = delta[:, lo:hi], x_hat[:, lo:hi]
+        g = d_s * _per_channel(weight[lo:hi], ndim) if weight is not None else d_s
+        if training:
+            g_mean = g.mean(axis=axes, keepdims=True)
+            gx_mean = (g * h_s).mean(axis=axes, keepdims=True)
+            dx[:, lo:hi] = (g - g_mean - h_s * gx_mean) * _per_channel(inv_std[lo:hi], ndim)
+        else:
+            dx[:, lo:hi] = g * _per_channel(inv_std[lo:hi], ndim)
+        if dw is not None:
+            dw[lo:hi] = (d_s * h_s).sum(axis=axes)
+        if db is not None:
+            db[lo:hi] = d_s.sum(axis=axes)
+
+    _threads.run_slabs(slab, c, x_hat.nbytes)
+    return dx, dw, db, None, None
 
 
 def _dropout_generator(generator: Any) -> np.random.Generator:

@@ -7,7 +7,8 @@ matmul. The kernels whose samples are independent (the convolutions, the pools) 
 split the batch into one *slab* per thread (:func:`run_slabs`): each slab does all of its own
 work, copies and matmuls, and NumPy releases the GIL inside its loops, so the slabs run at
 once. Meanwhile OpenBLAS is held at one thread, so that two slabs' matmuls do not share
-the cores with OpenBLAS's own threads as well.
+the cores with OpenBLAS's own threads as well. (A kernel whose channels are independent, as
+batch norm's are, splits its channels the same way.)
 
 The slabs are fixed by the batch size and the thread count, never by timing, so a result
 does not depend on which thread finished first: the weight gradient is the sum of the
