@@ -410,7 +410,7 @@ def autotune_lines(report: dict[str, Any]) -> list[str]:
             f"{rec['chunk_bytes'] // 2**10} KiB x{rec['threads']} ({rec['cost_ms']:.0f} ms)"
             for rec in np_tune.values()
         )
-        lines.append(f"- numpy conv chunk/copy threads chosen by measurement, per shape: {picks}")
+        lines.append(f"- numpy conv chunk size and threads chosen by measurement, per shape: {picks}")
     total = sum(rec["cost_ms"] for rec in tune["decisions"].values())
     lines.append(
         f"- torch autotune: {len(tune['decisions'])} shapes timed, {total:.0f} ms in all, once per process"
