@@ -215,3 +215,24 @@ def test_split_results_are_the_same_bits_run_after_run(split):
     for _ in range(5):
         for a, e in zip(_conv(x, w, b, CONVS[0]), first):
             np.testing.assert_array_equal(a, e)
+
+
+@pytest.mark.parametrize("n", [1, 3, 5])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_transposed_conv_split_by_samples_equals_one_thread(split, n, groups):
+    rng = np.random.default_rng(n + 10 * groups)
+    y = rng.standard_normal((n, 4, 5, 6))
+    w = rng.standard_normal((4, 6 // groups, 3, 2))
+    b = rng.standard_normal(6)
+    forward, backward = ops.KERNELS["conv_transpose"]
+    attrs = dict(
+        stride=(2, 1), padding=((1, 1), (0, 1)), output_padding=(1, 0), dilation=(1, 2), groups=groups
+    )
+    results = {}
+    for parts in (1, 2, 3):
+        split.setattr(threads, "THREADS", parts)
+        a, ctx = forward(y, w, b, **attrs)
+        results[parts] = (a, *backward(ctx, np.cos(3 * a)))
+    for parts in (2, 3):
+        for got, ref in zip(results[parts], results[1]):
+            np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
