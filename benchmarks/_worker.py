@@ -17,7 +17,6 @@ forward+backward under :mod:`tracemalloc` and prints one JSON object.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import os
@@ -274,23 +273,9 @@ def time_call(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
 
 def _openblas_threads() -> int | None:
     """The thread count of the OpenBLAS NumPy loaded, read from the library itself (best effort)."""
-    try:
-        with open("/proc/self/maps") as f:
-            libs = {line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line}
-    except OSError:
-        return None
-    names = ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_", "openblas_get_num_threads")
-    for path in sorted(libs):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in names:
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                fn.restype = ctypes.c_int
-                return int(fn())
-    return None
+    from cnnkit_numpy import threads
+
+    return threads.blas_threads()
 
 
 def process_info(backend: str) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -43,12 +43,6 @@ CHUNK_BYTES = 2 * 2**20
 #: above it, backward rebuilds them chunk by chunk, which measured faster than
 #: keeping tens of MiB of fresh (page-faulting, uncached) memory alive.
 KEEP_COLUMNS_BYTES = 8 * 2**20
-
-
-def _in_parallel(fn: Callable[[int, int], None], n: int, nbytes: int, threads: int | None = None) -> None:
-    """``fn(lo, hi)`` over slabs of ``[0, n)`` (channels of one copy), one per thread
-    (:func:`cnnkit_numpy.threads.run_slabs`): for a conv that is not split by samples."""
-    _threads.run_slabs(fn, n, nbytes, threads)
 
 
 #: NaN and inf propagate silently (no RuntimeWarning) through every kernel.
@@ -191,7 +185,7 @@ def _im2col(x: np.ndarray, geo: dict) -> np.ndarray:
     def copy(lo: int, hi: int) -> None:  # one slab of channels
         np.copyto(taps[:, :, lo:hi], src[:, :, lo:hi])
 
-    _in_parallel(copy, c // groups, taps.nbytes, geo.get("threads"))
+    _threads.run_slabs(copy, c // groups, taps.nbytes, geo.get("threads"))  # slabs of channels
     if geo["ones"]:
         col[:, :, rows] = 1
     return col
@@ -219,7 +213,7 @@ def _col2im(dcol: np.ndarray, dx: np.ndarray, geo: dict) -> None:
                     part[..., off : off + n_grid] += d_part[(slice(None), slice(None), *m)]
             dx[:, lo:hi] = part[..., :size].reshape(nb, hi - lo, *geo["padded"])[inner]
 
-        _in_parallel(scatter, c, dcol.nbytes, geo.get("threads"))
+        _threads.run_slabs(scatter, c, dcol.nbytes, geo.get("threads"))
         return
     dx_pad = np.zeros((nb, c, *geo["padded"]), dtype=dx.dtype)
     dcol = dcol.reshape(nb, c, *kernel, *grid)
@@ -230,7 +224,7 @@ def _col2im(dcol: np.ndarray, dx: np.ndarray, geo: dict) -> None:
             part[sl] += d_part[(slice(None), slice(None), *m)]  # (nb, C, *O)
         dx[:, lo:hi] = part[inner]
 
-    _in_parallel(scatter_taps, c, dcol.nbytes, geo.get("threads"))
+    _threads.run_slabs(scatter_taps, c, dcol.nbytes, geo.get("threads"))
 
 
 def _on_grid(geo: dict) -> tuple:
