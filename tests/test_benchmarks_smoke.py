@@ -199,3 +199,23 @@ def test_conv_fast_routes_match_native_autograd(route, backend):
     np.testing.assert_allclose(np.asarray(ours), y.detach().numpy(), rtol=1e-10, atol=1e-10)
     for got, leaf in zip(grads, leaves):
         np.testing.assert_allclose(np.asarray(got), leaf.grad.numpy(), rtol=1e-10, atol=1e-10)
+
+
+def test_weight_grad_script_checks_every_route_against_aten_then_times_it(capsys, monkeypatch):
+    torch = pytest.importorskip("torch")
+    from benchmarks import weight_grad
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the worker's threads stay as they are
+    weight_grad.main(["--tiny", "--rounds", "1", "--threads", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    rows = [ln for ln in lines if " -> fastest " in ln]
+    assert len(rows) == 2 * len(weight_grad.TINY)  # dx and dW of each shape
+    for ln in rows:
+        route = ln.split(" -> fastest ")[1].split()[0]
+        assert route in ("rot180", "im2col", "columns", "swapped", "gemm")
+    assert [ln.split(",")[1].split(":")[0] for ln in lines if ln.startswith("all shapes")] == [" dx", " dW"]
+
+    # a route that computes something else stops the run before anything is timed
+    monkeypatch.setattr(weight_grad.ops, "_conv_weight_grad_columns", lambda x, dy, *a: 2 * x.new_ones(1))
+    with pytest.raises(SystemExit, match="route columns does not give aten's gradient"):
+        weight_grad.main(["--tiny", "--rounds", "1", "--threads", "1"])
