@@ -236,3 +236,20 @@ def test_transposed_conv_split_by_samples_equals_one_thread(split, n, groups):
     for parts in (2, 3):
         for got, ref in zip(results[parts], results[1]):
             np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(not threads.blas_pinnable(), reason="NumPy's BLAS is not an OpenBLAS cnnkit can size")
+def test_a_thread_count_set_while_a_kernel_holds_openblas_is_the_one_restored(split):
+    be = NumpyBackend()
+    be.set_threads(2)
+    try:
+
+        def fn(lo, hi):
+            if lo == 0:
+                be.set_threads(3)  # from inside the slabs: OpenBLAS stays at one thread meanwhile
+            return threads.blas_threads()
+
+        assert threads.run_slabs(fn, 2, 10**9, parts=2, blas=True)[0] == 1
+        assert threads.THREADS == 3 and threads.blas_threads() == 3
+    finally:
+        be.set_threads(2)

@@ -102,7 +102,7 @@ def blas_threads() -> int | None:
 
 def set_threads(n: int) -> bool:
     """:data:`THREADS` and OpenBLAS's pool := ``n`` (``False``: no OpenBLAS found to size)."""
-    global THREADS
+    global THREADS, _pinned_from
     THREADS = max(1, int(n))
     set_fn = _openblas()[0]
     if set_fn is None:
@@ -110,6 +110,8 @@ def set_threads(n: int) -> bool:
     with _pin_lock:
         if _pinned == 0:
             set_fn(THREADS)
+        else:  # a kernel holds OpenBLAS at one thread now: the last to leave sets the new size
+            _pinned_from = THREADS
     return True
 
 
