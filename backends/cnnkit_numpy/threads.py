@@ -52,8 +52,8 @@ _local = threading.local()
 _pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): a forked child makes its own
 _blas_fns: tuple[Any, Any] | None = None  # (set, get) of the OpenBLAS NumPy loaded, or (None, None)
 _pin_lock = threading.Lock()
-_pinned = 0  # callers inside run_slabs (OpenBLAS goes back to THREADS when the last leaves)
-_pinned_from = 0
+_pinned = 0  # callers inside run_slabs holding OpenBLAS at one thread
+_pinned_from = 0  # its thread count before (or the one set meanwhile): restored when the last leaves
 
 
 def _openblas() -> tuple[Any, Any]:
