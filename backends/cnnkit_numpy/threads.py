@@ -8,7 +8,9 @@ split the batch into one *slab* per thread (:func:`run_slabs`): each slab does a
 work, copies and matmuls, and NumPy releases the GIL inside its loops, so the slabs run at
 once. Meanwhile OpenBLAS is held at one thread, so that two slabs' matmuls do not share
 the cores with OpenBLAS's own threads as well. (A kernel whose channels are independent, as
-batch norm's are, splits its channels the same way.)
+batch norm's are, splits its channels the same way.) OpenBLAS's thread count is one setting for
+the whole process: a matmul another thread of the program runs while a kernel holds it also
+runs on one thread.
 
 The slabs are fixed by the batch size and the thread count, never by timing, so a result
 does not depend on which thread finished first: the weight gradient is the sum of the
